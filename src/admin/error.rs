@@ -1,0 +1,159 @@
+//! The admin API's one error type and its JSON shape `{"code","message","details"?}`.
+//!
+//! Invariants: `code` values are stable (clients and tests match on them); a message says what
+//! failed and what to do; storage details never reach the client beyond a generic message.
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::{header, request::Parts, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use crate::cluster::StoreError;
+use crate::registry::RegistryError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub details: Option<serde_json::Value>,
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            details: None,
+            retry_after: None,
+        }
+    }
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", message)
+    }
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "FORBIDDEN", message)
+    }
+    /// Also used for objects outside the caller's agency, so their existence is not revealed.
+    pub fn not_found(kind: &str, id: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            format!("{kind} {id:?} does not exist"),
+        )
+    }
+    pub fn invalid(field: &str, reason: impl Into<String>) -> Self {
+        let reason = reason.into();
+        let mut e = Self::new(
+            StatusCode::BAD_REQUEST,
+            "INVALID_INPUT",
+            format!("{field}: {reason}"),
+        );
+        e.details = Some(json!({ "field": field }));
+        e
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        let status = match &e {
+            RegistryError::NotFound { .. } => StatusCode::NOT_FOUND,
+            RegistryError::AlreadyExists { .. } | RegistryError::Conflict { .. } => {
+                StatusCode::CONFLICT
+            }
+            RegistryError::Invalid { .. } => StatusCode::BAD_REQUEST,
+            RegistryError::Rule { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        let mut out = ApiError::new(status, e.code(), e.to_string());
+        if let RegistryError::Invalid { field, .. } = &e {
+            out.details = Some(json!({ "field": field }));
+        }
+        out
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Rejected(r) => r.into(),
+            other => {
+                tracing::error!(error = %other, "registry storage failure");
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "STORAGE_UNAVAILABLE", "the registry could not be saved; nothing was changed. Try again; if it persists, the operator should check the node's disk")
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "code": self.code, "message": self.message });
+        if let Some(d) = self.details {
+            body["details"] = d;
+        }
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if let Some(s) = self.retry_after {
+            if let Ok(v) = s.to_string().parse() {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        resp
+    }
+}
+
+/// `Json<T>` whose rejections are [`ApiError`]s with code `INVALID_INPUT`.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(ApiJson(v)),
+            Err(rej) => Err(json_rejection(rej)),
+        }
+    }
+}
+
+fn json_rejection(rej: JsonRejection) -> ApiError {
+    let status = rej.status();
+    let code = if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+        "UNSUPPORTED_MEDIA_TYPE"
+    } else {
+        "INVALID_INPUT"
+    };
+    let text = rej.body_text();
+    let status = if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+        status
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    ApiError::new(
+        status,
+        code,
+        format!("the request body is not valid: {text}"),
+    )
+}
+
+/// `Query<T>` whose rejections are [`ApiError`]s.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
+            Err(rej) => Err(query_rejection(rej)),
+        }
+    }
+}
+
+fn query_rejection(rej: QueryRejection) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "INVALID_INPUT",
+        format!("the query string is not valid: {}", rej.body_text()),
+    )
+}

@@ -1,0 +1,119 @@
+//! The admin API (SPEC §5): axum router under `/api/v1/`, authentication, role checks,
+//! handlers and the OpenAPI document.
+//!
+//! Invariants: every change goes through [`AdminState::propose`] (so it is a registry command,
+//! replicated and audited); every handler decides visibility with [`auth::Principal`] and
+//! answers 404 for objects outside an agency-admin's agency; may import `registry`, `cluster`
+//! (the store handle), `secrets` and `config`.
+
+pub mod access;
+pub mod auth;
+pub mod catalogs;
+pub mod error;
+pub mod openapi;
+pub mod registry_api;
+
+use std::sync::Arc;
+
+use axum::routing::MethodRouter;
+use axum::Router;
+use chrono::Utc;
+
+use crate::cluster::Store;
+use crate::config::AdminConfig;
+use crate::registry::{Actor, Command, Envelope, Outcome};
+use crate::secrets::SecretsKey;
+pub use error::{ApiError, ApiJson, ApiQuery};
+
+pub struct AdminState {
+    pub store: Arc<Store>,
+    pub key: SecretsKey,
+    pub cfg: AdminConfig,
+}
+
+pub type Shared = Arc<AdminState>;
+
+impl AdminState {
+    /// Proposes a command as `actor` and waits until it is durable.
+    pub async fn propose(&self, actor: Actor, command: Command) -> Result<Outcome, ApiError> {
+        let env = Envelope::new(Utc::now(), actor, command);
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.propose(&env))
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "INTERNAL",
+                    format!("the request was interrupted: {e}"),
+                )
+            })?
+            .map_err(ApiError::from)
+    }
+}
+
+/// One documented endpoint: the router and the OpenAPI document are both built from this list.
+pub struct Endpoint {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub summary: &'static str,
+    /// Who may call it, as shown in the OpenAPI description.
+    pub roles: &'static str,
+    pub handler: fn() -> MethodRouter<Shared>,
+}
+
+pub fn endpoints() -> Vec<Endpoint> {
+    let mut v = Vec::new();
+    v.extend(auth::endpoints());
+    v.extend(registry_api::endpoints());
+    v.extend(access::endpoints());
+    v.extend(catalogs::endpoints());
+    v
+}
+
+pub fn router(state: Shared) -> Router {
+    let mut r: Router<Shared> = Router::new();
+    let mut by_path: std::collections::BTreeMap<&str, MethodRouter<Shared>> = Default::default();
+    for e in endpoints() {
+        let mr = (e.handler)();
+        let merged = match by_path.remove(e.path) {
+            Some(prev) => prev.merge(mr),
+            None => mr,
+        };
+        by_path.insert(e.path, merged);
+    }
+    for (path, mr) in by_path {
+        r = r.route(path, mr);
+    }
+    r.route("/api/v1/openapi.json", axum::routing::get(openapi::serve))
+        .fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "NO_SUCH_ENDPOINT",
+                "no admin API endpoint at this path; see /api/v1/openapi.json",
+            )
+        })
+        .with_state(state)
+}
+
+/// Paging for list endpoints.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Page {
+    #[serde(default)]
+    pub offset: Option<usize>,
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// `{"items": [...], "total": n}` with paging applied.
+pub fn page<T: serde::Serialize>(
+    items: Vec<T>,
+    offset: Option<usize>,
+    limit: Option<usize>,
+) -> serde_json::Value {
+    let total = items.len();
+    let offset = offset.unwrap_or(0);
+    let limit = limit.unwrap_or(1000).min(100_000);
+    let items: Vec<T> = items.into_iter().skip(offset).take(limit).collect();
+    serde_json::json!({ "items": items, "total": total, "offset": offset })
+}

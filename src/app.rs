@@ -1,0 +1,319 @@
+//! The one place that wires modules together: start-up order, listeners, bootstrap, drain.
+//!
+//! Start-up order: data dir -> secrets key -> registry store (fails fast if unreadable) ->
+//! bootstrap operator on first start -> bind every listener -> announce readiness (log line,
+//! `dev.json`) -> serve until SIGTERM/SIGINT -> drain.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::admin::{self, AdminState};
+use crate::cluster::{Store, StoreError};
+use crate::config::Config;
+use crate::ops::{metrics::Metrics, shutdown};
+use crate::registry::{Actor, Command, Role};
+use crate::secrets::{self, SecretsError, SecretsKey};
+
+#[derive(Debug, Error)]
+pub enum AppError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr} ({what}): {source}; is another process using it?")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS set-up failed: {0}")]
+    Tls(String),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("bootstrap failed: {0}")]
+    Bootstrap(String),
+}
+
+/// What `lgsp dev` writes to `DIR/dev.json` (SPEC §8).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DevInfo {
+    pub admin_url: String,
+    pub gateway_url: String,
+    pub metrics_url: String,
+    pub username: String,
+    pub password: String,
+    pub api_token: String,
+}
+
+/// The first operator account, created on first start.
+struct Bootstrap {
+    username: String,
+    password: String,
+    api_token: String,
+}
+
+pub async fn run(cfg: Config) -> Result<(), AppError> {
+    let started = Instant::now();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = cfg.node.data_dir.clone();
+    create_private_dir(&dir)?;
+    let key = SecretsKey::load_or_create(&dir.join("secrets.key"))?;
+    let store_path = dir.join("registry.redb");
+    let store = Arc::new(
+        tokio::task::spawn_blocking(move || Store::open(&store_path))
+            .await
+            .map_err(|e| AppError::Bootstrap(e.to_string()))??,
+    );
+    {
+        let reg = store.read();
+        tracing::info!(
+            agencies = reg.agencies.len(),
+            systems = reg.systems.len(),
+            services = reg.services.len(),
+            subscriptions = reg.subscriptions.len(),
+            "registry loaded"
+        );
+    }
+    let admin_state = Arc::new(AdminState {
+        store: store.clone(),
+        key: key.clone(),
+        cfg: cfg.admin.clone(),
+    });
+    let boot = bootstrap(&admin_state).await?;
+
+    let (trigger, stop) = shutdown::channel();
+    let admin_app = admin::router(admin_state.clone());
+    let counts_store = store.clone();
+    let metrics = Metrics::new(
+        &cfg.node.name,
+        Arc::new(move || {
+            let r = counts_store.read();
+            vec![
+                ("agency", r.agencies.len() as i64),
+                ("system", r.systems.len() as i64),
+                ("service", r.services.len() as i64),
+                ("subscription", r.subscriptions.len() as i64),
+                ("credential", r.credentials.len() as i64),
+                ("catalog", r.catalogs.len() as i64),
+            ]
+        }),
+    );
+
+    let tls = match (&cfg.tls, cfg.dev_mode) {
+        (Some(t), _) => Some(
+            axum_server::tls_rustls::RustlsConfig::from_pem_file(&t.cert, &t.key)
+                .await
+                .map_err(|e| AppError::Tls(format!("{}: {e}", t.cert.display())))?,
+        ),
+        (None, true) => None,
+        (None, false) => return Err(AppError::Tls("no [tls] section outside dev mode".into())),
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+
+    let admin_l = bind("admin", cfg.listen.admin)?;
+    let gateway_l = bind("gateway", cfg.listen.gateway)?;
+    let metrics_l = bind("metrics", cfg.listen.metrics)?;
+    let admin_addr = local(&admin_l, "admin", cfg.listen.admin)?;
+    let gateway_addr = local(&gateway_l, "gateway", cfg.listen.gateway)?;
+    let metrics_addr = local(&metrics_l, "metrics", cfg.listen.metrics)?;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(serve(admin_l, admin_app, tls.clone(), stop.clone()));
+    tasks.spawn(serve(
+        gateway_l,
+        crate::gateway::router(),
+        tls.clone(),
+        stop.clone(),
+    ));
+    tasks.spawn(serve(metrics_l, metrics.router(), None, stop.clone()));
+
+    let admin_url = format!("{scheme}://{admin_addr}");
+    let gateway_url = format!("{scheme}://{gateway_addr}");
+    let metrics_url = format!("http://{metrics_addr}");
+    if cfg.dev_mode {
+        let info = write_dev_json(&dir, &admin_url, &gateway_url, &metrics_url, boot.as_ref())?;
+        eprintln!(
+            "LGSP dev appliance ready (plain HTTP on loopback: for evaluation only)\n  admin API : {admin_url}/api/v1/  (OpenAPI: {admin_url}/api/v1/openapi.json)\n  gateway   : {gateway_url}\n  metrics   : {metrics_url}/metrics\n  username  : {}\n  password  : {}\n  api token : {}\n  (also in {})",
+            info.username,
+            info.password,
+            info.api_token,
+            dir.join("dev.json").display()
+        );
+    } else if let Some(b) = &boot {
+        let path = dir.join("initial-admin.json");
+        let body = serde_json::json!({"username": b.username, "password": b.password, "api_token": b.api_token});
+        secrets::write_private(&path, body.to_string().as_bytes()).map_err(|source| {
+            AppError::Write {
+                path: path.display().to_string(),
+                source,
+            }
+        })?;
+        tracing::warn!(path = %path.display(), "first start: the initial operator credentials were written to this file (mode 0600); log in, change the password and delete the file");
+    }
+    tracing::info!(admin = %admin_url, gateway = %gateway_url, metrics = %metrics_url, startup_ms = started.elapsed().as_millis() as u64, "ready");
+
+    tokio::select! {
+        _ = shutdown::os_signal() => tracing::info!("shutdown requested; draining"),
+        Some(res) = tasks.join_next() => {
+            if let Ok(Err(e)) = res {
+                tracing::error!(error = %e, "a listener failed");
+            }
+        }
+    }
+    trigger.fire();
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(std::time::Duration::from_secs(10), drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain took longer than 10 s; exiting anyway");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), AppError> {
+    std::fs::create_dir_all(dir).map_err(|source| AppError::DataDir {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    }
+    Ok(())
+}
+
+fn bind(what: &'static str, addr: SocketAddr) -> Result<std::net::TcpListener, AppError> {
+    let l = std::net::TcpListener::bind(addr).map_err(|source| AppError::Bind {
+        what,
+        addr,
+        source,
+    })?;
+    l.set_nonblocking(true)
+        .map_err(|source| AppError::Bind { what, addr, source })?;
+    Ok(l)
+}
+
+fn local(
+    l: &std::net::TcpListener,
+    what: &'static str,
+    addr: SocketAddr,
+) -> Result<SocketAddr, AppError> {
+    l.local_addr()
+        .map_err(|source| AppError::Bind { what, addr, source })
+}
+
+async fn serve(
+    l: std::net::TcpListener,
+    app: Router,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    stop: shutdown::Shutdown,
+) -> std::io::Result<()> {
+    match tls {
+        Some(cfg) => {
+            let handle = axum_server::Handle::new();
+            let h2 = handle.clone();
+            tokio::spawn(async move {
+                stop.wait().await;
+                h2.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+            });
+            axum_server::from_tcp_rustls(l, cfg)
+                .handle(handle)
+                .serve(app.into_make_service())
+                .await
+        }
+        None => {
+            let l = tokio::net::TcpListener::from_std(l)?;
+            axum::serve(l, app)
+                .with_graceful_shutdown(stop.wait())
+                .await
+        }
+    }
+}
+
+/// Creates the first operator (and an API token) when the registry has no users.
+async fn bootstrap(st: &admin::Shared) -> Result<Option<Bootstrap>, AppError> {
+    if !st.store.read().users.is_empty() {
+        return Ok(None);
+    }
+    let username = "admin".to_owned();
+    // Random, and guaranteed to meet the O7 policy.
+    let password = format!("Lgsp-{}-9a", secrets::random_string(12));
+    let hash = secrets::hash_password(&password)?;
+    let actor = Actor::system();
+    st.propose(
+        actor.clone(),
+        Command::CreateUser {
+            username: username.clone(),
+            display_name: "Operator".into(),
+            role: Role::Operator,
+            agency: None,
+            password_hash: hash,
+        },
+    )
+    .await
+    .map_err(|e| AppError::Bootstrap(e.message))?;
+    let op = Actor {
+        user: username.clone(),
+        role: Role::Operator,
+        agency: None,
+    };
+    let (api_token, _) = admin::auth::issue_token(st, op, &username, "bootstrap", None, false)
+        .await
+        .map_err(|e| AppError::Bootstrap(e.message))?;
+    tracing::info!(user = %username, at = %Utc::now(), "created the first operator account");
+    Ok(Some(Bootstrap {
+        username,
+        password,
+        api_token,
+    }))
+}
+
+/// Writes `dev.json`; on a restart (no new bootstrap) keeps the credentials already there.
+fn write_dev_json(
+    dir: &Path,
+    admin_url: &str,
+    gateway_url: &str,
+    metrics_url: &str,
+    boot: Option<&Bootstrap>,
+) -> Result<DevInfo, AppError> {
+    let path: PathBuf = dir.join("dev.json");
+    let (username, password, api_token) = match boot {
+        Some(b) => (b.username.clone(), b.password.clone(), b.api_token.clone()),
+        None => match std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<DevInfo>(&b).ok()) {
+            Some(old) => (old.username, old.password, old.api_token),
+            None => return Err(AppError::Bootstrap(format!("{} is missing or unreadable and the registry already has users; use a new --data-dir", path.display()))),
+        },
+    };
+    let info = DevInfo {
+        admin_url: admin_url.into(),
+        gateway_url: gateway_url.into(),
+        metrics_url: metrics_url.into(),
+        username,
+        password,
+        api_token,
+    };
+    let text = serde_json::to_vec_pretty(&info).map_err(|e| AppError::Bootstrap(e.to_string()))?;
+    secrets::write_private(&path, &text).map_err(|source| AppError::Write {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(info)
+}

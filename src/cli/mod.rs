@@ -1,0 +1,788 @@
+//! The `lgsp` command line (SPEC §6): `serve` and `dev` run the appliance; every other command
+//! talks to a node's admin API. `--json` prints the API's JSON unchanged; otherwise lists are
+//! printed as aligned columns and objects as indented JSON.
+//!
+//! Invariants: `anyhow` lives here and in `main.rs` only; usage and configuration errors exit
+//! 64, refused or failed operations exit 1; secrets are read from stdin or the environment,
+//! never required on the command line.
+
+pub mod client;
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use client::{Client, Connection};
+
+/// Exit code for bad configuration or usage (EX_USAGE).
+pub const EXIT_USAGE: u8 = 64;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lgsp",
+    version,
+    about = "City LGSP appliance: data-sharing platform for a city's agencies"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub conn: Connection,
+    /// Print the API's JSON instead of a table
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Run a node from a configuration file
+    Serve {
+        #[arg(long, default_value = "/etc/lgsp/lgsp.toml")]
+        config: PathBuf,
+    },
+    /// Run a complete single-node appliance on loopback for evaluation (plain HTTP)
+    Dev(DevArgs),
+    /// Log in with a username and password (read from stdin); prints a session token
+    Login {
+        #[arg(long)]
+        username: String,
+    },
+    /// Agencies and their restructuring (rename, split, merge, dissolve)
+    #[command(subcommand)]
+    Agency(AgencyCmd),
+    /// Information systems
+    #[command(subcommand)]
+    System(SystemCmd),
+    /// Services and versions
+    #[command(subcommand)]
+    Service(ServiceCmd),
+    /// Subscriptions: request, provider approval, operator approval
+    #[command(subcommand)]
+    Subscription(SubscriptionCmd),
+    /// Consumer credentials (secrets shown once)
+    #[command(subcommand)]
+    Credential(CredentialCmd),
+    /// Shared catalogs (danh mục dùng chung)
+    #[command(subcommand)]
+    Catalog(CatalogCmd),
+    /// Admin accounts
+    #[command(subcommand)]
+    User(UserCmd),
+    /// API tokens
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Audit trails
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// Declarative registry import and export (TOML or JSON)
+    #[command(subcommand)]
+    Registry(RegistryCmd),
+    /// Print shell completions
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff)
+    Man,
+}
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    pub gateway_addr: std::net::SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:9443")]
+    pub admin_addr: std::net::SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub metrics_addr: std::net::SocketAddr,
+    /// Let the OS pick every port (see dev.json for the URLs)
+    #[arg(long)]
+    pub ephemeral_ports: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgencyCmd {
+    List {
+        #[arg(long)]
+        status: Option<String>,
+    },
+    Show {
+        code: String,
+    },
+    Create {
+        #[arg(long)]
+        code: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        parent: Option<String>,
+    },
+    /// Rename, optionally under a new identifier code
+    Rename {
+        code: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        new_code: Option<String>,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Split into new agencies: --into CODE=NAME (twice or more), --assign SYSTEM=CODE for every system
+    Split {
+        code: String,
+        #[arg(long, required = true)]
+        into: Vec<String>,
+        #[arg(long)]
+        assign: Vec<String>,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Merge --source agencies into --into-code (new or existing)
+    Merge {
+        #[arg(long, required = true)]
+        source: Vec<String>,
+        #[arg(long)]
+        into_code: String,
+        #[arg(long)]
+        into_name: String,
+        #[arg(long)]
+        reason: String,
+    },
+    Dissolve {
+        code: String,
+        #[arg(long)]
+        successor: Option<String>,
+        #[arg(long)]
+        reason: String,
+    },
+    Suspend {
+        code: String,
+        #[arg(long)]
+        reason: String,
+    },
+    Reinstate {
+        code: String,
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SystemCmd {
+    List {
+        #[arg(long)]
+        agency: Option<String>,
+    },
+    Show {
+        id: String,
+    },
+    Create {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        agency: String,
+        #[arg(long)]
+        name: String,
+        /// NĐ 85/2016 security level (1-5)
+        #[arg(long, conflicts_with = "commitment")]
+        security_level: Option<u8>,
+        /// Reference of a signed security commitment (Form 03)
+        #[arg(long, requires = "signed_on")]
+        commitment: Option<String>,
+        #[arg(long)]
+        signed_on: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCmd {
+    List,
+    Show {
+        context: String,
+    },
+    Create {
+        #[arg(long)]
+        context: String,
+        #[arg(long)]
+        provider_system: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        #[arg(long, default_value = "json")]
+        format: String,
+        #[arg(long = "method")]
+        methods: Vec<String>,
+    },
+    AddVersion {
+        context: String,
+        version: String,
+        #[arg(long)]
+        production: Option<String>,
+        #[arg(long)]
+        test: Option<String>,
+    },
+    Publish {
+        context: String,
+        version: String,
+    },
+    Deprecate {
+        context: String,
+        version: String,
+        /// RFC 3339 instant, e.g. 2027-06-01T00:00:00+07:00
+        #[arg(long)]
+        retire_at: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        override_reason: Option<String>,
+    },
+    Retire {
+        context: String,
+        version: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        override_reason: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SubscriptionCmd {
+    List {
+        #[arg(long)]
+        state: Option<String>,
+    },
+    Show {
+        id: String,
+    },
+    Request {
+        #[arg(long)]
+        consumer_system: String,
+        #[arg(long)]
+        service: String,
+        #[arg(long)]
+        version: String,
+        #[arg(long)]
+        environment: String,
+        #[arg(long)]
+        purpose: String,
+    },
+    ProviderApprove {
+        id: String,
+    },
+    Approve {
+        id: String,
+    },
+    Reject {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    Revoke {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CredentialCmd {
+    List {
+        #[arg(long)]
+        system: Option<String>,
+    },
+    Issue {
+        #[arg(long)]
+        system: String,
+        #[arg(long)]
+        environment: String,
+        #[arg(long)]
+        hmac: bool,
+    },
+    Revoke {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CatalogCmd {
+    List,
+    Show {
+        code: String,
+    },
+    Create {
+        #[arg(long)]
+        code: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        owner_agency: String,
+    },
+    /// Publish a new version from FILE: JSON {fields, entries}, or --format dvhc for dvhc-2025.json
+    Publish {
+        code: String,
+        file: PathBuf,
+        #[arg(long, default_value = "json")]
+        format: String,
+        #[arg(long)]
+        append: bool,
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCmd {
+    List,
+    /// Create a user; the password is read from stdin
+    Create {
+        #[arg(long)]
+        username: String,
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        agency: Option<String>,
+        #[arg(long, default_value = "")]
+        display_name: String,
+    },
+    Disable {
+        username: String,
+    },
+    Enable {
+        username: String,
+    },
+    Unlock {
+        username: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    List,
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+    },
+    Revoke {
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// The admin audit trail (who changed what in the registry)
+    Admin {
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RegistryCmd {
+    /// Validate the whole file, then apply it atomically (idempotent)
+    Import {
+        file: PathBuf,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Write the registry as a document (no secrets); format from the file extension
+    Export {
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        #[arg(long, default_value = "toml")]
+        format: String,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match cli.cmd {
+        Cmd::Serve { config } => match Config::load(&config) {
+            Ok(cfg) => run_app(cfg),
+            Err(e) => {
+                eprintln!("lgsp: invalid configuration: {e}");
+                ExitCode::from(EXIT_USAGE)
+            }
+        },
+        Cmd::Dev(d) => {
+            let any = |a: std::net::SocketAddr| {
+                if d.ephemeral_ports {
+                    std::net::SocketAddr::new(a.ip(), 0)
+                } else {
+                    a
+                }
+            };
+            let cfg = Config::dev(
+                d.data_dir,
+                any(d.gateway_addr),
+                any(d.admin_addr),
+                any(d.metrics_addr),
+            );
+            if let Err(e) = cfg.validate() {
+                eprintln!("lgsp: invalid configuration: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+            run_app(cfg)
+        }
+        Cmd::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "lgsp", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Cmd::Man => match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("lgsp: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        cmd => {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("lgsp: cannot start: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(remote(cmd, &cli.conn, cli.json)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn run_app(cfg: Config) -> ExitCode {
+    crate::ops::logging::init(&cfg.log);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("lgsp: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(crate::app::run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "lgsp stopped");
+            eprintln!("lgsp: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn read_stdin_line(what: &str) -> Result<String> {
+    let mut s = String::new();
+    std::io::stdin()
+        .read_to_string(&mut s)
+        .with_context(|| format!("cannot read the {what} from stdin"))?;
+    let line = s.lines().next().unwrap_or("").to_owned();
+    if line.is_empty() {
+        bail!("no {what} on stdin; pipe it in, e.g. `printf '%s\\n' \"$PASS\" | lgsp ...`");
+    }
+    Ok(line)
+}
+
+fn pair(s: &str, what: &str) -> Result<(String, String)> {
+    let (a, b) = s
+        .split_once('=')
+        .with_context(|| format!("{what} {s:?} must look like KEY=VALUE"))?;
+    Ok((a.to_owned(), b.to_owned()))
+}
+
+fn qs(params: &[(&str, Option<String>)]) -> String {
+    let parts: Vec<String> = params
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", urlencode(v))))
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", parts.join("&"))
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Prints a list as columns, or an object as indented JSON.
+fn show(v: &Value, json_out: bool, cols: &[&str]) {
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        return;
+    }
+    match v.get("items").and_then(Value::as_array) {
+        Some(items) if !cols.is_empty() => {
+            let cell = |it: &Value, c: &str| match &it[c] {
+                Value::String(s) => s.clone(),
+                Value::Null => "-".into(),
+                other => other.to_string(),
+            };
+            let widths: Vec<usize> = cols
+                .iter()
+                .map(|c| {
+                    items
+                        .iter()
+                        .map(|it| cell(it, c).chars().count())
+                        .max()
+                        .unwrap_or(0)
+                        .max(c.len())
+                })
+                .collect();
+            let line = |vals: Vec<String>| {
+                vals.iter()
+                    .zip(&widths)
+                    .map(|(v, w)| format!("{v:<w$}"))
+                    .collect::<Vec<_>>()
+                    .join("  ")
+                    .trim_end()
+                    .to_owned()
+            };
+            println!("{}", line(cols.iter().map(|c| c.to_uppercase()).collect()));
+            for it in items {
+                println!("{}", line(cols.iter().map(|c| cell(it, c)).collect()));
+            }
+            if let Some(t) = v["total"].as_u64() {
+                if t as usize > items.len() {
+                    println!("({} of {t} shown)", items.len());
+                }
+            }
+        }
+        _ if v.is_null() => println!("ok"),
+        _ => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
+    }
+}
+
+fn strip_nulls(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            m.retain(|_, x| !x.is_null());
+            m.values_mut().for_each(strip_nulls);
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
+}
+
+/// Reads a registry document, TOML or JSON by extension.
+pub fn read_document(file: &std::path::Path) -> Result<Value> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let is_json = file
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    if is_json {
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", file.display()))
+    } else {
+        let t: toml::Value = toml::from_str(&text)
+            .with_context(|| format!("{} is not valid TOML", file.display()))?;
+        Ok(serde_json::to_value(t)?)
+    }
+}
+
+async fn remote(cmd: Cmd, conn: &Connection, j: bool) -> Result<()> {
+    if let Cmd::Login { username } = &cmd {
+        let c = Client::new(conn, false)?;
+        let password = read_stdin_line("password")?;
+        let v = c
+            .post(
+                "/api/v1/auth/login",
+                json!({"username": username, "password": password}),
+            )
+            .await?;
+        if j {
+            show(&v, true, &[]);
+        } else {
+            println!("{}", v["token"].as_str().unwrap_or_default());
+            eprintln!(
+                "session token valid until {}; export LGSP_TOKEN=<token> to use it",
+                v["expires_at"]
+            );
+        }
+        return Ok(());
+    }
+    let c = Client::new(conn, true)?;
+    match cmd {
+        Cmd::Agency(a) => match a {
+            AgencyCmd::List { status } => show(&c.get(&format!("/api/v1/agencies{}", qs(&[("status", status)]))).await?, j, &["code", "name", "status", "suspended"]),
+            AgencyCmd::Show { code } => show(&c.get(&format!("/api/v1/agencies/{code}")).await?, j, &[]),
+            AgencyCmd::Create { code, name, parent } => show(&c.post("/api/v1/agencies", json!({"code": code, "name": name, "parent": parent})).await?, j, &[]),
+            AgencyCmd::Rename { code, name, new_code, reason } => {
+                show(&c.post(&format!("/api/v1/agencies/{code}/rename"), json!({"new_name": name, "new_code": new_code, "reason": reason})).await?, j, &[])
+            }
+            AgencyCmd::Split { code, into, assign, reason } => {
+                let into: Vec<Value> = into.iter().map(|s| pair(s, "--into").map(|(c, n)| json!({"code": c, "name": n}))).collect::<Result<_>>()?;
+                let systems: serde_json::Map<String, Value> = assign.iter().map(|s| pair(s, "--assign").map(|(k, v)| (k, Value::String(v)))).collect::<Result<_>>()?;
+                show(&c.post(&format!("/api/v1/agencies/{code}/split"), json!({"into": into, "systems": systems, "reason": reason})).await?, j, &[])
+            }
+            AgencyCmd::Merge { source, into_code, into_name, reason } => {
+                show(&c.post("/api/v1/agencies/merge", json!({"sources": source, "into": {"code": into_code, "name": into_name}, "reason": reason})).await?, j, &[])
+            }
+            AgencyCmd::Dissolve { code, successor, reason } => show(&c.post(&format!("/api/v1/agencies/{code}/dissolve"), json!({"successor": successor, "reason": reason})).await?, j, &[]),
+            AgencyCmd::Suspend { code, reason } => show(&c.post(&format!("/api/v1/agencies/{code}/suspend"), json!({"reason": reason})).await?, j, &[]),
+            AgencyCmd::Reinstate { code, reason } => show(&c.post(&format!("/api/v1/agencies/{code}/reinstate"), json!({"reason": reason})).await?, j, &[]),
+        },
+        Cmd::System(s) => match s {
+            SystemCmd::List { agency } => show(&c.get(&format!("/api/v1/systems{}", qs(&[("agency", agency)]))).await?, j, &["id", "agency", "name"]),
+            SystemCmd::Show { id } => show(&c.get(&format!("/api/v1/systems/{id}")).await?, j, &[]),
+            SystemCmd::Create { id, agency, name, security_level, commitment, signed_on } => {
+                let security = match (security_level, commitment) {
+                    (Some(l), None) => json!({"kind": "level", "level": l}),
+                    (None, Some(doc)) => json!({"kind": "commitment", "document": doc, "signed_on": signed_on}),
+                    _ => bail!("give --security-level N (NĐ 85/2016) or --commitment REF --signed-on YYYY-MM-DD (Form 03)"),
+                };
+                show(&c.post("/api/v1/systems", json!({"id": id, "agency": agency, "name": name, "security": security})).await?, j, &[])
+            }
+        },
+        Cmd::Service(s) => match s {
+            ServiceCmd::List => show(&c.get("/api/v1/services").await?, j, &["context", "provider_system", "name"]),
+            ServiceCmd::Show { context } => show(&c.get(&format!("/api/v1/services/{context}")).await?, j, &[]),
+            ServiceCmd::Create { context, provider_system, name, description, format, methods } => show(
+                &c.post("/api/v1/services", json!({"context": context, "provider_system": provider_system, "name": name, "description": description, "format": format, "methods": methods})).await?,
+                j,
+                &[],
+            ),
+            ServiceCmd::AddVersion { context, version, production, test } => {
+                show(&c.post(&format!("/api/v1/services/{context}/versions"), json!({"version": version, "upstream": {"production": production, "test": test}})).await?, j, &[])
+            }
+            ServiceCmd::Publish { context, version } => show(&c.post(&format!("/api/v1/services/{context}/versions/{version}/publish"), json!({})).await?, j, &[]),
+            ServiceCmd::Deprecate { context, version, retire_at, reason, override_reason } => show(
+                &c.post(&format!("/api/v1/services/{context}/versions/{version}/deprecate"), json!({"retire_at": retire_at, "reason": reason, "override_reason": override_reason})).await?,
+                j,
+                &[],
+            ),
+            ServiceCmd::Retire { context, version, reason, override_reason } => {
+                show(&c.post(&format!("/api/v1/services/{context}/versions/{version}/retire"), json!({"reason": reason, "override_reason": override_reason})).await?, j, &[])
+            }
+        },
+        Cmd::Subscription(s) => match s {
+            SubscriptionCmd::List { state } => show(
+                &c.get(&format!("/api/v1/subscriptions{}", qs(&[("state", state)]))).await?,
+                j,
+                &["id", "consumer_system", "service", "version", "environment", "state", "decision_due", "overdue"],
+            ),
+            SubscriptionCmd::Show { id } => show(&c.get(&format!("/api/v1/subscriptions/{id}")).await?, j, &[]),
+            SubscriptionCmd::Request { consumer_system, service, version, environment, purpose } => show(
+                &c.post("/api/v1/subscriptions", json!({"consumer_system": consumer_system, "service": service, "version": version, "environment": environment, "purpose": purpose})).await?,
+                j,
+                &[],
+            ),
+            SubscriptionCmd::ProviderApprove { id } => show(&c.post(&format!("/api/v1/subscriptions/{id}/provider-approve"), json!({})).await?, j, &[]),
+            SubscriptionCmd::Approve { id } => show(&c.post(&format!("/api/v1/subscriptions/{id}/approve"), json!({})).await?, j, &[]),
+            SubscriptionCmd::Reject { id, reason } => show(&c.post(&format!("/api/v1/subscriptions/{id}/reject"), json!({"reason": reason})).await?, j, &[]),
+            SubscriptionCmd::Revoke { id, reason } => show(&c.post(&format!("/api/v1/subscriptions/{id}/revoke"), json!({"reason": reason})).await?, j, &[]),
+        },
+        Cmd::Credential(s) => match s {
+            CredentialCmd::List { system } => show(&c.get(&format!("/api/v1/credentials{}", qs(&[("system", system)]))).await?, j, &["id", "system", "environment", "consumer_key", "revoked_at"]),
+            CredentialCmd::Issue { system, environment, hmac } => show(&c.post("/api/v1/credentials", json!({"system": system, "environment": environment, "hmac": hmac})).await?, j, &[]),
+            CredentialCmd::Revoke { id, reason } => show(&c.post(&format!("/api/v1/credentials/{id}/revoke"), json!({"reason": reason})).await?, j, &[]),
+        },
+        Cmd::Catalog(s) => match s {
+            CatalogCmd::List => show(&c.get("/api/v1/catalogs").await?, j, &["code", "name", "owner_agency", "latest_version", "entries"]),
+            CatalogCmd::Show { code } => show(&c.get(&format!("/api/v1/catalogs/{code}")).await?, j, &[]),
+            CatalogCmd::Create { code, name, owner_agency } => show(&c.post("/api/v1/catalogs", json!({"code": code, "name": name, "owner_agency": owner_agency})).await?, j, &[]),
+            CatalogCmd::Publish { code, file, format, append, note } => {
+                let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+                let body = match format.as_str() {
+                    "dvhc" => {
+                        let (fields, entries) = crate::registry::dvhc::from_json(&text).map_err(anyhow::Error::msg)?;
+                        json!({"fields": fields, "entries": entries, "append": append, "note": note})
+                    }
+                    "json" => {
+                        let mut v: Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))?;
+                        v["append"] = json!(append);
+                        v["note"] = json!(note);
+                        v
+                    }
+                    other => bail!("unknown --format {other:?}; use json or dvhc"),
+                };
+                show(&c.post(&format!("/api/v1/catalogs/{code}/versions"), body).await?, j, &[])
+            }
+        },
+        Cmd::User(u) => match u {
+            UserCmd::List => show(&c.get("/api/v1/users").await?, j, &["username", "role", "agency", "disabled", "locked_until"]),
+            UserCmd::Create { username, role, agency, display_name } => {
+                let password = read_stdin_line("password")?;
+                show(&c.post("/api/v1/users", json!({"username": username, "role": role, "agency": agency, "display_name": display_name, "password": password})).await?, j, &[])
+            }
+            UserCmd::Disable { username } => show(&c.call(reqwest::Method::PATCH, &format!("/api/v1/users/{username}"), Some(&json!({"disabled": true}))).await?, j, &[]),
+            UserCmd::Enable { username } => show(&c.call(reqwest::Method::PATCH, &format!("/api/v1/users/{username}"), Some(&json!({"disabled": false}))).await?, j, &[]),
+            UserCmd::Unlock { username } => show(&c.post(&format!("/api/v1/users/{username}/unlock"), json!({})).await?, j, &[]),
+        },
+        Cmd::Token(t) => match t {
+            TokenCmd::List => show(&c.get("/api/v1/tokens").await?, j, &["id", "username", "name", "expires_at", "session"]),
+            TokenCmd::Create { name, expires_in_days } => show(&c.post("/api/v1/tokens", json!({"name": name, "expires_in_days": expires_in_days})).await?, j, &[]),
+            TokenCmd::Revoke { id } => show(&c.call(reqwest::Method::DELETE, &format!("/api/v1/tokens/{id}"), None).await?, j, &[]),
+        },
+        Cmd::Audit(AuditCmd::Admin { user, target, limit }) => show(
+            &c.get(&format!("/api/v1/audit/admin{}", qs(&[("user", user), ("target", target), ("limit", Some(limit.to_string()))]))).await?,
+            j,
+            &["index", "at", "user", "action", "target", "reason"],
+        ),
+        Cmd::Registry(r) => match r {
+            RegistryCmd::Import { file, dry_run } => {
+                let doc = read_document(&file)?;
+                let v = c.post(&format!("/api/v1/registry/import{}", if dry_run { "?dry_run=true" } else { "" }), doc).await?;
+                if j {
+                    show(&v, true, &[]);
+                } else if v["applied"].as_bool() == Some(true) {
+                    println!("imported {}: {} change(s) applied", file.display(), v["changes"]);
+                } else if dry_run {
+                    println!("{} is valid: {} change(s) would be applied", file.display(), v["changes"]);
+                } else {
+                    println!("{} is already in the registry: nothing to change", file.display());
+                }
+            }
+            RegistryCmd::Export { output, format } => {
+                let mut v = c.get("/api/v1/registry/export").await?;
+                strip_nulls(&mut v);
+                let as_json = output.as_ref().and_then(|o| o.extension()).map(|e| e.eq_ignore_ascii_case("json")).unwrap_or(format == "json" || j);
+                let text = if as_json { serde_json::to_string_pretty(&v)? + "\n" } else { toml::to_string(&v).context("cannot express the registry as TOML")? };
+                match output {
+                    Some(p) => std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))?,
+                    None => print!("{text}"),
+                }
+            }
+        },
+        Cmd::Serve { .. } | Cmd::Dev(_) | Cmd::Login { .. } | Cmd::Completions { .. } | Cmd::Man => unreachable!("handled before connecting"),
+    }
+    Ok(())
+}

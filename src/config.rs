@@ -1,0 +1,318 @@
+//! One typed, validated configuration (`/etc/lgsp/lgsp.toml`, SPEC §1–2).
+//!
+//! Invariants: everything is checked before any socket is bound or file created; an unknown
+//! key or a bad value is a [`ConfigError`] naming the key and the reason (`main` exits 64).
+//! Plain HTTP exists only in dev mode (`Config::dev`), never from a file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("config key `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub node: NodeConfig,
+    #[serde(default)]
+    pub listen: ListenConfig,
+    /// Required outside dev mode: every listener but metrics speaks TLS.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Set only by `lgsp dev`; a config file cannot turn TLS off.
+    #[serde(skip)]
+    pub dev_mode: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Where redb files and keys live (`/var/lib/lgsp`).
+    pub data_dir: PathBuf,
+    /// Shown in logs, metrics and audit records.
+    #[serde(default = "default_node_name")]
+    pub name: String,
+}
+
+fn default_node_name() -> String {
+    "node-1".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    #[serde(default = "d_gateway")]
+    pub gateway: SocketAddr,
+    #[serde(default = "d_admin")]
+    pub admin: SocketAddr,
+    #[serde(default = "d_metrics")]
+    pub metrics: SocketAddr,
+    #[serde(default = "d_cluster")]
+    pub cluster: SocketAddr,
+}
+
+fn d_gateway() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8443))
+}
+fn d_admin() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 9443))
+}
+fn d_metrics() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 9464))
+}
+fn d_cluster() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 7443))
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        ListenConfig {
+            gateway: d_gateway(),
+            admin: d_admin(),
+            metrics: d_metrics(),
+            cluster: d_cluster(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain served on the gateway and admin listeners.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Lifetime of a console/CLI login session.
+    #[serde(default = "d_session")]
+    pub session_ttl_seconds: u64,
+    /// Consecutive failed logins that lock an account (O7).
+    #[serde(default = "d_threshold")]
+    pub lockout_threshold: u32,
+    /// How long a locked account stays locked.
+    #[serde(default = "d_lock")]
+    pub lockout_seconds: u64,
+}
+
+fn d_session() -> u64 {
+    8 * 3600
+}
+fn d_threshold() -> u32 {
+    5
+}
+fn d_lock() -> u64 {
+    900
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            session_ttl_seconds: d_session(),
+            lockout_threshold: d_threshold(),
+            lockout_seconds: d_lock(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// journald when started by systemd, plain stderr otherwise.
+    #[default]
+    Auto,
+    Journald,
+    Plain,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `lgsp=debug,info`.
+    #[serde(default = "d_level")]
+    pub level: String,
+}
+
+fn d_level() -> String {
+    "info".into()
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Auto,
+            level: d_level(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let show = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: show.clone(),
+            source,
+        })?;
+        Self::parse(&text, &show)
+    }
+
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The embedded single-node default of `lgsp dev`: loopback only, plain HTTP.
+    pub fn dev(
+        data_dir: PathBuf,
+        gateway: SocketAddr,
+        admin: SocketAddr,
+        metrics: SocketAddr,
+    ) -> Config {
+        Config {
+            node: NodeConfig {
+                data_dir,
+                name: "dev".into(),
+            },
+            listen: ListenConfig {
+                gateway,
+                admin,
+                metrics,
+                cluster: SocketAddr::from(([127, 0, 0, 1], 0)),
+            },
+            tls: None,
+            admin: AdminConfig::default(),
+            log: LogConfig::default(),
+            dev_mode: true,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "node.data_dir",
+                reason: "must not be empty".into(),
+            });
+        }
+        if self.node.name.trim().is_empty() || self.node.name.len() > 63 {
+            return Err(ConfigError::Invalid {
+                key: "node.name",
+                reason: "must be 1-63 characters".into(),
+            });
+        }
+        if self.admin.lockout_threshold == 0 {
+            return Err(ConfigError::Invalid {
+                key: "admin.lockout_threshold",
+                reason: "must be at least 1 (accounts must lock after repeated failures)".into(),
+            });
+        }
+        if !(60..=7 * 24 * 3600).contains(&self.admin.session_ttl_seconds) {
+            return Err(ConfigError::Invalid {
+                key: "admin.session_ttl_seconds",
+                reason: "must be between 60 and 604800".into(),
+            });
+        }
+        if self.admin.lockout_seconds == 0 {
+            return Err(ConfigError::Invalid {
+                key: "admin.lockout_seconds",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(ConfigError::Invalid {
+                key: "log.level",
+                reason: format!(
+                    "{:?} is not a log filter (try info, debug, or lgsp=debug,info)",
+                    self.log.level
+                ),
+            });
+        }
+        let l = &self.listen;
+        let addrs = [
+            ("listen.gateway", l.gateway),
+            ("listen.admin", l.admin),
+            ("listen.metrics", l.metrics),
+            ("listen.cluster", l.cluster),
+        ];
+        for (i, (ka, a)) in addrs.iter().enumerate() {
+            for (kb, b) in &addrs[i + 1..] {
+                if a.port() != 0 && a == b {
+                    return Err(ConfigError::Invalid {
+                        key: ka,
+                        reason: format!("{a} is also used by {kb}"),
+                    });
+                }
+            }
+        }
+        if !self.dev_mode {
+            let Some(tls) = &self.tls else {
+                return Err(ConfigError::Invalid { key: "tls", reason: "a [tls] section with cert and key is required (plain HTTP exists only in `lgsp dev`)".into() });
+            };
+            for (key, p) in [("tls.cert", &tls.cert), ("tls.key", &tls.key)] {
+                if let Err(e) = std::fs::metadata(p) {
+                    return Err(ConfigError::Invalid {
+                        key,
+                        reason: format!("cannot read {}: {e}", p.display()),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::parse("[node]\ndata_dir='/x'\ncolour='red'\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn bad_address_is_named() {
+        let e = Config::parse("[node]\ndata_dir='/x'\n[listen]\nadmin='nope'\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("admin"), "{e}");
+    }
+
+    #[test]
+    fn tls_required_outside_dev() {
+        let e = Config::parse("[node]\ndata_dir='/x'\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tls"), "{e}");
+    }
+}

@@ -1,0 +1,12 @@
+//! LGSP appliance: the city data center's data-sharing platform. See ARCHITECTURE.md.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod cli;
+pub mod cluster;
+pub mod config;
+pub mod gateway;
+pub mod ops;
+pub mod registry;
+pub mod secrets;

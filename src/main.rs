@@ -1,0 +1,7 @@
+//! Thin entry point: parse the command line, hand over to `cli` (which loads config and runs
+//! `app` for `serve`/`dev`). Exit codes: 0 ok, 1 failure, 64 bad configuration or usage.
+#![forbid(unsafe_code)]
+
+fn main() -> std::process::ExitCode {
+    lgsp::cli::main()
+}

@@ -1,0 +1,82 @@
+//! The metrics and status listener (SPEC §2, §7): `GET /metrics` (Prometheus text), `GET /status`
+//! (Level 1: answers at once, checks nothing).
+//!
+//! Invariants: metric names are `lgsp_<area>_<name>_<unit>`; labels come from a fixed set.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use prometheus::{Encoder, IntGaugeVec, Opts, Registry, TextEncoder};
+
+/// Counts of registry objects, refreshed by `app` on every scrape.
+pub type CountsFn = Arc<dyn Fn() -> Vec<(&'static str, i64)> + Send + Sync>;
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    objects: IntGaugeVec,
+    counts: CountsFn,
+    node: String,
+}
+
+impl Metrics {
+    pub fn new(node: &str, counts: CountsFn) -> Metrics {
+        let registry = Registry::new();
+        let objects = IntGaugeVec::new(
+            Opts::new(
+                "lgsp_registry_objects",
+                "Objects in the replicated registry, by kind",
+            ),
+            &["kind"],
+        )
+        .unwrap_or_else(|_| {
+            IntGaugeVec::new(
+                Opts::new("lgsp_registry_objects_fallback", "unused"),
+                &["kind"],
+            )
+            .expect("static metric")
+        });
+        let _ = registry.register(Box::new(objects.clone()));
+        let info = IntGaugeVec::new(
+            Opts::new("lgsp_build_info", "Build and node information"),
+            &["version", "node"],
+        );
+        if let Ok(info) = info {
+            info.with_label_values(&[env!("CARGO_PKG_VERSION"), node])
+                .set(1);
+            let _ = registry.register(Box::new(info));
+        }
+        Metrics {
+            registry,
+            objects,
+            counts,
+            node: node.to_owned(),
+        }
+    }
+
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/metrics", get(metrics))
+            .route("/status", get(status))
+            .with_state(self)
+    }
+}
+
+async fn metrics(State(m): State<Metrics>) -> impl IntoResponse {
+    for (kind, n) in (m.counts)() {
+        m.objects.with_label_values(&[kind]).set(n);
+    }
+    let mut buf = Vec::new();
+    let _ = TextEncoder::new().encode(&m.registry.gather(), &mut buf);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], buf)
+}
+
+async fn status(State(m): State<Metrics>) -> impl IntoResponse {
+    Json(
+        serde_json::json!({ "status": "up", "node": m.node, "version": env!("CARGO_PKG_VERSION") }),
+    )
+}

@@ -1,0 +1,21 @@
+//! The registry: who may talk to whom (REQUIREMENTS R1–R9), as a deterministic state machine.
+//!
+//! Owns the model, the [`Command`] log format, the pure [`apply`] function and read views.
+//! Invariants: no I/O, no clock, no randomness, and no `use crate::` of any other module
+//! (checked by `tests/architecture.rs`). The cluster replicates [`Envelope`]s; every node applies
+//! them with [`apply`] and reaches the same state.
+
+pub mod apply;
+pub mod command;
+pub mod document;
+pub mod dvhc;
+pub mod error;
+pub mod model;
+pub mod rules;
+pub mod state;
+
+pub use apply::{apply, Outcome};
+pub use command::{Actor, Command, Decision, Envelope, NewAgency, ServiceSpec, FORMAT};
+pub use error::RegistryError;
+pub use model::*;
+pub use state::State;

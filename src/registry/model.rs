@@ -1,0 +1,471 @@
+//! The registry's entities: agencies, information systems, services and their versions,
+//! subscriptions, credentials, shared catalogs, users and API tokens.
+//!
+//! Invariants: every type here is plain data (no I/O, no clocks); identifiers are validated
+//! newtypes or checked strings; secrets appear only as hashes or sealed (encrypted) bytes.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Every instant in the registry is UTC; local (Asia/Ho_Chi_Minh) dates are derived when needed.
+pub type Timestamp = DateTime<Utc>;
+
+/// Who may do what in the admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Staff of the city data center: everything.
+    Operator,
+    /// An agency's IT staff: only its own agency's objects.
+    AgencyAdmin,
+    /// Read-only, audit and reports.
+    Auditor,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Operator => "operator",
+            Role::AgencyAdmin => "agency-admin",
+            Role::Auditor => "auditor",
+        }
+    }
+}
+
+/// Lifecycle of an agency after restructuring (R2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgencyStatus {
+    Active,
+    /// Took a new identifier code; the successor holds its systems.
+    Recoded,
+    /// Split into several successors.
+    Split,
+    /// Merged into a successor.
+    Merged,
+    Dissolved,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Contact {
+    pub name: String,
+    #[serde(default)]
+    pub email: String,
+    #[serde(default)]
+    pub phone: String,
+}
+
+/// One entry in an agency's restructuring history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgencyEvent {
+    pub at: Timestamp,
+    pub by: String,
+    /// created, renamed, recoded, split, merged, dissolved, suspended, reinstated, updated
+    pub kind: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Agency {
+    /// QĐ 20/2020 electronic identifier code, `NNN.NN.NN.ANN`.
+    pub code: String,
+    pub name: String,
+    #[serde(default)]
+    pub parent: Option<String>,
+    pub status: AgencyStatus,
+    /// Suspended agencies keep their registry entries but the gateway refuses their traffic.
+    #[serde(default)]
+    pub suspended: bool,
+    #[serde(default)]
+    pub contacts: Vec<Contact>,
+    #[serde(default)]
+    pub predecessors: Vec<String>,
+    #[serde(default)]
+    pub successors: Vec<String>,
+    pub created_at: Timestamp,
+    #[serde(default)]
+    pub history: Vec<AgencyEvent>,
+}
+
+/// How a system is cleared to connect (R3): an approved security level or a signed commitment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SecurityClearance {
+    /// NĐ 85/2016 level 1..=5, with the approving decision if known.
+    Level {
+        level: u8,
+        #[serde(default)]
+        decision: String,
+    },
+    /// Form 03 security commitment signed by the agency.
+    Commitment {
+        signed_on: NaiveDate,
+        document: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct System {
+    /// Slug, unique across the registry.
+    pub id: String,
+    pub agency: String,
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub security: SecurityClearance,
+    #[serde(default)]
+    pub contacts: Vec<Contact>,
+    #[serde(default)]
+    pub disabled: bool,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Environment {
+    Test,
+    Production,
+}
+
+impl Environment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Environment::Test => "test",
+            Environment::Production => "production",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VersionState {
+    Draft,
+    Published,
+    Deprecated,
+    Retired,
+}
+
+impl VersionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VersionState::Draft => "draft",
+            VersionState::Published => "published",
+            VersionState::Deprecated => "deprecated",
+            VersionState::Retired => "retired",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadFormat {
+    #[default]
+    Json,
+    Xml,
+}
+
+/// Where a version's traffic goes, per environment (R6).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Upstreams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub production: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<String>,
+}
+
+impl Upstreams {
+    pub fn get(&self, env: Environment) -> Option<&str> {
+        match env {
+            Environment::Production => self.production.as_deref(),
+            Environment::Test => self.test.as_deref(),
+        }
+    }
+}
+
+/// A recorded lifecycle transition; `override_reason` is set when an operator bypassed a rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LifecycleEvent {
+    pub at: Timestamp,
+    pub by: String,
+    pub from: VersionState,
+    pub to: VersionState,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub override_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceVersion {
+    pub version: String,
+    pub state: VersionState,
+    #[serde(default)]
+    pub upstream: Upstreams,
+    /// Largest request body the gateway forwards; `None` uses the gateway default.
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
+    pub created_at: Timestamp,
+    #[serde(default)]
+    pub published_at: Option<Timestamp>,
+    #[serde(default)]
+    pub deprecated_at: Option<Timestamp>,
+    /// Announced decommission instant (≥ 60 days after the notice, R7).
+    #[serde(default)]
+    pub retire_at: Option<Timestamp>,
+    #[serde(default)]
+    pub retired_at: Option<Timestamp>,
+    #[serde(default)]
+    pub history: Vec<LifecycleEvent>,
+}
+
+/// A data-sharing service (Form 01, R4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    /// URL context, unique: `/{context}/{version}/...`.
+    pub context: String,
+    pub provider_system: String,
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub purpose: String,
+    #[serde(default)]
+    pub format: PayloadFormat,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub request_description: String,
+    #[serde(default)]
+    pub response_description: String,
+    #[serde(default)]
+    pub sample_request: String,
+    #[serde(default)]
+    pub sample_response: String,
+    pub created_at: Timestamp,
+    /// Keyed by version label; ordered for display with [`version_order`].
+    #[serde(default)]
+    pub versions: BTreeMap<String, ServiceVersion>,
+}
+
+impl Service {
+    /// The default version: the newest published one (SPEC §3).
+    pub fn default_version(&self) -> Option<&ServiceVersion> {
+        self.versions
+            .values()
+            .filter(|v| v.state == VersionState::Published)
+            .max_by(|a, b| version_order(&a.version, &b.version))
+    }
+}
+
+/// Orders version labels like `v1 < v2 < v10 < v10.1` (numeric parts compared as numbers).
+pub fn version_order(a: &str, b: &str) -> std::cmp::Ordering {
+    fn parts(s: &str) -> Vec<u64> {
+        s.trim_start_matches(['v', 'V'])
+            .split(['.', '-', '_'])
+            .map(|p| p.parse::<u64>().unwrap_or(0))
+            .collect()
+    }
+    parts(a).cmp(&parts(b)).then_with(|| a.cmp(b))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum SubscriptionState {
+    Requested,
+    ProviderApproved,
+    Active,
+    Rejected,
+    Revoked,
+}
+
+impl SubscriptionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubscriptionState::Requested => "requested",
+            SubscriptionState::ProviderApproved => "provider_approved",
+            SubscriptionState::Active => "active",
+            SubscriptionState::Rejected => "rejected",
+            SubscriptionState::Revoked => "revoked",
+        }
+    }
+    /// Still pending or in force (a second request for the same thing would be a duplicate).
+    pub fn is_open(self) -> bool {
+        matches!(
+            self,
+            SubscriptionState::Requested
+                | SubscriptionState::ProviderApproved
+                | SubscriptionState::Active
+        )
+    }
+}
+
+/// Per-subscription traffic control (G6); enforced by the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct RateLimit {
+    #[serde(default)]
+    pub per_second: Option<u32>,
+    #[serde(default)]
+    pub per_day: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionEvent {
+    pub at: Timestamp,
+    pub by: String,
+    pub to: SubscriptionState,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// A consumer system's access to one service version in one environment (Form 02, R5).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscription {
+    pub id: String,
+    pub consumer_system: String,
+    pub service: String,
+    pub version: String,
+    pub environment: Environment,
+    pub state: SubscriptionState,
+    #[serde(default)]
+    pub purpose: String,
+    #[serde(default)]
+    pub scope: String,
+    #[serde(default)]
+    pub contact: Option<Contact>,
+    #[serde(default)]
+    pub rate_limit: RateLimit,
+    pub requested_at: Timestamp,
+    pub requested_by: String,
+    /// Last local date (Asia/Ho_Chi_Minh) by which a decision is due: 5 working days (R5).
+    pub decision_due: NaiveDate,
+    #[serde(default)]
+    pub history: Vec<SubscriptionEvent>,
+}
+
+/// A stored secret. Generated secrets (256 random bits) are kept as salted SHA-256;
+/// imported ones, whose entropy we cannot vouch for, as argon2id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SecretHash {
+    Sha256 { salt: String, hash: String },
+    Argon2id { phc: String },
+}
+
+/// Bytes encrypted with the cluster's secrets key (XChaCha20-Poly1305), base64.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sealed {
+    pub nonce: String,
+    pub ciphertext: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HmacKey {
+    pub key_id: String,
+    /// HMAC needs the shared secret itself, so it is encrypted, not hashed.
+    pub secret: Sealed,
+}
+
+/// Connection details of one consumer system in one environment (R6, O8).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credential {
+    pub id: String,
+    pub system: String,
+    pub environment: Environment,
+    pub consumer_key: String,
+    pub secret: SecretHash,
+    #[serde(default)]
+    pub hmac: Option<HmacKey>,
+    pub created_at: Timestamp,
+    pub created_by: String,
+    #[serde(default)]
+    pub revoked_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogField {
+    pub name: String,
+    #[serde(rename = "type", default = "default_field_type")]
+    pub field_type: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+fn default_field_type() -> String {
+    "string".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CatalogVersion {
+    pub version: u32,
+    pub fields: Vec<CatalogField>,
+    pub entries: Vec<serde_json::Map<String, serde_json::Value>>,
+    pub published_at: Timestamp,
+    pub published_by: String,
+    #[serde(default)]
+    pub note: String,
+}
+
+/// A shared code list ("danh mục dùng chung", R8). Versions are immutable once published.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Catalog {
+    pub code: String,
+    pub name: String,
+    pub owner_agency: String,
+    #[serde(default)]
+    pub description: String,
+    pub created_at: Timestamp,
+    #[serde(default)]
+    pub versions: Vec<CatalogVersion>,
+}
+
+impl Catalog {
+    pub fn latest(&self) -> Option<&CatalogVersion> {
+        self.versions.last()
+    }
+}
+
+/// An admin account (O7). Passwords are argon2id PHC strings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub username: String,
+    #[serde(default)]
+    pub display_name: String,
+    pub role: Role,
+    /// Set exactly when `role` is agency-admin.
+    #[serde(default)]
+    pub agency: Option<String>,
+    pub password_hash: String,
+    pub password_changed_at: Timestamp,
+    #[serde(default)]
+    pub failed_logins: u32,
+    #[serde(default)]
+    pub locked_until: Option<Timestamp>,
+    #[serde(default)]
+    pub disabled: bool,
+    pub created_at: Timestamp,
+}
+
+/// A bearer token for the admin API: a console session or a long-lived tool token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiToken {
+    pub id: String,
+    pub username: String,
+    pub name: String,
+    /// Salted SHA-256 of the secret part (256 random bits).
+    pub secret: SecretHash,
+    pub created_at: Timestamp,
+    #[serde(default)]
+    pub expires_at: Option<Timestamp>,
+    #[serde(default)]
+    pub session: bool,
+}
+
+/// Registry-wide settings that rules depend on; replicated like everything else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Settings {
+    /// Public holidays (local dates) skipped by the 5-working-day clock.
+    #[serde(default)]
+    pub holidays: Vec<NaiveDate>,
+}

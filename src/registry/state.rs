@@ -1,0 +1,309 @@
+//! The registry's in-memory state and its change journal.
+//!
+//! Every mutation goes through [`Table::put`] / [`Table::remove`], which record the previous
+//! value. That journal lets `apply` roll a failed command back completely (a command is all or
+//! nothing) and tells the store exactly which keys to persist after a successful one.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::{de::DeserializeOwned, Serialize};
+
+use super::model::*;
+
+/// An entity kept in its own table, keyed by a string.
+pub trait Entity: Clone + Serialize + DeserializeOwned {
+    /// Name of the persistent table; part of the storage format.
+    const TABLE: &'static str;
+    fn key(&self) -> &str;
+}
+
+macro_rules! entity {
+    ($t:ty, $table:literal, $field:ident) => {
+        impl Entity for $t {
+            const TABLE: &'static str = $table;
+            fn key(&self) -> &str {
+                &self.$field
+            }
+        }
+    };
+}
+entity!(Agency, "agencies", code);
+entity!(System, "systems", id);
+entity!(Service, "services", context);
+entity!(Subscription, "subscriptions", id);
+entity!(Credential, "credentials", id);
+entity!(Catalog, "catalogs", code);
+entity!(User, "users", username);
+entity!(ApiToken, "tokens", id);
+
+/// A keyed collection that journals every change.
+#[derive(Debug, Clone)]
+pub struct Table<V> {
+    rows: BTreeMap<String, V>,
+    undo: Vec<(String, Option<V>)>,
+    touched: BTreeSet<String>,
+}
+
+impl<V> Default for Table<V> {
+    fn default() -> Self {
+        Table {
+            rows: BTreeMap::new(),
+            undo: Vec::new(),
+            touched: BTreeSet::new(),
+        }
+    }
+}
+
+impl<V: Entity> Table<V> {
+    pub fn get(&self, key: &str) -> Option<&V> {
+        self.rows.get(key)
+    }
+    pub fn contains(&self, key: &str) -> bool {
+        self.rows.contains_key(key)
+    }
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.rows.values()
+    }
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+    /// Inserts or replaces, journaling the old value.
+    pub fn put(&mut self, value: V) {
+        let key = value.key().to_owned();
+        let old = self.rows.insert(key.clone(), value);
+        self.touched.insert(key.clone());
+        self.undo.push((key, old));
+    }
+    pub fn remove(&mut self, key: &str) -> Option<V> {
+        let old = self.rows.remove(key);
+        if old.is_some() {
+            self.touched.insert(key.to_owned());
+            self.undo.push((key.to_owned(), old.clone()));
+        }
+        old
+    }
+    /// Loads a row from storage without journaling it.
+    pub fn load(&mut self, value: V) {
+        self.rows.insert(value.key().to_owned(), value);
+    }
+    fn mark(&self) -> usize {
+        self.undo.len()
+    }
+    fn rollback(&mut self, mark: usize) {
+        while self.undo.len() > mark {
+            if let Some((key, old)) = self.undo.pop() {
+                match old {
+                    Some(v) => {
+                        self.rows.insert(key, v);
+                    }
+                    None => {
+                        self.rows.remove(&key);
+                    }
+                }
+            }
+        }
+    }
+    /// Keys changed since the last drain, with their current value (`None` = deleted).
+    pub fn drain_changes(&mut self) -> Vec<(String, Option<&V>)> {
+        self.undo.clear();
+        let keys = std::mem::take(&mut self.touched);
+        keys.into_iter()
+            .map(|k| {
+                let v = self.rows.get(&k);
+                (k, v)
+            })
+            .collect()
+    }
+}
+
+/// The whole registry. Indexes are derived and rebuilt on load and after a rollback.
+#[derive(Debug, Clone, Default)]
+pub struct State {
+    pub agencies: Table<Agency>,
+    pub systems: Table<System>,
+    pub services: Table<Service>,
+    pub subscriptions: Table<Subscription>,
+    pub credentials: Table<Credential>,
+    pub catalogs: Table<Catalog>,
+    pub users: Table<User>,
+    pub tokens: Table<ApiToken>,
+    pub settings: Settings,
+    settings_undo: Vec<Settings>,
+    settings_touched: bool,
+    /// consumer_key -> credential id
+    by_consumer_key: HashMap<String, String>,
+    /// hmac key_id -> credential id
+    by_hmac_key: HashMap<String, String>,
+}
+
+/// A point to roll back to.
+#[derive(Debug, Clone, Copy)]
+pub struct Checkpoint([usize; 9]);
+
+/// What changed in one successful apply, for the store to persist.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// (table, key, serialised value or None for a deletion)
+    pub rows: Vec<(&'static str, String, Option<Vec<u8>>)>,
+    pub settings: Option<Vec<u8>>,
+}
+
+fn encode<V: Serialize>(v: &V) -> Vec<u8> {
+    // Serialising our own plain-data types to JSON cannot fail (no maps with non-string keys).
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+impl State {
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint([
+            self.agencies.mark(),
+            self.systems.mark(),
+            self.services.mark(),
+            self.subscriptions.mark(),
+            self.credentials.mark(),
+            self.catalogs.mark(),
+            self.users.mark(),
+            self.tokens.mark(),
+            self.settings_undo.len(),
+        ])
+    }
+
+    pub fn rollback(&mut self, cp: Checkpoint) {
+        let m = cp.0;
+        self.agencies.rollback(m[0]);
+        self.systems.rollback(m[1]);
+        self.services.rollback(m[2]);
+        self.subscriptions.rollback(m[3]);
+        self.credentials.rollback(m[4]);
+        self.catalogs.rollback(m[5]);
+        self.users.rollback(m[6]);
+        self.tokens.rollback(m[7]);
+        while self.settings_undo.len() > m[8] {
+            if let Some(s) = self.settings_undo.pop() {
+                self.settings = s;
+            }
+        }
+        self.rebuild_indexes();
+    }
+
+    pub fn set_settings(&mut self, settings: Settings) {
+        let old = std::mem::replace(&mut self.settings, settings);
+        self.settings_undo.push(old);
+        self.settings_touched = true;
+    }
+
+    /// Takes the journal: every changed row serialised, ready to persist.
+    pub fn drain_changes(&mut self) -> Changes {
+        let mut rows = Vec::new();
+        fn take<V: Entity>(
+            t: &mut Table<V>,
+            out: &mut Vec<(&'static str, String, Option<Vec<u8>>)>,
+        ) {
+            for (k, v) in t.drain_changes() {
+                out.push((V::TABLE, k, v.map(encode)));
+            }
+        }
+        take(&mut self.agencies, &mut rows);
+        take(&mut self.systems, &mut rows);
+        take(&mut self.services, &mut rows);
+        take(&mut self.subscriptions, &mut rows);
+        take(&mut self.credentials, &mut rows);
+        take(&mut self.catalogs, &mut rows);
+        take(&mut self.users, &mut rows);
+        take(&mut self.tokens, &mut rows);
+        self.settings_undo.clear();
+        let settings = std::mem::take(&mut self.settings_touched).then(|| encode(&self.settings));
+        Changes { rows, settings }
+    }
+
+    /// Names of every persistent table, for the store.
+    pub const TABLES: [&'static str; 8] = [
+        Agency::TABLE,
+        System::TABLE,
+        Service::TABLE,
+        Subscription::TABLE,
+        Credential::TABLE,
+        Catalog::TABLE,
+        User::TABLE,
+        ApiToken::TABLE,
+    ];
+
+    /// Loads one stored row into the right table (used when opening the store).
+    pub fn load_row(&mut self, table: &str, bytes: &[u8]) -> Result<(), serde_json::Error> {
+        match table {
+            "agencies" => self.agencies.load(serde_json::from_slice(bytes)?),
+            "systems" => self.systems.load(serde_json::from_slice(bytes)?),
+            "services" => self.services.load(serde_json::from_slice(bytes)?),
+            "subscriptions" => self.subscriptions.load(serde_json::from_slice(bytes)?),
+            "credentials" => self.credentials.load(serde_json::from_slice(bytes)?),
+            "catalogs" => self.catalogs.load(serde_json::from_slice(bytes)?),
+            "users" => self.users.load(serde_json::from_slice(bytes)?),
+            "tokens" => self.tokens.load(serde_json::from_slice(bytes)?),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    pub fn load_settings(&mut self, bytes: &[u8]) -> Result<(), serde_json::Error> {
+        self.settings = serde_json::from_slice(bytes)?;
+        Ok(())
+    }
+
+    pub fn rebuild_indexes(&mut self) {
+        self.by_consumer_key.clear();
+        self.by_hmac_key.clear();
+        for c in self.credentials.values() {
+            if c.revoked_at.is_none() {
+                self.by_consumer_key
+                    .insert(c.consumer_key.clone(), c.id.clone());
+                if let Some(h) = &c.hmac {
+                    self.by_hmac_key.insert(h.key_id.clone(), c.id.clone());
+                }
+            }
+        }
+    }
+
+    pub(super) fn index_credential(&mut self, c: &Credential) {
+        if c.revoked_at.is_none() {
+            self.by_consumer_key
+                .insert(c.consumer_key.clone(), c.id.clone());
+            if let Some(h) = &c.hmac {
+                self.by_hmac_key.insert(h.key_id.clone(), c.id.clone());
+            }
+        } else {
+            self.by_consumer_key.remove(&c.consumer_key);
+            if let Some(h) = &c.hmac {
+                self.by_hmac_key.remove(&h.key_id);
+            }
+        }
+    }
+
+    /// The live credential holding this consumer key.
+    pub fn credential_by_consumer_key(&self, key: &str) -> Option<&Credential> {
+        self.by_consumer_key
+            .get(key)
+            .and_then(|id| self.credentials.get(id))
+    }
+
+    /// The live credential holding this HMAC key id.
+    pub fn credential_by_hmac_key(&self, key_id: &str) -> Option<&Credential> {
+        self.by_hmac_key
+            .get(key_id)
+            .and_then(|id| self.credentials.get(id))
+    }
+
+    /// The agency owning a system, if both exist.
+    pub fn agency_of_system(&self, system: &str) -> Option<&str> {
+        self.systems.get(system).map(|s| s.agency.as_str())
+    }
+
+    /// The agency that provides a service (through its provider system).
+    pub fn provider_agency(&self, context: &str) -> Option<&str> {
+        self.services
+            .get(context)
+            .and_then(|s| self.agency_of_system(&s.provider_system))
+    }
+}
