@@ -309,6 +309,14 @@ mod tests {
     }
 
     #[test]
+    fn shipped_example_parses() {
+        let text = include_str!("../packaging/lgsp.toml");
+        let cfg: Config = toml::from_str(text).expect("packaging/lgsp.toml matches Config");
+        assert_eq!(cfg.listen.admin.port(), 9443);
+        assert!(cfg.tls.is_some());
+    }
+
+    #[test]
     fn tls_required_outside_dev() {
         let e = Config::parse("[node]\ndata_dir='/x'\n", "t")
             .unwrap_err()

@@ -3,9 +3,9 @@
 //! each ward pointing at its province.
 
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Map};
 
-use super::model::CatalogField;
+use super::model::{CatalogEntry, CatalogField};
 
 #[derive(Deserialize)]
 struct Dvhc {
@@ -31,7 +31,7 @@ struct Ward {
 }
 
 /// Catalog fields and entries from the DVHC JSON document.
-pub fn from_json(text: &str) -> Result<(Vec<CatalogField>, Vec<Map<String, Value>>), String> {
+pub fn from_json(text: &str) -> Result<(Vec<CatalogField>, Vec<CatalogEntry>), String> {
     let d: Dvhc = serde_json::from_str(text).map_err(|e| format!("not a DVHC document: {e}"))?;
     let field = |n: &str, t: &str, d: &str| CatalogField {
         name: n.into(),

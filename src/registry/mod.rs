@@ -19,3 +19,6 @@ pub use command::{Actor, Command, Decision, Envelope, NewAgency, ServiceSpec, FO
 pub use error::RegistryError;
 pub use model::*;
 pub use state::State;
+
+#[cfg(test)]
+mod tests;

@@ -396,6 +396,9 @@ fn default_field_type() -> String {
     "string".into()
 }
 
+/// One catalog entry: field name -> value.
+pub type CatalogEntry = serde_json::Map<String, serde_json::Value>;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CatalogVersion {
     pub version: u32,

@@ -1,6 +1,6 @@
 //! Black-box harness: starts the real `lgsp` binary in dev mode on ephemeral loopback ports,
 //! waits for its ready line, and talks to it over real HTTP.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::disallowed_methods)]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
