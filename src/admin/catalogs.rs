@@ -1,7 +1,7 @@
 //! Endpoints for shared catalogs (R8), the admin audit trail, the declarative registry
 //! import/export (SPEC §8) and the holiday calendar used by the 5-working-day clock.
 
-use axum::extract::{Path, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use axum::Json;
@@ -304,10 +304,10 @@ pub fn endpoints() -> Vec<Endpoint> {
         Endpoint { method: "post", path: "/api/v1/catalogs", summary: "Create a shared catalog", roles: "operator", handler: || post(create_catalog) },
         Endpoint { method: "get", path: "/api/v1/catalogs/{code}", summary: "Show a catalog and its versions", roles: "any", handler: || get(get_catalog) },
         Endpoint { method: "get", path: "/api/v1/catalogs/{code}/entries", summary: "Entries of the latest (or ?version=) catalog version", roles: "any", handler: || get(catalog_entries) },
-        Endpoint { method: "post", path: "/api/v1/catalogs/{code}/versions", summary: "Publish a new catalog version (append=true adds entries)", roles: "operator, agency-admin (owner)", handler: || post(publish_catalog) },
+        Endpoint { method: "post", path: "/api/v1/catalogs/{code}/versions", summary: "Publish a new catalog version (append=true adds entries)", roles: "operator, agency-admin (owner)", handler: || post(publish_catalog).layer(DefaultBodyLimit::max(super::LARGE_BODY)) },
         Endpoint { method: "get", path: "/api/v1/audit/admin", summary: "The admin audit trail, newest first", roles: "operator, auditor", handler: || get(admin_audit) },
         Endpoint { method: "get", path: "/api/v1/registry/export", summary: "The registry as a declarative document (no secrets)", roles: "operator, auditor", handler: || get(export) },
-        Endpoint { method: "post", path: "/api/v1/registry/import", summary: "Validate a whole document, then apply it atomically (?dry_run=true to only validate)", roles: "operator", handler: || post(import) },
+        Endpoint { method: "post", path: "/api/v1/registry/import", summary: "Validate a whole document, then apply it atomically (?dry_run=true to only validate)", roles: "operator", handler: || post(import).layer(DefaultBodyLimit::max(super::LARGE_BODY)) },
         Endpoint { method: "get", path: "/api/v1/settings/holidays", summary: "Public holidays skipped by the 5-working-day clock", roles: "any", handler: || get(get_holidays) },
         Endpoint { method: "put", path: "/api/v1/settings/holidays", summary: "Replace the public holiday list", roles: "operator", handler: || put(set_holidays) },
     ]

@@ -118,23 +118,24 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 }
 
 fn json_rejection(rej: JsonRejection) -> ApiError {
-    let status = rej.status();
-    let code = if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
-        "UNSUPPORTED_MEDIA_TYPE"
-    } else {
-        "INVALID_INPUT"
-    };
     let text = rej.body_text();
-    let status = if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
-        status
-    } else {
-        StatusCode::BAD_REQUEST
-    };
-    ApiError::new(
-        status,
-        code,
-        format!("the request body is not valid: {text}"),
-    )
+    match rej.status() {
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_MEDIA_TYPE",
+            "send the body as JSON with `Content-Type: application/json`",
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+            format!("the request body is too large: {text}"),
+        ),
+        _ => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "INVALID_INPUT",
+            format!("the request body is not valid: {text}"),
+        ),
+    }
 }
 
 /// `Query<T>` whose rejections are [`ApiError`]s.

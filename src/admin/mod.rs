@@ -25,6 +25,11 @@ use crate::registry::{Actor, Command, Envelope, Outcome};
 use crate::secrets::SecretsKey;
 pub use error::{ApiError, ApiJson, ApiQuery};
 
+/// Largest request body for ordinary admin calls.
+pub const BODY_LIMIT: usize = 16 << 20;
+/// Largest body for whole-registry imports and catalog versions.
+pub const LARGE_BODY: usize = 512 << 20;
+
 pub struct AdminState {
     pub store: Arc<Store>,
     pub key: SecretsKey,
@@ -85,6 +90,7 @@ pub fn router(state: Shared) -> Router {
         r = r.route(path, mr);
     }
     r.route("/api/v1/openapi.json", axum::routing::get(openapi::serve))
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .fallback(|| async {
             ApiError::new(
                 axum::http::StatusCode::NOT_FOUND,

@@ -412,13 +412,15 @@ impl Cx<'_> {
                         }
                         self.move_users(code, succ);
                     }
-                    None if !owned.is_empty() => return Err(E::conflict(
-                        "AGENCY_HAS_SYSTEMS",
-                        format!(
+                    None if !owned.is_empty() => {
+                        return Err(E::conflict(
+                            "AGENCY_HAS_SYSTEMS",
+                            format!(
                             "agency {code} still owns systems ({}); name a successor to take them",
                             owned.join(", ")
                         ),
-                    )),
+                        ))
+                    }
                     None => {}
                 }
                 let succ: Vec<String> = successor.iter().cloned().collect();

@@ -6,7 +6,9 @@ use chrono::{Duration, TimeZone, Utc};
 use super::*;
 
 fn t0() -> Timestamp {
-    Utc.with_ymd_and_hms(2026, 1, 5, 2, 0, 0).single().expect("valid instant")
+    Utc.with_ymd_and_hms(2026, 1, 5, 2, 0, 0)
+        .single()
+        .expect("valid instant")
 }
 
 struct Reg {
@@ -16,7 +18,10 @@ struct Reg {
 
 impl Reg {
     fn new() -> Self {
-        Reg { s: State::default(), now: t0() }
+        Reg {
+            s: State::default(),
+            now: t0(),
+        }
     }
     fn run(&mut self, c: Command) -> Result<Outcome, RegistryError> {
         let r = apply(&mut self.s, &Envelope::new(self.now, Actor::system(), c));
@@ -30,7 +35,12 @@ impl Reg {
         }
     }
     fn agency(&mut self, code: &str) {
-        self.ok(Command::CreateAgency { code: code.into(), name: format!("Agency {code}"), parent: None, contacts: vec![] });
+        self.ok(Command::CreateAgency {
+            code: code.into(),
+            name: format!("Agency {code}"),
+            parent: None,
+            contacts: vec![],
+        });
     }
     fn system(&mut self, id: &str, agency: &str) {
         self.ok(Command::CreateSystem {
@@ -38,21 +48,37 @@ impl Reg {
             agency: agency.into(),
             name: id.into(),
             description: String::new(),
-            security: SecurityClearance::Level { level: 3, decision: String::new() },
+            security: SecurityClearance::Level {
+                level: 3,
+                decision: String::new(),
+            },
             contacts: vec![],
         });
     }
     fn published(&mut self, ctx: &str, provider: &str, version: &str) {
         if !self.s.services.contains(ctx) {
-            self.ok(Command::CreateService { service: ServiceSpec { context: ctx.into(), provider_system: provider.into(), name: ctx.into(), ..Default::default() } });
+            self.ok(Command::CreateService {
+                service: ServiceSpec {
+                    context: ctx.into(),
+                    provider_system: provider.into(),
+                    name: ctx.into(),
+                    ..Default::default()
+                },
+            });
         }
         self.ok(Command::AddVersion {
             context: ctx.into(),
             version: version.into(),
-            upstream: Upstreams { production: Some("http://10.0.0.5/api".into()), test: None },
+            upstream: Upstreams {
+                production: Some("http://10.0.0.5/api".into()),
+                test: None,
+            },
             max_body_bytes: None,
         });
-        self.ok(Command::PublishVersion { context: ctx.into(), version: version.into() });
+        self.ok(Command::PublishVersion {
+            context: ctx.into(),
+            version: version.into(),
+        });
     }
     fn basic() -> Self {
         let mut r = Reg::new();
@@ -77,7 +103,11 @@ impl Reg {
         })
     }
     fn decide(&mut self, id: &str, d: Decision, reason: &str) -> Result<Outcome, RegistryError> {
-        self.run(Command::DecideSubscription { id: id.into(), decision: d, reason: reason.into() })
+        self.run(Command::DecideSubscription {
+            id: id.into(),
+            decision: d,
+            reason: reason.into(),
+        })
     }
 }
 
@@ -85,10 +115,17 @@ impl Reg {
 fn subscription_walks_request_provider_operator() {
     let mut r = Reg::basic();
     r.request("s1").expect("request");
-    assert_eq!(r.s.subscriptions.get("s1").map(|s| s.state), Some(SubscriptionState::Requested));
+    assert_eq!(
+        r.s.subscriptions.get("s1").map(|s| s.state),
+        Some(SubscriptionState::Requested)
+    );
     // The operator cannot grant before the provider approved.
-    assert_eq!(r.decide("s1", Decision::Approve, "").unwrap_err().code(), "INVALID_TRANSITION");
-    r.decide("s1", Decision::ProviderApprove, "").expect("provider");
+    assert_eq!(
+        r.decide("s1", Decision::Approve, "").unwrap_err().code(),
+        "INVALID_TRANSITION"
+    );
+    r.decide("s1", Decision::ProviderApprove, "")
+        .expect("provider");
     r.decide("s1", Decision::Approve, "").expect("operator");
     let s = r.s.subscriptions.get("s1").expect("sub");
     assert_eq!(s.state, SubscriptionState::Active);
@@ -96,8 +133,12 @@ fn subscription_walks_request_provider_operator() {
     // Duplicates of an open subscription are refused.
     assert_eq!(r.request("s2").unwrap_err().code(), "SUBSCRIPTION_EXISTS");
     // Revoking needs a reason; then a new request is possible.
-    assert_eq!(r.decide("s1", Decision::Revoke, "").unwrap_err().code(), "INVALID_INPUT");
-    r.decide("s1", Decision::Revoke, "no longer needed").expect("revoke");
+    assert_eq!(
+        r.decide("s1", Decision::Revoke, "").unwrap_err().code(),
+        "INVALID_INPUT"
+    );
+    r.decide("s1", Decision::Revoke, "no longer needed")
+        .expect("revoke");
     r.request("s2").expect("new request after revoke");
 }
 
@@ -106,7 +147,10 @@ fn decision_due_is_five_working_days() {
     let mut r = Reg::basic();
     r.request("s1").expect("request");
     // 2026-01-05 is a Monday (09:00 local): due the following Monday.
-    assert_eq!(r.s.subscriptions.get("s1").map(|s| s.decision_due), chrono::NaiveDate::from_ymd_opt(2026, 1, 12));
+    assert_eq!(
+        r.s.subscriptions.get("s1").map(|s| s.decision_due),
+        chrono::NaiveDate::from_ymd_opt(2026, 1, 12)
+    );
 }
 
 #[test]
@@ -115,7 +159,13 @@ fn retirement_rules_notice_and_overlap() {
     // v1 alone: 60 days notice.
     let dep = |r: &mut Reg, days: i64, o: Option<&str>| {
         let at = r.now + Duration::days(days);
-        r.run(Command::DeprecateVersion { context: "dancu".into(), version: "v1".into(), retire_at: at, reason: "replaced".into(), override_reason: o.map(Into::into) })
+        r.run(Command::DeprecateVersion {
+            context: "dancu".into(),
+            version: "v1".into(),
+            retire_at: at,
+            reason: "replaced".into(),
+            override_reason: o.map(Into::into),
+        })
     };
     assert_eq!(dep(&mut r, 59, None).unwrap_err().code(), "NOTICE_PERIOD");
     // v2 published now: v1 must keep running 180 days.
@@ -126,11 +176,21 @@ fn retirement_rules_notice_and_overlap() {
     assert_eq!(v1.state, VersionState::Deprecated);
     // Retiring before the announced date is refused without override.
     r.now += Duration::days(100);
-    let retire = |r: &mut Reg, o: Option<&str>| r.run(Command::RetireVersion { context: "dancu".into(), version: "v1".into(), reason: "end".into(), override_reason: o.map(Into::into) });
+    let retire = |r: &mut Reg, o: Option<&str>| {
+        r.run(Command::RetireVersion {
+            context: "dancu".into(),
+            version: "v1".into(),
+            reason: "end".into(),
+            override_reason: o.map(Into::into),
+        })
+    };
     assert_eq!(retire(&mut r, None).unwrap_err().code(), "NOTICE_PERIOD");
     r.now += Duration::days(82);
     retire(&mut r, None).expect("after the announced date");
-    assert_eq!(r.s.services.get("dancu").expect("svc").versions["v1"].state, VersionState::Retired);
+    assert_eq!(
+        r.s.services.get("dancu").expect("svc").versions["v1"].state,
+        VersionState::Retired
+    );
 }
 
 #[test]
@@ -139,10 +199,24 @@ fn override_is_recorded_and_retire_revokes_access() {
     r.request("s1").expect("request");
     r.decide("s1", Decision::ProviderApprove, "").expect("p");
     r.decide("s1", Decision::Approve, "").expect("o");
-    r.ok(Command::RetireVersion { context: "dancu".into(), version: "v1".into(), reason: "security flaw".into(), override_reason: Some("CVE emergency".into()) });
+    r.ok(Command::RetireVersion {
+        context: "dancu".into(),
+        version: "v1".into(),
+        reason: "security flaw".into(),
+        override_reason: Some("CVE emergency".into()),
+    });
     let v1 = &r.s.services.get("dancu").expect("svc").versions["v1"];
-    assert_eq!(v1.history.last().and_then(|h| h.override_reason.clone()).as_deref(), Some("CVE emergency"));
-    assert_eq!(r.s.subscriptions.get("s1").map(|s| s.state), Some(SubscriptionState::Revoked));
+    assert_eq!(
+        v1.history
+            .last()
+            .and_then(|h| h.override_reason.clone())
+            .as_deref(),
+        Some("CVE emergency")
+    );
+    assert_eq!(
+        r.s.subscriptions.get("s1").map(|s| s.state),
+        Some(SubscriptionState::Revoked)
+    );
 }
 
 #[test]
@@ -154,14 +228,27 @@ fn failed_command_changes_nothing() {
         .run(Command::Batch {
             label: "t".into(),
             commands: vec![
-                Command::CreateAgency { code: "000.00.02.H31".into(), name: "x".into(), parent: None, contacts: vec![] },
-                Command::CreateAgency { code: "bad".into(), name: "y".into(), parent: None, contacts: vec![] },
+                Command::CreateAgency {
+                    code: "000.00.02.H31".into(),
+                    name: "x".into(),
+                    parent: None,
+                    contacts: vec![],
+                },
+                Command::CreateAgency {
+                    code: "bad".into(),
+                    name: "y".into(),
+                    parent: None,
+                    contacts: vec![],
+                },
             ],
         })
         .unwrap_err();
     assert_eq!(e.code(), "INVALID_INPUT");
     assert!(e.to_string().contains("commands[1]"), "{e}");
-    assert_eq!(before, format!("{:?}", r.s.agencies.values().collect::<Vec<_>>()));
+    assert_eq!(
+        before,
+        format!("{:?}", r.s.agencies.values().collect::<Vec<_>>())
+    );
     assert!(r.s.drain_changes().rows.is_empty());
 }
 
@@ -169,35 +256,107 @@ fn failed_command_changes_nothing() {
 fn restructuring_keeps_history_and_moves_systems() {
     let mut r = Reg::basic();
     // Recode: the successor takes the systems.
-    r.ok(Command::RenameAgency { code: "000.00.01.H31".into(), new_name: "Sở Tư pháp (mới)".into(), new_code: Some("000.00.11.H31".into()), reason: "QĐ 123".into() });
-    assert_eq!(r.s.systems.get("cons").map(|s| s.agency.as_str()), Some("000.00.11.H31"));
+    r.ok(Command::RenameAgency {
+        code: "000.00.01.H31".into(),
+        new_name: "Sở Tư pháp (mới)".into(),
+        new_code: Some("000.00.11.H31".into()),
+        reason: "QĐ 123".into(),
+    });
+    assert_eq!(
+        r.s.systems.get("cons").map(|s| s.agency.as_str()),
+        Some("000.00.11.H31")
+    );
     let old = r.s.agencies.get("000.00.01.H31").expect("old");
     assert_eq!(old.status, AgencyStatus::Recoded);
     assert_eq!(old.successors, vec!["000.00.11.H31".to_string()]);
     // Split requires every system assigned.
     r.system("cons2", "000.00.11.H31");
-    let into = vec![NewAgency { code: "000.00.21.H31".into(), name: "A".into() }, NewAgency { code: "000.00.22.H31".into(), name: "B".into() }];
-    let e = r.run(Command::SplitAgency { code: "000.00.11.H31".into(), into: into.clone(), systems: [("cons".to_string(), "000.00.21.H31".to_string())].into(), reason: "r".into() }).unwrap_err();
+    let into = vec![
+        NewAgency {
+            code: "000.00.21.H31".into(),
+            name: "A".into(),
+        },
+        NewAgency {
+            code: "000.00.22.H31".into(),
+            name: "B".into(),
+        },
+    ];
+    let e = r
+        .run(Command::SplitAgency {
+            code: "000.00.11.H31".into(),
+            into: into.clone(),
+            systems: [("cons".to_string(), "000.00.21.H31".to_string())].into(),
+            reason: "r".into(),
+        })
+        .unwrap_err();
     assert!(e.to_string().contains("cons2"), "{e}");
-    assert!(!r.s.agencies.contains("000.00.21.H31"), "refused split left no trace");
+    assert!(
+        !r.s.agencies.contains("000.00.21.H31"),
+        "refused split left no trace"
+    );
     r.ok(Command::SplitAgency {
         code: "000.00.11.H31".into(),
         into,
-        systems: [("cons".to_string(), "000.00.21.H31".to_string()), ("cons2".to_string(), "000.00.22.H31".to_string())].into(),
+        systems: [
+            ("cons".to_string(), "000.00.21.H31".to_string()),
+            ("cons2".to_string(), "000.00.22.H31".to_string()),
+        ]
+        .into(),
         reason: "r".into(),
     });
-    assert_eq!(r.s.systems.get("cons2").map(|s| s.agency.as_str()), Some("000.00.22.H31"));
+    assert_eq!(
+        r.s.systems.get("cons2").map(|s| s.agency.as_str()),
+        Some("000.00.22.H31")
+    );
     // Merge into a new agency.
-    r.ok(Command::MergeAgencies { sources: vec!["000.00.21.H31".into(), "000.00.22.H31".into()], into: NewAgency { code: "000.00.30.H31".into(), name: "Merged".into() }, reason: "NQ 2025".into() });
+    r.ok(Command::MergeAgencies {
+        sources: vec!["000.00.21.H31".into(), "000.00.22.H31".into()],
+        into: NewAgency {
+            code: "000.00.30.H31".into(),
+            name: "Merged".into(),
+        },
+        reason: "NQ 2025".into(),
+    });
     let m = r.s.agencies.get("000.00.30.H31").expect("merged");
     assert_eq!(m.predecessors.len(), 2);
-    assert_eq!(r.s.systems.get("cons").map(|s| s.agency.as_str()), Some("000.00.30.H31"));
+    assert_eq!(
+        r.s.systems.get("cons").map(|s| s.agency.as_str()),
+        Some("000.00.30.H31")
+    );
     // Dissolve with systems needs a successor.
-    assert_eq!(r.run(Command::DissolveAgency { code: "000.00.30.H31".into(), successor: None, reason: "r".into() }).unwrap_err().code(), "AGENCY_HAS_SYSTEMS");
-    r.ok(Command::DissolveAgency { code: "000.00.30.H31".into(), successor: Some("000.00.00.H31".into()), reason: "r".into() });
-    assert_eq!(r.s.systems.get("cons").map(|s| s.agency.as_str()), Some("000.00.00.H31"));
+    assert_eq!(
+        r.run(Command::DissolveAgency {
+            code: "000.00.30.H31".into(),
+            successor: None,
+            reason: "r".into()
+        })
+        .unwrap_err()
+        .code(),
+        "AGENCY_HAS_SYSTEMS"
+    );
+    r.ok(Command::DissolveAgency {
+        code: "000.00.30.H31".into(),
+        successor: Some("000.00.00.H31".into()),
+        reason: "r".into(),
+    });
+    assert_eq!(
+        r.s.systems.get("cons").map(|s| s.agency.as_str()),
+        Some("000.00.00.H31")
+    );
     // Inactive agencies refuse new systems and point at their successor.
-    let e = r.run(Command::CreateSystem { id: "x".into(), agency: "000.00.30.H31".into(), name: "x".into(), description: String::new(), security: SecurityClearance::Level { level: 1, decision: String::new() }, contacts: vec![] }).unwrap_err();
+    let e = r
+        .run(Command::CreateSystem {
+            id: "x".into(),
+            agency: "000.00.30.H31".into(),
+            name: "x".into(),
+            description: String::new(),
+            security: SecurityClearance::Level {
+                level: 1,
+                decision: String::new(),
+            },
+            contacts: vec![],
+        })
+        .unwrap_err();
     assert_eq!(e.code(), "AGENCY_INACTIVE");
     assert!(e.to_string().contains("000.00.00.H31"), "{e}");
 }
@@ -205,28 +364,55 @@ fn restructuring_keeps_history_and_moves_systems() {
 #[test]
 fn lockout_after_threshold() {
     let mut r = Reg::new();
-    r.ok(Command::CreateUser { username: "u".into(), display_name: String::new(), role: Role::Operator, agency: None, password_hash: "$argon2id$v=19$x".into() });
+    r.ok(Command::CreateUser {
+        username: "u".into(),
+        display_name: String::new(),
+        role: Role::Operator,
+        agency: None,
+        password_hash: "$argon2id$v=19$x".into(),
+    });
     for _ in 0..4 {
-        r.ok(Command::RecordLoginFailure { username: "u".into(), threshold: 5, lock_seconds: 900 });
+        r.ok(Command::RecordLoginFailure {
+            username: "u".into(),
+            threshold: 5,
+            lock_seconds: 900,
+        });
     }
     assert!(r.s.users.get("u").and_then(|u| u.locked_until).is_none());
-    r.ok(Command::RecordLoginFailure { username: "u".into(), threshold: 5, lock_seconds: 900 });
-    assert_eq!(r.s.users.get("u").and_then(|u| u.locked_until), Some(r.now + Duration::seconds(900)));
+    r.ok(Command::RecordLoginFailure {
+        username: "u".into(),
+        threshold: 5,
+        lock_seconds: 900,
+    });
+    assert_eq!(
+        r.s.users.get("u").and_then(|u| u.locked_until),
+        Some(r.now + Duration::seconds(900))
+    );
 }
 
 #[test]
 fn apply_is_deterministic() {
     let a = Reg::basic();
     let b = Reg::basic();
-    assert_eq!(format!("{:?}", a.s.services.values().collect::<Vec<_>>()), format!("{:?}", b.s.services.values().collect::<Vec<_>>()));
+    assert_eq!(
+        format!("{:?}", a.s.services.values().collect::<Vec<_>>()),
+        format!("{:?}", b.s.services.values().collect::<Vec<_>>())
+    );
 }
 
 #[test]
 fn newer_format_is_refused() {
     let mut s = State::default();
-    let mut env = Envelope::new(t0(), Actor::system(), Command::SetHolidays { holidays: vec![] });
+    let mut env = Envelope::new(
+        t0(),
+        Actor::system(),
+        Command::SetHolidays { holidays: vec![] },
+    );
     env.format = FORMAT + 1;
-    assert_eq!(apply(&mut s, &env).unwrap_err().code(), "UNSUPPORTED_FORMAT");
+    assert_eq!(
+        apply(&mut s, &env).unwrap_err().code(),
+        "UNSUPPORTED_FORMAT"
+    );
 }
 
 /// The log format: these envelopes, once written by a node, must read back identically forever.
@@ -235,7 +421,8 @@ fn golden_log_format() {
     let golden = include_str!("../../tests/golden/commands-v1.jsonl");
     let mut count = 0;
     for line in golden.lines().filter(|l| !l.trim().is_empty()) {
-        let env: Envelope = serde_json::from_str(line).unwrap_or_else(|e| panic!("golden entry no longer parses ({e}): {line}"));
+        let env: Envelope = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("golden entry no longer parses ({e}): {line}"));
         let again = serde_json::to_value(&env).expect("serialise");
         let orig: serde_json::Value = serde_json::from_str(line).expect("json");
         assert_eq!(again, orig, "serialisation changed for {line}");
