@@ -1,0 +1,75 @@
+//! `lgsp serve --config FILE`: TLS on the admin and gateway listeners, first-start credentials
+//! written to `initial-admin.json` (0600), plain HTTP refused by the TLS listener.
+#![allow(clippy::disallowed_methods)]
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_lgsp");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+#[test]
+fn serve_speaks_tls_and_writes_initial_credentials() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ca_key = rcgen::KeyPair::generate().expect("ca key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("ca");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).expect("params");
+    let cert = params.signed_by(&key, &ca, &ca_key).expect("cert");
+    let dir = tmp.path();
+    std::fs::write(dir.join("ca.crt"), ca.pem()).expect("write");
+    std::fs::write(dir.join("server.crt"), cert.pem()).expect("write");
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).expect("write");
+    let (admin, gateway, metrics) = (free_port(), free_port(), free_port());
+    let config = format!(
+        "[node]\ndata_dir = '{d}/data'\nname = 'tls-test'\n[listen]\nadmin = '127.0.0.1:{admin}'\ngateway = '127.0.0.1:{gateway}'\nmetrics = '127.0.0.1:{metrics}'\ncluster = '127.0.0.1:0'\n[tls]\ncert = '{d}/server.crt'\nkey = '{d}/server.key'\n",
+        d = dir.display()
+    );
+    std::fs::write(dir.join("lgsp.toml"), config).expect("write");
+    let log = std::fs::File::create(dir.join("log")).expect("log");
+    let mut child = Command::new(BIN).args(["serve", "--config"]).arg(dir.join("lgsp.toml")).stdout(Stdio::null()).stderr(log).spawn().expect("spawn");
+
+    let creds = dir.join("data/initial-admin.json");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(dir.join("log")).unwrap_or_default().contains("ready") {
+        assert!(Instant::now() < deadline, "not ready: {}", std::fs::read_to_string(dir.join("log")).unwrap_or_default());
+        assert!(child.try_wait().expect("wait").is_none(), "exited: {}", std::fs::read_to_string(dir.join("log")).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&creds).expect("initial-admin.json").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "initial credentials must be private");
+    }
+    let info: serde_json::Value = serde_json::from_slice(&std::fs::read(&creds).expect("read")).expect("json");
+    let token = info["api_token"].as_str().expect("token");
+    let log_text = std::fs::read_to_string(dir.join("log")).expect("log");
+    assert!(!log_text.contains(token), "the token must never be logged");
+    assert!(!log_text.contains(info["password"].as_str().expect("pw")), "the password must never be logged");
+
+    let root = reqwest::Certificate::from_pem(ca.pem().as_bytes()).expect("root");
+    let https = reqwest::blocking::Client::builder().add_root_certificate(root).build().expect("client");
+    let me: serde_json::Value = https.get(format!("https://localhost:{admin}/api/v1/auth/me")).bearer_auth(token).send().expect("https").json().expect("json");
+    assert_eq!(me["role"], "operator");
+    let gw = https.get(format!("https://localhost:{gateway}/nothing/v1/x")).send().expect("gateway https");
+    assert_eq!(gw.status().as_u16(), 404);
+    assert!(gw.headers().contains_key("x-transaction-id"));
+
+    // Plain HTTP on the TLS listener gets no admin answer.
+    let plain = reqwest::blocking::Client::new().get(format!("http://127.0.0.1:{admin}/api/v1/auth/me")).bearer_auth(token).send();
+    assert!(plain.map(|r| !r.status().is_success()).unwrap_or(true), "plain HTTP must not be served");
+
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while child.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "did not drain on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(std::fs::read_to_string(dir.join("log")).expect("log").contains("stopped"));
+}
