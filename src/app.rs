@@ -24,27 +24,17 @@ use crate::secrets::{self, SecretsError, SecretsKey};
 #[derive(Debug, Error)]
 pub enum AppError {
     #[error("cannot create data directory {path}: {source}")]
-    DataDir {
-        path: String,
-        source: std::io::Error,
-    },
+    DataDir { path: String, source: std::io::Error },
     #[error(transparent)]
     Secrets(#[from] SecretsError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot listen on {addr} ({what}): {source}; is another process using it?")]
-    Bind {
-        what: &'static str,
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error("TLS set-up failed: {0}")]
     Tls(String),
     #[error("cannot write {path}: {source}")]
-    Write {
-        path: String,
-        source: std::io::Error,
-    },
+    Write { path: String, source: std::io::Error },
     #[error("bootstrap failed: {0}")]
     Bootstrap(String),
 }
@@ -74,11 +64,8 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
     create_private_dir(&dir)?;
     let key = SecretsKey::load_or_create(&dir.join("secrets.key"))?;
     let store_path = dir.join("registry.redb");
-    let store = Arc::new(
-        tokio::task::spawn_blocking(move || Store::open(&store_path))
-            .await
-            .map_err(|e| AppError::Bootstrap(e.to_string()))??,
-    );
+    let store =
+        Arc::new(tokio::task::spawn_blocking(move || Store::open(&store_path)).await.map_err(|e| AppError::Bootstrap(e.to_string()))??);
     {
         let reg = store.read();
         tracing::info!(
@@ -89,11 +76,7 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
             "registry loaded"
         );
     }
-    let admin_state = Arc::new(AdminState {
-        store: store.clone(),
-        key: key.clone(),
-        cfg: cfg.admin.clone(),
-    });
+    let admin_state = Arc::new(AdminState { store: store.clone(), key: key.clone(), cfg: cfg.admin.clone() });
     let boot = bootstrap(&admin_state).await?;
 
     let (trigger, stop) = shutdown::channel();
@@ -134,12 +117,7 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(serve(admin_l, admin_app, tls.clone(), stop.clone()));
-    tasks.spawn(serve(
-        gateway_l,
-        crate::gateway::router(),
-        tls.clone(),
-        stop.clone(),
-    ));
+    tasks.spawn(serve(gateway_l, crate::gateway::router(), tls.clone(), stop.clone()));
     tasks.spawn(serve(metrics_l, metrics.router(), None, stop.clone()));
 
     let admin_url = format!("{scheme}://{admin_addr}");
@@ -157,12 +135,8 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
     } else if let Some(b) = &boot {
         let path = dir.join("initial-admin.json");
         let body = serde_json::json!({"username": b.username, "password": b.password, "api_token": b.api_token});
-        secrets::write_private(&path, body.to_string().as_bytes()).map_err(|source| {
-            AppError::Write {
-                path: path.display().to_string(),
-                source,
-            }
-        })?;
+        secrets::write_private(&path, body.to_string().as_bytes())
+            .map_err(|source| AppError::Write { path: path.display().to_string(), source })?;
         tracing::warn!(path = %path.display(), "first start: the initial operator credentials were written to this file (mode 0600); log in, change the password and delete the file");
     }
     tracing::info!(admin = %admin_url, gateway = %gateway_url, metrics = %metrics_url, startup_ms = started.elapsed().as_millis() as u64, "ready");
@@ -177,10 +151,7 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
     }
     trigger.fire();
     let drain = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(std::time::Duration::from_secs(10), drain)
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(std::time::Duration::from_secs(10), drain).await.is_err() {
         tracing::warn!("drain took longer than 10 s; exiting anyway");
     }
     tracing::info!("stopped");
@@ -188,10 +159,7 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), AppError> {
-    std::fs::create_dir_all(dir).map_err(|source| AppError::DataDir {
-        path: dir.display().to_string(),
-        source,
-    })?;
+    std::fs::create_dir_all(dir).map_err(|source| AppError::DataDir { path: dir.display().to_string(), source })?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -201,23 +169,13 @@ fn create_private_dir(dir: &Path) -> Result<(), AppError> {
 }
 
 fn bind(what: &'static str, addr: SocketAddr) -> Result<std::net::TcpListener, AppError> {
-    let l = std::net::TcpListener::bind(addr).map_err(|source| AppError::Bind {
-        what,
-        addr,
-        source,
-    })?;
-    l.set_nonblocking(true)
-        .map_err(|source| AppError::Bind { what, addr, source })?;
+    let l = std::net::TcpListener::bind(addr).map_err(|source| AppError::Bind { what, addr, source })?;
+    l.set_nonblocking(true).map_err(|source| AppError::Bind { what, addr, source })?;
     Ok(l)
 }
 
-fn local(
-    l: &std::net::TcpListener,
-    what: &'static str,
-    addr: SocketAddr,
-) -> Result<SocketAddr, AppError> {
-    l.local_addr()
-        .map_err(|source| AppError::Bind { what, addr, source })
+fn local(l: &std::net::TcpListener, what: &'static str, addr: SocketAddr) -> Result<SocketAddr, AppError> {
+    l.local_addr().map_err(|source| AppError::Bind { what, addr, source })
 }
 
 async fn serve(
@@ -234,16 +192,11 @@ async fn serve(
                 stop.wait().await;
                 h2.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
             });
-            axum_server::from_tcp_rustls(l, cfg)
-                .handle(handle)
-                .serve(app.into_make_service())
-                .await
+            axum_server::from_tcp_rustls(l, cfg).handle(handle).serve(app.into_make_service()).await
         }
         None => {
             let l = tokio::net::TcpListener::from_std(l)?;
-            axum::serve(l, app)
-                .with_graceful_shutdown(stop.wait())
-                .await
+            axum::serve(l, app).with_graceful_shutdown(stop.wait()).await
         }
     }
 }
@@ -270,20 +223,11 @@ async fn bootstrap(st: &admin::Shared) -> Result<Option<Bootstrap>, AppError> {
     )
     .await
     .map_err(|e| AppError::Bootstrap(e.message))?;
-    let op = Actor {
-        user: username.clone(),
-        role: Role::Operator,
-        agency: None,
-    };
-    let (api_token, _) = admin::auth::issue_token(st, op, &username, "bootstrap", None, false)
-        .await
-        .map_err(|e| AppError::Bootstrap(e.message))?;
+    let op = Actor { user: username.clone(), role: Role::Operator, agency: None };
+    let (api_token, _) =
+        admin::auth::issue_token(st, op, &username, "bootstrap", None, false).await.map_err(|e| AppError::Bootstrap(e.message))?;
     tracing::info!(user = %username, at = %Utc::now(), "created the first operator account");
-    Ok(Some(Bootstrap {
-        username,
-        password,
-        api_token,
-    }))
+    Ok(Some(Bootstrap { username, password, api_token }))
 }
 
 /// Writes `dev.json`; on a restart (no new bootstrap) keeps the credentials already there.
@@ -299,7 +243,12 @@ fn write_dev_json(
         Some(b) => (b.username.clone(), b.password.clone(), b.api_token.clone()),
         None => match std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<DevInfo>(&b).ok()) {
             Some(old) => (old.username, old.password, old.api_token),
-            None => return Err(AppError::Bootstrap(format!("{} is missing or unreadable and the registry already has users; use a new --data-dir", path.display()))),
+            None => {
+                return Err(AppError::Bootstrap(format!(
+                    "{} is missing or unreadable and the registry already has users; use a new --data-dir",
+                    path.display()
+                )))
+            }
         },
     };
     let info = DevInfo {
@@ -311,9 +260,6 @@ fn write_dev_json(
         api_token,
     };
     let text = serde_json::to_vec_pretty(&info).map_err(|e| AppError::Bootstrap(e.to_string()))?;
-    secrets::write_private(&path, &text).map_err(|source| AppError::Write {
-        path: path.display().to_string(),
-        source,
-    })?;
+    secrets::write_private(&path, &text).map_err(|source| AppError::Write { path: path.display().to_string(), source })?;
     Ok(info)
 }

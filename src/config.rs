@@ -13,10 +13,7 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("config file {path}: {message}")]
     Parse { path: String, message: String },
     #[error("config key `{key}`: {reason}")]
@@ -83,12 +80,7 @@ fn d_cluster() -> SocketAddr {
 
 impl Default for ListenConfig {
     fn default() -> Self {
-        ListenConfig {
-            gateway: d_gateway(),
-            admin: d_admin(),
-            metrics: d_metrics(),
-            cluster: d_cluster(),
-        }
+        ListenConfig { gateway: d_gateway(), admin: d_admin(), metrics: d_metrics(), cluster: d_cluster() }
     }
 }
 
@@ -127,11 +119,7 @@ fn d_lock() -> u64 {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig {
-            session_ttl_seconds: d_session(),
-            lockout_threshold: d_threshold(),
-            lockout_seconds: d_lock(),
-        }
+        AdminConfig { session_ttl_seconds: d_session(), lockout_threshold: d_threshold(), lockout_seconds: d_lock() }
     }
 }
 
@@ -162,10 +150,7 @@ fn d_level() -> String {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig {
-            format: LogFormat::Auto,
-            level: d_level(),
-        }
+        LogConfig { format: LogFormat::Auto, level: d_level() }
     }
 }
 
@@ -173,40 +158,22 @@ impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let show = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: show.clone(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: show.clone(), source })?;
         Self::parse(&text, &show)
     }
 
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: origin.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
-        })?;
+        let cfg: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: origin.to_owned(), message: e.to_string().trim_end().to_owned() })?;
         cfg.validate()?;
         Ok(cfg)
     }
 
     /// The embedded single-node default of `lgsp dev`: loopback only, plain HTTP.
-    pub fn dev(
-        data_dir: PathBuf,
-        gateway: SocketAddr,
-        admin: SocketAddr,
-        metrics: SocketAddr,
-    ) -> Config {
+    pub fn dev(data_dir: PathBuf, gateway: SocketAddr, admin: SocketAddr, metrics: SocketAddr) -> Config {
         Config {
-            node: NodeConfig {
-                data_dir,
-                name: "dev".into(),
-            },
-            listen: ListenConfig {
-                gateway,
-                admin,
-                metrics,
-                cluster: SocketAddr::from(([127, 0, 0, 1], 0)),
-            },
+            node: NodeConfig { data_dir, name: "dev".into() },
+            listen: ListenConfig { gateway, admin, metrics, cluster: SocketAddr::from(([127, 0, 0, 1], 0)) },
             tls: None,
             admin: AdminConfig::default(),
             log: LogConfig::default(),
@@ -216,16 +183,10 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.node.data_dir.as_os_str().is_empty() {
-            return Err(ConfigError::Invalid {
-                key: "node.data_dir",
-                reason: "must not be empty".into(),
-            });
+            return Err(ConfigError::Invalid { key: "node.data_dir", reason: "must not be empty".into() });
         }
         if self.node.name.trim().is_empty() || self.node.name.len() > 63 {
-            return Err(ConfigError::Invalid {
-                key: "node.name",
-                reason: "must be 1-63 characters".into(),
-            });
+            return Err(ConfigError::Invalid { key: "node.name", reason: "must be 1-63 characters".into() });
         }
         if self.admin.lockout_threshold == 0 {
             return Err(ConfigError::Invalid {
@@ -234,53 +195,37 @@ impl Config {
             });
         }
         if !(60..=7 * 24 * 3600).contains(&self.admin.session_ttl_seconds) {
-            return Err(ConfigError::Invalid {
-                key: "admin.session_ttl_seconds",
-                reason: "must be between 60 and 604800".into(),
-            });
+            return Err(ConfigError::Invalid { key: "admin.session_ttl_seconds", reason: "must be between 60 and 604800".into() });
         }
         if self.admin.lockout_seconds == 0 {
-            return Err(ConfigError::Invalid {
-                key: "admin.lockout_seconds",
-                reason: "must be at least 1".into(),
-            });
+            return Err(ConfigError::Invalid { key: "admin.lockout_seconds", reason: "must be at least 1".into() });
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(ConfigError::Invalid {
                 key: "log.level",
-                reason: format!(
-                    "{:?} is not a log filter (try info, debug, or lgsp=debug,info)",
-                    self.log.level
-                ),
+                reason: format!("{:?} is not a log filter (try info, debug, or lgsp=debug,info)", self.log.level),
             });
         }
         let l = &self.listen;
-        let addrs = [
-            ("listen.gateway", l.gateway),
-            ("listen.admin", l.admin),
-            ("listen.metrics", l.metrics),
-            ("listen.cluster", l.cluster),
-        ];
+        let addrs =
+            [("listen.gateway", l.gateway), ("listen.admin", l.admin), ("listen.metrics", l.metrics), ("listen.cluster", l.cluster)];
         for (i, (ka, a)) in addrs.iter().enumerate() {
             for (kb, b) in &addrs[i + 1..] {
                 if a.port() != 0 && a == b {
-                    return Err(ConfigError::Invalid {
-                        key: ka,
-                        reason: format!("{a} is also used by {kb}"),
-                    });
+                    return Err(ConfigError::Invalid { key: ka, reason: format!("{a} is also used by {kb}") });
                 }
             }
         }
         if !self.dev_mode {
             let Some(tls) = &self.tls else {
-                return Err(ConfigError::Invalid { key: "tls", reason: "a [tls] section with cert and key is required (plain HTTP exists only in `lgsp dev`)".into() });
+                return Err(ConfigError::Invalid {
+                    key: "tls",
+                    reason: "a [tls] section with cert and key is required (plain HTTP exists only in `lgsp dev`)".into(),
+                });
             };
             for (key, p) in [("tls.cert", &tls.cert), ("tls.key", &tls.key)] {
                 if let Err(e) = std::fs::metadata(p) {
-                    return Err(ConfigError::Invalid {
-                        key,
-                        reason: format!("cannot read {}: {e}", p.display()),
-                    });
+                    return Err(ConfigError::Invalid { key, reason: format!("cannot read {}: {e}", p.display()) });
                 }
             }
         }
@@ -294,17 +239,13 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let e = Config::parse("[node]\ndata_dir='/x'\ncolour='red'\n", "t")
-            .unwrap_err()
-            .to_string();
+        let e = Config::parse("[node]\ndata_dir='/x'\ncolour='red'\n", "t").unwrap_err().to_string();
         assert!(e.contains("colour"), "{e}");
     }
 
     #[test]
     fn bad_address_is_named() {
-        let e = Config::parse("[node]\ndata_dir='/x'\n[listen]\nadmin='nope'\n", "t")
-            .unwrap_err()
-            .to_string();
+        let e = Config::parse("[node]\ndata_dir='/x'\n[listen]\nadmin='nope'\n", "t").unwrap_err().to_string();
         assert!(e.contains("admin"), "{e}");
     }
 
@@ -318,9 +259,7 @@ mod tests {
 
     #[test]
     fn tls_required_outside_dev() {
-        let e = Config::parse("[node]\ndata_dir='/x'\n", "t")
-            .unwrap_err()
-            .to_string();
+        let e = Config::parse("[node]\ndata_dir='/x'\n", "t").unwrap_err().to_string();
         assert!(e.contains("tls"), "{e}");
     }
 }

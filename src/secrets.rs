@@ -24,18 +24,10 @@ use crate::registry::{Sealed, SecretHash};
 #[derive(Debug, Error)]
 pub enum SecretsError {
     #[error("cannot read the secrets key {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("cannot write the secrets key {path}: {source}")]
-    Write {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error(
-        "the secrets key {path} is damaged (expected 32 bytes, base64); restore it from backup"
-    )]
+    Write { path: String, source: std::io::Error },
+    #[error("the secrets key {path} is damaged (expected 32 bytes, base64); restore it from backup")]
     Damaged { path: String },
     #[error("password hashing failed: {0}")]
     Hash(String),
@@ -62,23 +54,13 @@ pub fn new_id(prefix: &str) -> String {
 
 /// Hashes an admin password with argon2id (PHC string with its own salt).
 pub fn hash_password(password: &str) -> Result<String, SecretsError> {
-    let salt = SaltString::encode_b64(&random_bytes::<16>())
-        .map_err(|e| SecretsError::Hash(e.to_string()))?;
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| SecretsError::Hash(e.to_string()))
+    let salt = SaltString::encode_b64(&random_bytes::<16>()).map_err(|e| SecretsError::Hash(e.to_string()))?;
+    Argon2::default().hash_password(password.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| SecretsError::Hash(e.to_string()))
 }
 
 /// Checks a password against an argon2id PHC string (constant-time inside argon2).
 pub fn verify_password(phc: &str, password: &str) -> bool {
-    PasswordHash::new(phc)
-        .map(|h| {
-            Argon2::default()
-                .verify_password(password.as_bytes(), &h)
-                .is_ok()
-        })
-        .unwrap_or(false)
+    PasswordHash::new(phc).map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok()).unwrap_or(false)
 }
 
 /// A fixed argon2id hash to verify against when the user does not exist, so that a login for
@@ -103,10 +85,7 @@ pub fn check_password_policy(password: &str) -> Result<(), String> {
     if !password.chars().any(|c| c.is_ascii_digit()) {
         missing.push("a digit");
     }
-    if !password
-        .chars()
-        .any(|c| !c.is_alphanumeric() && !c.is_whitespace())
-    {
+    if !password.chars().any(|c| !c.is_alphanumeric() && !c.is_whitespace()) {
         missing.push("a special character");
     }
     if missing.is_empty() {
@@ -119,12 +98,7 @@ pub fn check_password_policy(password: &str) -> Result<(), String> {
 /// Salted SHA-256 for generated secrets with 256 bits of entropy (tokens, consumer secrets).
 pub fn hash_generated(secret: &str) -> SecretHash {
     let salt = hex::encode(random_bytes::<16>());
-    let hash = hex::encode(
-        Sha256::new()
-            .chain_update(salt.as_bytes())
-            .chain_update(secret.as_bytes())
-            .finalize(),
-    );
+    let hash = hex::encode(Sha256::new().chain_update(salt.as_bytes()).chain_update(secret.as_bytes()).finalize());
     SecretHash::Sha256 { salt, hash }
 }
 
@@ -132,12 +106,7 @@ pub fn hash_generated(secret: &str) -> SecretHash {
 pub fn verify_secret(stored: &SecretHash, secret: &str) -> bool {
     match stored {
         SecretHash::Sha256 { salt, hash } => {
-            let got = hex::encode(
-                Sha256::new()
-                    .chain_update(salt.as_bytes())
-                    .chain_update(secret.as_bytes())
-                    .finalize(),
-            );
+            let got = hex::encode(Sha256::new().chain_update(salt.as_bytes()).chain_update(secret.as_bytes()).finalize());
             got.as_bytes().ct_eq(hash.as_bytes()).into()
         }
         SecretHash::Argon2id { phc } => verify_password(phc, secret),
@@ -160,9 +129,7 @@ impl SecretsKey {
         let show = path.display().to_string();
         match std::fs::read_to_string(path) {
             Ok(text) => {
-                let bytes = STANDARD
-                    .decode(text.trim())
-                    .map_err(|_| SecretsError::Damaged { path: show.clone() })?;
+                let bytes = STANDARD.decode(text.trim()).map_err(|_| SecretsError::Damaged { path: show.clone() })?;
                 if bytes.len() != 32 {
                     return Err(SecretsError::Damaged { path: show });
                 }
@@ -170,8 +137,7 @@ impl SecretsKey {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = random_bytes::<32>();
-                write_private(path, STANDARD.encode(key).as_bytes())
-                    .map_err(|source| SecretsError::Write { path: show, source })?;
+                write_private(path, STANDARD.encode(key).as_bytes()).map_err(|source| SecretsError::Write { path: show, source })?;
                 Ok(SecretsKey(*chacha20poly1305::Key::from_slice(&key)))
             }
             Err(source) => Err(SecretsError::Read { path: show, source }),
@@ -182,13 +148,8 @@ impl SecretsKey {
         let nonce = random_bytes::<24>();
         let cipher = XChaCha20Poly1305::new(&self.0);
         // Encryption with a valid key and nonce cannot fail for in-memory buffers.
-        let ct = cipher
-            .encrypt(XNonce::from_slice(&nonce), plain)
-            .unwrap_or_default();
-        Sealed {
-            nonce: STANDARD.encode(nonce),
-            ciphertext: STANDARD.encode(ct),
-        }
+        let ct = cipher.encrypt(XNonce::from_slice(&nonce), plain).unwrap_or_default();
+        Sealed { nonce: STANDARD.encode(nonce), ciphertext: STANDARD.encode(ct) }
     }
 
     pub fn open(&self, sealed: &Sealed) -> Option<Vec<u8>> {
@@ -197,9 +158,7 @@ impl SecretsKey {
         if nonce.len() != 24 {
             return None;
         }
-        XChaCha20Poly1305::new(&self.0)
-            .decrypt(XNonce::from_slice(&nonce), ct.as_ref())
-            .ok()
+        XChaCha20Poly1305::new(&self.0).decrypt(XNonce::from_slice(&nonce), ct.as_ref()).ok()
     }
 }
 
@@ -222,9 +181,7 @@ pub struct ImportSecrets<'a>(pub &'a SecretsKey);
 
 impl SecretTool for ImportSecrets<'_> {
     fn hash_imported(&mut self, secret: &str) -> SecretHash {
-        SecretHash::Argon2id {
-            phc: hash_password(secret).unwrap_or_default(),
-        }
+        SecretHash::Argon2id { phc: hash_password(secret).unwrap_or_default() }
     }
     fn verify(&self, hash: &SecretHash, secret: &str) -> bool {
         verify_secret(hash, secret)
@@ -248,15 +205,8 @@ mod tests {
     fn password_policy_names_what_is_missing() {
         assert!(check_password_policy("Abcdef1!").is_ok());
         let e = check_password_policy("abc").unwrap_err();
-        assert!(
-            e.contains("8 characters")
-                && e.contains("upper-case")
-                && e.contains("digit")
-                && e.contains("special")
-        );
-        assert!(check_password_policy("ABCDEFG1!")
-            .unwrap_err()
-            .contains("lower-case"));
+        assert!(e.contains("8 characters") && e.contains("upper-case") && e.contains("digit") && e.contains("special"));
+        assert!(check_password_policy("ABCDEFG1!").unwrap_err().contains("lower-case"));
     }
 
     #[test]

@@ -32,7 +32,8 @@ fn serve_speaks_tls_and_writes_initial_credentials() {
     );
     std::fs::write(dir.join("lgsp.toml"), config).expect("write");
     let log = std::fs::File::create(dir.join("log")).expect("log");
-    let mut child = Command::new(BIN).args(["serve", "--config"]).arg(dir.join("lgsp.toml")).stdout(Stdio::null()).stderr(log).spawn().expect("spawn");
+    let mut child =
+        Command::new(BIN).args(["serve", "--config"]).arg(dir.join("lgsp.toml")).stdout(Stdio::null()).stderr(log).spawn().expect("spawn");
 
     let creds = dir.join("data/initial-admin.json");
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -55,7 +56,8 @@ fn serve_speaks_tls_and_writes_initial_credentials() {
 
     let root = reqwest::Certificate::from_pem(ca.pem().as_bytes()).expect("root");
     let https = reqwest::blocking::Client::builder().add_root_certificate(root).build().expect("client");
-    let me: serde_json::Value = https.get(format!("https://localhost:{admin}/api/v1/auth/me")).bearer_auth(token).send().expect("https").json().expect("json");
+    let me: serde_json::Value =
+        https.get(format!("https://localhost:{admin}/api/v1/auth/me")).bearer_auth(token).send().expect("https").json().expect("json");
     assert_eq!(me["role"], "operator");
     let gw = https.get(format!("https://localhost:{gateway}/nothing/v1/x")).send().expect("gateway https");
     assert_eq!(gw.status().as_u16(), 404);

@@ -17,8 +17,8 @@ use serde_json::{json, Value};
 use super::auth::Principal;
 use super::{page, ApiError, ApiJson, ApiQuery, Endpoint, Shared};
 use crate::registry::{
-    rules, Command, Contact, Credential, Decision, Environment, HmacKey, RateLimit, Role,
-    State as Registry, Subscription, SubscriptionState,
+    rules, Command, Contact, Credential, Decision, Environment, HmacKey, RateLimit, Role, State as Registry, Subscription,
+    SubscriptionState,
 };
 use crate::secrets;
 
@@ -29,10 +29,7 @@ fn consumer_side(p: &Principal, reg: &Registry, s: &Subscription) -> bool {
 }
 
 fn provider_side(p: &Principal, reg: &Registry, s: &Subscription) -> bool {
-    p.role == Role::AgencyAdmin
-        && reg
-            .provider_agency(&s.service)
-            .is_some_and(|a| p.sees_agency(a))
+    p.role == Role::AgencyAdmin && reg.provider_agency(&s.service).is_some_and(|a| p.sees_agency(a))
 }
 
 fn sees(p: &Principal, reg: &Registry, s: &Subscription) -> bool {
@@ -41,10 +38,7 @@ fn sees(p: &Principal, reg: &Registry, s: &Subscription) -> bool {
 
 fn view(s: &Subscription, reg: &Registry) -> Value {
     let mut v = json!(s);
-    let open = matches!(
-        s.state,
-        SubscriptionState::Requested | SubscriptionState::ProviderApproved
-    );
+    let open = matches!(s.state, SubscriptionState::Requested | SubscriptionState::ProviderApproved);
     v["overdue"] = json!(open && rules::local_date(Utc::now()) > s.decision_due);
     v["provider_agency"] = json!(reg.provider_agency(&s.service));
     v["consumer_agency"] = json!(reg.agency_of_system(&s.consumer_system));
@@ -66,11 +60,7 @@ struct SubQuery {
     limit: Option<usize>,
 }
 
-async fn list_subs(
-    State(st): State<Shared>,
-    p: Principal,
-    ApiQuery(q): ApiQuery<SubQuery>,
-) -> Json<Value> {
+async fn list_subs(State(st): State<Shared>, p: Principal, ApiQuery(q): ApiQuery<SubQuery>) -> Json<Value> {
     let reg = st.store.read();
     let items: Vec<Value> = reg
         .subscriptions
@@ -78,11 +68,7 @@ async fn list_subs(
         .filter(|s| sees(&p, &reg, s))
         .filter(|s| q.state.is_none_or(|x| s.state == x))
         .filter(|s| q.service.as_ref().is_none_or(|x| &s.service == x))
-        .filter(|s| {
-            q.consumer_system
-                .as_ref()
-                .is_none_or(|x| &s.consumer_system == x)
-        })
+        .filter(|s| q.consumer_system.as_ref().is_none_or(|x| &s.consumer_system == x))
         .map(|s| view(s, &reg))
         .collect();
     Json(page(items, q.offset, q.limit))
@@ -90,18 +76,10 @@ async fn list_subs(
 
 fn sub_json(st: &Shared, p: &Principal, id: &str) -> Result<Value, ApiError> {
     let reg = st.store.read();
-    reg.subscriptions
-        .get(id)
-        .filter(|s| sees(p, &reg, s))
-        .map(|s| view(s, &reg))
-        .ok_or_else(|| ApiError::not_found("subscription", id))
+    reg.subscriptions.get(id).filter(|s| sees(p, &reg, s)).map(|s| view(s, &reg)).ok_or_else(|| ApiError::not_found("subscription", id))
 }
 
-async fn get_sub(
-    State(st): State<Shared>,
-    p: Principal,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+async fn get_sub(State(st): State<Shared>, p: Principal, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     sub_json(&st, &p, &id).map(Json)
 }
 
@@ -121,11 +99,7 @@ struct SubRequest {
     rate_limit: Option<RateLimit>,
 }
 
-async fn request_sub(
-    State(st): State<Shared>,
-    p: Principal,
-    ApiJson(b): ApiJson<SubRequest>,
-) -> Result<Created, ApiError> {
+async fn request_sub(State(st): State<Shared>, p: Principal, ApiJson(b): ApiJson<SubRequest>) -> Result<Created, ApiError> {
     p.require_write()?;
     {
         let reg = st.store.read();
@@ -136,13 +110,9 @@ async fn request_sub(
         let visible = reg.services.get(&b.service).is_some_and(|s| {
             p.role == Role::Operator
                 || p.owns_system(&reg, &s.provider_system)
-                || s.versions.values().any(|v| {
-                    matches!(
-                        v.state,
-                        crate::registry::VersionState::Published
-                            | crate::registry::VersionState::Deprecated
-                    )
-                })
+                || s.versions
+                    .values()
+                    .any(|v| matches!(v.state, crate::registry::VersionState::Published | crate::registry::VersionState::Deprecated))
         });
         if !visible {
             return Err(ApiError::not_found("service", &b.service));
@@ -177,36 +147,20 @@ struct DecisionBody {
     reason: String,
 }
 
-async fn decide(
-    st: Shared,
-    p: Principal,
-    id: String,
-    decision: Decision,
-    reason: String,
-) -> Result<Json<Value>, ApiError> {
+async fn decide(st: Shared, p: Principal, id: String, decision: Decision, reason: String) -> Result<Json<Value>, ApiError> {
     p.require_write()?;
     {
         let reg = st.store.read();
-        let s = reg
-            .subscriptions
-            .get(&id)
-            .filter(|s| sees(&p, &reg, s))
-            .ok_or_else(|| ApiError::not_found("subscription", &id))?;
+        let s = reg.subscriptions.get(&id).filter(|s| sees(&p, &reg, s)).ok_or_else(|| ApiError::not_found("subscription", &id))?;
         let allowed = match (p.role, decision) {
             (Role::Operator, _) => true,
-            (Role::AgencyAdmin, Decision::ProviderApprove | Decision::Reject) => {
-                provider_side(&p, &reg, s)
-            }
-            (Role::AgencyAdmin, Decision::Revoke) => {
-                provider_side(&p, &reg, s) || consumer_side(&p, &reg, s)
-            }
+            (Role::AgencyAdmin, Decision::ProviderApprove | Decision::Reject) => provider_side(&p, &reg, s),
+            (Role::AgencyAdmin, Decision::Revoke) => provider_side(&p, &reg, s) || consumer_side(&p, &reg, s),
             _ => false,
         };
         if !allowed {
             let what = match decision {
-                Decision::ProviderApprove => {
-                    "only the providing agency or an operator may approve as provider"
-                }
+                Decision::ProviderApprove => "only the providing agency or an operator may approve as provider",
                 Decision::Approve => "only an operator may grant a subscription",
                 Decision::Reject => "only the providing agency or an operator may reject",
                 Decision::Revoke => "only the consumer, the provider or an operator may revoke",
@@ -214,15 +168,7 @@ async fn decide(
             return Err(ApiError::forbidden(what));
         }
     }
-    st.propose(
-        p.actor(),
-        Command::DecideSubscription {
-            id: id.clone(),
-            decision,
-            reason,
-        },
-    )
-    .await?;
+    st.propose(p.actor(), Command::DecideSubscription { id: id.clone(), decision, reason }).await?;
     sub_json(&st, &p, &id).map(Json)
 }
 
@@ -231,9 +177,7 @@ fn optional_reason(body: &[u8]) -> Result<String, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(String::new());
     }
-    serde_json::from_slice::<DecisionBody>(body)
-        .map(|b| b.reason)
-        .map_err(|e| ApiError::invalid("body", e.to_string()))
+    serde_json::from_slice::<DecisionBody>(body).map(|b| b.reason).map_err(|e| ApiError::invalid("body", e.to_string()))
 }
 
 async fn provider_approve(
@@ -245,12 +189,7 @@ async fn provider_approve(
     let reason = optional_reason(&body)?;
     decide(st, p, id, Decision::ProviderApprove, reason).await
 }
-async fn approve(
-    State(st): State<Shared>,
-    p: Principal,
-    Path(id): Path<String>,
-    body: axum::body::Bytes,
-) -> Result<Json<Value>, ApiError> {
+async fn approve(State(st): State<Shared>, p: Principal, Path(id): Path<String>, body: axum::body::Bytes) -> Result<Json<Value>, ApiError> {
     let reason = optional_reason(&body)?;
     decide(st, p, id, Decision::Approve, reason).await
 }
@@ -279,16 +218,12 @@ async fn set_limits(
 ) -> Result<Json<Value>, ApiError> {
     p.require_operator("set rate limits")?;
     if b.per_second == Some(0) || b.per_day == Some(0) {
-        return Err(ApiError::invalid("rate_limit", "a limit of 0 would block all traffic; revoke the subscription instead, or omit the limit"));
+        return Err(ApiError::invalid(
+            "rate_limit",
+            "a limit of 0 would block all traffic; revoke the subscription instead, or omit the limit",
+        ));
     }
-    st.propose(
-        p.actor(),
-        Command::SetSubscriptionLimits {
-            id: id.clone(),
-            rate_limit: b,
-        },
-    )
-    .await?;
+    st.propose(p.actor(), Command::SetSubscriptionLimits { id: id.clone(), rate_limit: b }).await?;
     sub_json(&st, &p, &id).map(Json)
 }
 
@@ -331,11 +266,7 @@ struct CredQuery {
     limit: Option<usize>,
 }
 
-async fn list_creds(
-    State(st): State<Shared>,
-    p: Principal,
-    ApiQuery(q): ApiQuery<CredQuery>,
-) -> Json<Value> {
+async fn list_creds(State(st): State<Shared>, p: Principal, ApiQuery(q): ApiQuery<CredQuery>) -> Json<Value> {
     let reg = st.store.read();
     let items: Vec<CredentialView> = reg
         .credentials
@@ -356,11 +287,7 @@ fn cred_json(st: &Shared, p: &Principal, id: &str) -> Result<Value, ApiError> {
         .ok_or_else(|| ApiError::not_found("credential", id))
 }
 
-async fn get_cred(
-    State(st): State<Shared>,
-    p: Principal,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+async fn get_cred(State(st): State<Shared>, p: Principal, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     cred_json(&st, &p, &id).map(Json)
 }
 
@@ -374,11 +301,7 @@ struct NewCred {
     hmac: bool,
 }
 
-async fn issue_cred(
-    State(st): State<Shared>,
-    p: Principal,
-    ApiJson(b): ApiJson<NewCred>,
-) -> Result<Created, ApiError> {
+async fn issue_cred(State(st): State<Shared>, p: Principal, ApiJson(b): ApiJson<NewCred>) -> Result<Created, ApiError> {
     p.require_write()?;
     if !p.owns_system(&st.store.read(), &b.system) {
         return Err(ApiError::not_found("system", &b.system));
@@ -387,10 +310,8 @@ async fn issue_cred(
     let consumer_key = secrets::random_string(18);
     let consumer_secret = secrets::random_string(32);
     let hmac_secret = b.hmac.then(secrets::random_bytes::<32>);
-    let hmac = hmac_secret.map(|k| HmacKey {
-        key_id: format!("{}-{}", b.system, hex::encode(secrets::random_bytes::<4>())),
-        secret: st.key.seal(&k),
-    });
+    let hmac = hmac_secret
+        .map(|k| HmacKey { key_id: format!("{}-{}", b.system, hex::encode(secrets::random_bytes::<4>())), secret: st.key.seal(&k) });
     let cred = Credential {
         id: id.clone(),
         system: b.system,
@@ -398,12 +319,12 @@ async fn issue_cred(
         consumer_key: consumer_key.clone(),
         secret: secrets::hash_generated(&consumer_secret),
         hmac: hmac.clone(),
+        public_keys: vec![],
         created_at: Utc::now(),
         created_by: p.username.clone(),
         revoked_at: None,
     };
-    st.propose(p.actor(), Command::IssueCredential { credential: cred })
-        .await?;
+    st.propose(p.actor(), Command::IssueCredential { credential: cred }).await?;
     let mut out = cred_json(&st, &p, &id)?;
     out["consumer_secret"] = json!(consumer_secret);
     if let (Some(h), Some(k)) = (hmac, hmac_secret) {
@@ -422,25 +343,13 @@ async fn revoke_cred(
     p.require_write()?;
     {
         let reg = st.store.read();
-        let c = reg
-            .credentials
-            .get(&id)
-            .filter(|c| p.sees_system(&reg, &c.system))
-            .ok_or_else(|| ApiError::not_found("credential", &id))?;
+        let c =
+            reg.credentials.get(&id).filter(|c| p.sees_system(&reg, &c.system)).ok_or_else(|| ApiError::not_found("credential", &id))?;
         if !p.owns_system(&reg, &c.system) {
-            return Err(ApiError::forbidden(
-                "only the owning agency or an operator may revoke a credential",
-            ));
+            return Err(ApiError::forbidden("only the owning agency or an operator may revoke a credential"));
         }
     }
-    st.propose(
-        p.actor(),
-        Command::RevokeCredential {
-            id: id.clone(),
-            reason: b.reason,
-        },
-    )
-    .await?;
+    st.propose(p.actor(), Command::RevokeCredential { id: id.clone(), reason: b.reason }).await?;
     cred_json(&st, &p, &id).map(Json)
 }
 

@@ -27,11 +27,7 @@ pub struct Principal {
 
 impl Principal {
     pub fn actor(&self) -> Actor {
-        Actor {
-            user: self.username.clone(),
-            role: self.role,
-            agency: self.agency.clone(),
-        }
+        Actor { user: self.username.clone(), role: self.role, agency: self.agency.clone() }
     }
     pub fn is_operator(&self) -> bool {
         self.role == Role::Operator
@@ -51,9 +47,7 @@ impl Principal {
     }
     pub fn require_reader(&self, what: &str) -> Result<(), ApiError> {
         if self.role == Role::AgencyAdmin {
-            return Err(ApiError::forbidden(format!(
-                "only an operator or auditor may {what}"
-            )));
+            return Err(ApiError::forbidden(format!("only an operator or auditor may {what}")));
         }
         Ok(())
     }
@@ -62,8 +56,7 @@ impl Principal {
         self.role != Role::AgencyAdmin || self.agency.as_deref() == Some(code)
     }
     pub fn sees_system(&self, reg: &Registry, id: &str) -> bool {
-        reg.agency_of_system(id)
-            .is_some_and(|a| self.sees_agency(a))
+        reg.agency_of_system(id).is_some_and(|a| self.sees_agency(a))
     }
     /// Owns (may change) a system: operator, or agency-admin of its agency.
     pub fn owns_system(&self, reg: &Registry, id: &str) -> bool {
@@ -88,10 +81,11 @@ impl FromRequestParts<Shared> for Principal {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, st: &Shared) -> Result<Self, ApiError> {
         let Some(raw) = bearer(parts) else {
-            return Err(ApiError::unauthenticated("send `Authorization: Bearer <token>`; get a token with POST /api/v1/auth/login or `lgsp token create`"));
+            return Err(ApiError::unauthenticated(
+                "send `Authorization: Bearer <token>`; get a token with POST /api/v1/auth/login or `lgsp token create`",
+            ));
         };
-        let invalid =
-            || ApiError::unauthenticated("the token is invalid, expired or revoked; log in again");
+        let invalid = || ApiError::unauthenticated("the token is invalid, expired or revoked; log in again");
         let (id, secret) = parse_token(raw).ok_or_else(invalid)?;
         let reg = st.store.read();
         let tok = reg.tokens.get(id).ok_or_else(invalid)?;
@@ -105,12 +99,7 @@ impl FromRequestParts<Shared> for Principal {
         if user.disabled {
             return Err(invalid());
         }
-        Ok(Principal {
-            username: user.username.clone(),
-            role: user.role,
-            agency: user.agency.clone(),
-            token_id: tok.id.clone(),
-        })
+        Ok(Principal { username: user.username.clone(), role: user.role, agency: user.agency.clone(), token_id: tok.id.clone() })
     }
 }
 
@@ -163,13 +152,7 @@ pub async fn issue_token(
         expires_at: ttl.map(|d| now + d),
         session,
     };
-    st.propose(
-        actor,
-        Command::IssueToken {
-            token: token.clone(),
-        },
-    )
-    .await?;
+    st.propose(actor, Command::IssueToken { token: token.clone() }).await?;
     Ok((format!("lgsp.{id}.{secret}"), token))
 }
 
@@ -180,17 +163,8 @@ struct LoginBody {
     password: String,
 }
 
-async fn login(
-    State(st): State<Shared>,
-    ApiJson(b): ApiJson<LoginBody>,
-) -> Result<Json<Value>, ApiError> {
-    let bad = || {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "INVALID_CREDENTIALS",
-            "wrong username or password",
-        )
-    };
+async fn login(State(st): State<Shared>, ApiJson(b): ApiJson<LoginBody>) -> Result<Json<Value>, ApiError> {
+    let bad = || ApiError::new(StatusCode::UNAUTHORIZED, "INVALID_CREDENTIALS", "wrong username or password");
     let user = st.store.read().users.get(&b.username).cloned();
     let now = Utc::now();
     if let Some(u) = &user {
@@ -200,28 +174,15 @@ async fn login(
                 "ACCOUNT_LOCKED",
                 format!("this account is locked after repeated failed logins until {until}; wait or ask an operator to unlock it"),
             );
-            e.retry_after = Some(
-                u64::try_from((until - now).num_seconds())
-                    .unwrap_or(1)
-                    .max(1),
-            );
+            e.retry_after = Some(u64::try_from((until - now).num_seconds()).unwrap_or(1).max(1));
             return Err(e);
         }
     }
-    let phc = user.as_ref().map_or_else(
-        || secrets::dummy_password_hash().to_owned(),
-        |u| u.password_hash.clone(),
-    );
+    let phc = user.as_ref().map_or_else(|| secrets::dummy_password_hash().to_owned(), |u| u.password_hash.clone());
     let pw = b.password.clone();
-    let ok = tokio::task::spawn_blocking(move || secrets::verify_password(&phc, &pw))
-        .await
-        .unwrap_or(false);
+    let ok = tokio::task::spawn_blocking(move || secrets::verify_password(&phc, &pw)).await.unwrap_or(false);
     let Some(u) = user else { return Err(bad()) };
-    let actor = Actor {
-        user: u.username.clone(),
-        role: u.role,
-        agency: u.agency.clone(),
-    };
+    let actor = Actor { user: u.username.clone(), role: u.role, agency: u.agency.clone() };
     if !ok {
         st.propose(
             actor,
@@ -236,46 +197,25 @@ async fn login(
         return Err(bad());
     }
     if u.disabled {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "ACCOUNT_DISABLED",
-            "this account is disabled; ask an operator",
-        ));
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "ACCOUNT_DISABLED", "this account is disabled; ask an operator"));
     }
     if u.failed_logins > 0 || u.locked_until.is_some() {
-        st.propose(
-            actor.clone(),
-            Command::RecordLoginSuccess {
-                username: u.username.clone(),
-            },
-        )
-        .await?;
+        st.propose(actor.clone(), Command::RecordLoginSuccess { username: u.username.clone() }).await?;
     }
     let ttl = Duration::seconds(i64::try_from(st.cfg.session_ttl_seconds).unwrap_or(28_800));
     let (token, t) = issue_token(&st, actor, &u.username, "session", Some(ttl), true).await?;
     tracing::info!(user = %u.username, "admin login");
-    Ok(Json(
-        json!({ "token": token, "expires_at": t.expires_at, "user": UserView::from(&u) }),
-    ))
+    Ok(Json(json!({ "token": token, "expires_at": t.expires_at, "user": UserView::from(&u) })))
 }
 
 async fn logout(State(st): State<Shared>, p: Principal) -> Result<StatusCode, ApiError> {
-    st.propose(
-        p.actor(),
-        Command::RevokeToken {
-            id: p.token_id.clone(),
-        },
-    )
-    .await?;
+    st.propose(p.actor(), Command::RevokeToken { id: p.token_id.clone() }).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn me(State(st): State<Shared>, p: Principal) -> Result<Json<Value>, ApiError> {
     let reg = st.store.read();
-    let u = reg
-        .users
-        .get(&p.username)
-        .ok_or_else(|| ApiError::unauthenticated("the account no longer exists"))?;
+    let u = reg.users.get(&p.username).ok_or_else(|| ApiError::unauthenticated("the account no longer exists"))?;
     Ok(Json(json!(UserView::from(u))))
 }
 
@@ -299,21 +239,13 @@ struct UserQuery {
     limit: Option<usize>,
 }
 
-async fn list_users(
-    State(st): State<Shared>,
-    p: Principal,
-    ApiQuery(q): ApiQuery<UserQuery>,
-) -> Json<Value> {
+async fn list_users(State(st): State<Shared>, p: Principal, ApiQuery(q): ApiQuery<UserQuery>) -> Json<Value> {
     let reg = st.store.read();
     let items: Vec<UserView> = reg
         .users
         .values()
         .filter(|u| visible_user(&p, u))
-        .filter(|u| {
-            q.agency
-                .as_ref()
-                .is_none_or(|a| u.agency.as_ref() == Some(a))
-        })
+        .filter(|u| q.agency.as_ref().is_none_or(|a| u.agency.as_ref() == Some(a)))
         .map(UserView::from)
         .collect();
     Json(super::page(items, q.offset, q.limit))
@@ -321,18 +253,10 @@ async fn list_users(
 
 fn find_user(st: &Shared, p: &Principal, name: &str) -> Result<User, ApiError> {
     let reg = st.store.read();
-    reg.users
-        .get(name)
-        .filter(|u| visible_user(p, u) || u.username == p.username)
-        .cloned()
-        .ok_or_else(|| ApiError::not_found("user", name))
+    reg.users.get(name).filter(|u| visible_user(p, u) || u.username == p.username).cloned().ok_or_else(|| ApiError::not_found("user", name))
 }
 
-async fn get_user(
-    State(st): State<Shared>,
-    p: Principal,
-    Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+async fn get_user(State(st): State<Shared>, p: Principal, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!(UserView::from(&find_user(&st, &p, &name)?))))
 }
 
@@ -348,16 +272,10 @@ struct NewUser {
     password: String,
 }
 
-async fn create_user(
-    State(st): State<Shared>,
-    p: Principal,
-    ApiJson(b): ApiJson<NewUser>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+async fn create_user(State(st): State<Shared>, p: Principal, ApiJson(b): ApiJson<NewUser>) -> Result<(StatusCode, Json<Value>), ApiError> {
     p.require_write()?;
     if p.role == Role::AgencyAdmin && (b.role != Role::AgencyAdmin || b.agency != p.agency) {
-        return Err(ApiError::forbidden(
-            "an agency-admin may only create agency-admin accounts for its own agency",
-        ));
+        return Err(ApiError::forbidden("an agency-admin may only create agency-admin accounts for its own agency"));
     }
     secrets::check_password_policy(&b.password).map_err(|r| ApiError::invalid("password", r))?;
     let pw = b.password;
@@ -401,21 +319,9 @@ async fn update_user(
         return Err(ApiError::forbidden("you may not change this account"));
     }
     if b.disabled == Some(true) && u.username == p.username {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "SELF_DISABLE",
-            "you cannot disable your own account",
-        ));
+        return Err(ApiError::new(StatusCode::CONFLICT, "SELF_DISABLE", "you cannot disable your own account"));
     }
-    st.propose(
-        p.actor(),
-        Command::UpdateUser {
-            username: name.clone(),
-            display_name: b.display_name,
-            disabled: b.disabled,
-        },
-    )
-    .await?;
+    st.propose(p.actor(), Command::UpdateUser { username: name.clone(), display_name: b.display_name, disabled: b.disabled }).await?;
     Ok(Json(json!(UserView::from(&find_user(&st, &p, &name)?))))
 }
 
@@ -436,58 +342,36 @@ async fn set_password(
     let u = find_user(&st, &p, &name)?;
     let own = u.username == p.username;
     if own {
-        let cur = b.current_password.clone().ok_or_else(|| {
-            ApiError::invalid("current_password", "required to change your own password")
-        })?;
+        let cur =
+            b.current_password.clone().ok_or_else(|| ApiError::invalid("current_password", "required to change your own password"))?;
         let phc = u.password_hash.clone();
-        let ok = tokio::task::spawn_blocking(move || secrets::verify_password(&phc, &cur))
-            .await
-            .unwrap_or(false);
+        let ok = tokio::task::spawn_blocking(move || secrets::verify_password(&phc, &cur)).await.unwrap_or(false);
         if !ok {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "INVALID_CREDENTIALS",
-                "the current password is wrong",
-            ));
+            return Err(ApiError::new(StatusCode::FORBIDDEN, "INVALID_CREDENTIALS", "the current password is wrong"));
         }
     } else {
         p.require_write()?;
         if !manages_user(&p, &u) {
-            return Err(ApiError::forbidden(
-                "you may not reset this account's password",
-            ));
+            return Err(ApiError::forbidden("you may not reset this account's password"));
         }
     }
-    secrets::check_password_policy(&b.new_password)
-        .map_err(|r| ApiError::invalid("new_password", r))?;
+    secrets::check_password_policy(&b.new_password).map_err(|r| ApiError::invalid("new_password", r))?;
     let pw = b.new_password;
     let hash = tokio::task::spawn_blocking(move || secrets::hash_password(&pw))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", e.to_string()))?
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", e.to_string()))?;
-    st.propose(
-        p.actor(),
-        Command::SetPassword {
-            username: name,
-            password_hash: hash,
-        },
-    )
-    .await?;
+    st.propose(p.actor(), Command::SetPassword { username: name, password_hash: hash }).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn unlock_user(
-    State(st): State<Shared>,
-    p: Principal,
-    Path(name): Path<String>,
-) -> Result<StatusCode, ApiError> {
+async fn unlock_user(State(st): State<Shared>, p: Principal, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
     p.require_write()?;
     let u = find_user(&st, &p, &name)?;
     if !manages_user(&p, &u) {
         return Err(ApiError::forbidden("you may not unlock this account"));
     }
-    st.propose(p.actor(), Command::UnlockUser { username: name })
-        .await?;
+    st.propose(p.actor(), Command::UnlockUser { username: name }).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -516,12 +400,7 @@ impl From<&ApiToken> for TokenView {
 
 async fn list_tokens(State(st): State<Shared>, p: Principal) -> Json<Value> {
     let reg = st.store.read();
-    let items: Vec<TokenView> = reg
-        .tokens
-        .values()
-        .filter(|t| t.username == p.username || p.is_operator())
-        .map(TokenView::from)
-        .collect();
+    let items: Vec<TokenView> = reg.tokens.values().filter(|t| t.username == p.username || p.is_operator()).map(TokenView::from).collect();
     Json(super::page(items, None, None))
 }
 
@@ -542,26 +421,17 @@ async fn create_token(
         return Err(ApiError::invalid("name", "must be 1-100 characters"));
     }
     if b.expires_in_days == Some(0) {
-        return Err(ApiError::invalid(
-            "expires_in_days",
-            "must be at least 1, or omitted for a token that does not expire",
-        ));
+        return Err(ApiError::invalid("expires_in_days", "must be at least 1, or omitted for a token that does not expire"));
     }
     let ttl = b.expires_in_days.map(|d| Duration::days(i64::from(d)));
     let (token, t) = issue_token(&st, p.actor(), &p.username, &b.name, ttl, false).await?;
     Ok((
         StatusCode::CREATED,
-        Json(
-            json!({ "token": token, "id": t.id, "expires_at": t.expires_at, "note": "the token is shown only once; store it now" }),
-        ),
+        Json(json!({ "token": token, "id": t.id, "expires_at": t.expires_at, "note": "the token is shown only once; store it now" })),
     ))
 }
 
-async fn revoke_token(
-    State(st): State<Shared>,
-    p: Principal,
-    Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
+async fn revoke_token(State(st): State<Shared>, p: Principal, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     let owner = st.store.read().tokens.get(&id).map(|t| t.username.clone());
     match owner {
         Some(o) if o == p.username || p.is_operator() => {}
@@ -587,13 +457,7 @@ pub fn endpoints() -> Vec<Endpoint> {
             roles: "any",
             handler: || post(logout),
         },
-        Endpoint {
-            method: "get",
-            path: "/api/v1/auth/me",
-            summary: "The calling user",
-            roles: "any",
-            handler: || get(me),
-        },
+        Endpoint { method: "get", path: "/api/v1/auth/me", summary: "The calling user", roles: "any", handler: || get(me) },
         Endpoint {
             method: "get",
             path: "/api/v1/users",

@@ -35,16 +35,9 @@ async fn list_catalogs(State(st): State<Shared>, _p: Principal) -> Json<Value> {
     Json(page(items, None, None))
 }
 
-async fn get_catalog(
-    State(st): State<Shared>,
-    _p: Principal,
-    Path(code): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+async fn get_catalog(State(st): State<Shared>, _p: Principal, Path(code): Path<String>) -> Result<Json<Value>, ApiError> {
     let reg = st.store.read();
-    reg.catalogs
-        .get(&code)
-        .map(|c| Json(summary(c)))
-        .ok_or_else(|| ApiError::not_found("catalog", &code))
+    reg.catalogs.get(&code).map(|c| Json(summary(c))).ok_or_else(|| ApiError::not_found("catalog", &code))
 }
 
 #[derive(Deserialize)]
@@ -65,23 +58,14 @@ async fn catalog_entries(
     ApiQuery(q): ApiQuery<EntriesQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let reg = st.store.read();
-    let c = reg
-        .catalogs
-        .get(&code)
-        .ok_or_else(|| ApiError::not_found("catalog", &code))?;
+    let c = reg.catalogs.get(&code).ok_or_else(|| ApiError::not_found("catalog", &code))?;
     let v = match q.version {
-        Some(n) => c
-            .versions
-            .iter()
-            .find(|v| v.version == n)
-            .ok_or_else(|| ApiError::not_found("catalog version", &format!("{code}/{n}")))?,
-        None => c.latest().ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "NO_VERSION",
-                format!("catalog {code} has no published version yet"),
-            )
-        })?,
+        Some(n) => {
+            c.versions.iter().find(|v| v.version == n).ok_or_else(|| ApiError::not_found("catalog version", &format!("{code}/{n}")))?
+        }
+        None => c
+            .latest()
+            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "NO_VERSION", format!("catalog {code} has no published version yet")))?,
     };
     let mut out = page(v.entries.clone(), q.offset, q.limit);
     out["version"] = json!(v.version);
@@ -98,28 +82,13 @@ struct NewCatalog {
     description: String,
 }
 
-async fn create_catalog(
-    State(st): State<Shared>,
-    p: Principal,
-    ApiJson(b): ApiJson<NewCatalog>,
-) -> Result<Created, ApiError> {
+async fn create_catalog(State(st): State<Shared>, p: Principal, ApiJson(b): ApiJson<NewCatalog>) -> Result<Created, ApiError> {
     p.require_operator("create catalogs")?;
     let code = b.code.clone();
-    st.propose(
-        p.actor(),
-        Command::CreateCatalog {
-            code: b.code,
-            name: b.name,
-            owner_agency: b.owner_agency,
-            description: b.description,
-        },
-    )
-    .await?;
+    st.propose(p.actor(), Command::CreateCatalog { code: b.code, name: b.name, owner_agency: b.owner_agency, description: b.description })
+        .await?;
     let reg = st.store.read();
-    let c = reg
-        .catalogs
-        .get(&code)
-        .ok_or_else(|| ApiError::not_found("catalog", &code))?;
+    let c = reg.catalogs.get(&code).ok_or_else(|| ApiError::not_found("catalog", &code))?;
     Ok((StatusCode::CREATED, Json(summary(c))))
 }
 
@@ -142,34 +111,17 @@ async fn publish_catalog(
     ApiJson(b): ApiJson<NewCatalogVersion>,
 ) -> Result<Created, ApiError> {
     p.require_write()?;
-    let owner = st
-        .store
-        .read()
-        .catalogs
-        .get(&code)
-        .map(|c| c.owner_agency.clone())
-        .ok_or_else(|| ApiError::not_found("catalog", &code))?;
+    let owner = st.store.read().catalogs.get(&code).map(|c| c.owner_agency.clone()).ok_or_else(|| ApiError::not_found("catalog", &code))?;
     if !p.is_operator() && p.agency.as_deref() != Some(owner.as_str()) {
-        return Err(ApiError::forbidden(
-            "only the catalog's owner agency or an operator may publish its versions",
-        ));
+        return Err(ApiError::forbidden("only the catalog's owner agency or an operator may publish its versions"));
     }
     st.propose(
         p.actor(),
-        Command::PublishCatalogVersion {
-            code: code.clone(),
-            fields: b.fields,
-            entries: b.entries,
-            append: b.append,
-            note: b.note,
-        },
+        Command::PublishCatalogVersion { code: code.clone(), fields: b.fields, entries: b.entries, append: b.append, note: b.note },
     )
     .await?;
     let reg = st.store.read();
-    let c = reg
-        .catalogs
-        .get(&code)
-        .ok_or_else(|| ApiError::not_found("catalog", &code))?;
+    let c = reg.catalogs.get(&code).ok_or_else(|| ApiError::not_found("catalog", &code))?;
     Ok((StatusCode::CREATED, Json(summary(c))))
 }
 
@@ -186,20 +138,14 @@ struct AuditQuery {
     limit: Option<usize>,
 }
 
-async fn admin_audit(
-    State(st): State<Shared>,
-    p: Principal,
-    ApiQuery(q): ApiQuery<AuditQuery>,
-) -> Result<Json<Value>, ApiError> {
+async fn admin_audit(State(st): State<Shared>, p: Principal, ApiQuery(q): ApiQuery<AuditQuery>) -> Result<Json<Value>, ApiError> {
     p.require_reader("read the admin audit trail")?;
     let store = st.store.clone();
     let limit = q.limit.unwrap_or(200).min(10_000);
     let items = tokio::task::spawn_blocking(move || {
         store.audit(limit, |e| {
             q.user.as_ref().is_none_or(|u| &e.user == u)
-                && q.target
-                    .as_ref()
-                    .is_none_or(|t| e.target.starts_with(t.as_str()))
+                && q.target.as_ref().is_none_or(|t| e.target.starts_with(t.as_str()))
                 && q.action.as_ref().is_none_or(|a| &e.action == a)
         })
     })
@@ -232,10 +178,7 @@ async fn import(
         let mut e = ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "IMPORT_INVALID",
-            format!(
-                "the document has {} error(s); nothing was changed",
-                errors.len()
-            ),
+            format!("the document has {} error(s); nothing was changed", errors.len()),
         );
         e.details = Some(json!({ "errors": errors }));
         e
@@ -253,21 +196,10 @@ async fn import(
     .map_err(invalid)?;
     let changes = commands.len();
     if changes == 0 || q.dry_run {
-        return Ok(Json(
-            json!({ "changes": changes, "applied": false, "dry_run": q.dry_run }),
-        ));
+        return Ok(Json(json!({ "changes": changes, "applied": false, "dry_run": q.dry_run })));
     }
-    st.propose(
-        p.actor(),
-        Command::Batch {
-            label: "registry-import".into(),
-            commands,
-        },
-    )
-    .await?;
-    Ok(Json(
-        json!({ "changes": changes, "applied": true, "dry_run": false }),
-    ))
+    st.propose(p.actor(), Command::Batch { label: "registry-import".into(), commands }).await?;
+    Ok(Json(json!({ "changes": changes, "applied": true, "dry_run": false })))
 }
 
 async fn get_holidays(State(st): State<Shared>, _p: Principal) -> Json<Value> {
@@ -280,35 +212,77 @@ struct Holidays {
     holidays: Vec<NaiveDate>,
 }
 
-async fn set_holidays(
-    State(st): State<Shared>,
-    p: Principal,
-    ApiJson(b): ApiJson<Holidays>,
-) -> Result<Json<Value>, ApiError> {
+async fn set_holidays(State(st): State<Shared>, p: Principal, ApiJson(b): ApiJson<Holidays>) -> Result<Json<Value>, ApiError> {
     p.require_operator("set public holidays")?;
-    st.propose(
-        p.actor(),
-        Command::SetHolidays {
-            holidays: b.holidays,
-        },
-    )
-    .await?;
-    Ok(Json(
-        json!({ "holidays": st.store.read().settings.holidays }),
-    ))
+    st.propose(p.actor(), Command::SetHolidays { holidays: b.holidays }).await?;
+    Ok(Json(json!({ "holidays": st.store.read().settings.holidays })))
 }
 
 pub fn endpoints() -> Vec<Endpoint> {
     vec![
         Endpoint { method: "get", path: "/api/v1/catalogs", summary: "List shared catalogs", roles: "any", handler: || get(list_catalogs) },
-        Endpoint { method: "post", path: "/api/v1/catalogs", summary: "Create a shared catalog", roles: "operator", handler: || post(create_catalog) },
-        Endpoint { method: "get", path: "/api/v1/catalogs/{code}", summary: "Show a catalog and its versions", roles: "any", handler: || get(get_catalog) },
-        Endpoint { method: "get", path: "/api/v1/catalogs/{code}/entries", summary: "Entries of the latest (or ?version=) catalog version", roles: "any", handler: || get(catalog_entries) },
-        Endpoint { method: "post", path: "/api/v1/catalogs/{code}/versions", summary: "Publish a new catalog version (append=true adds entries)", roles: "operator, agency-admin (owner)", handler: || post(publish_catalog).layer(DefaultBodyLimit::max(super::LARGE_BODY)) },
-        Endpoint { method: "get", path: "/api/v1/audit/admin", summary: "The admin audit trail, newest first", roles: "operator, auditor", handler: || get(admin_audit) },
-        Endpoint { method: "get", path: "/api/v1/registry/export", summary: "The registry as a declarative document (no secrets)", roles: "operator, auditor", handler: || get(export) },
-        Endpoint { method: "post", path: "/api/v1/registry/import", summary: "Validate a whole document, then apply it atomically (?dry_run=true to only validate)", roles: "operator", handler: || post(import).layer(DefaultBodyLimit::max(super::LARGE_BODY)) },
-        Endpoint { method: "get", path: "/api/v1/settings/holidays", summary: "Public holidays skipped by the 5-working-day clock", roles: "any", handler: || get(get_holidays) },
-        Endpoint { method: "put", path: "/api/v1/settings/holidays", summary: "Replace the public holiday list", roles: "operator", handler: || put(set_holidays) },
+        Endpoint {
+            method: "post",
+            path: "/api/v1/catalogs",
+            summary: "Create a shared catalog",
+            roles: "operator",
+            handler: || post(create_catalog),
+        },
+        Endpoint {
+            method: "get",
+            path: "/api/v1/catalogs/{code}",
+            summary: "Show a catalog and its versions",
+            roles: "any",
+            handler: || get(get_catalog),
+        },
+        Endpoint {
+            method: "get",
+            path: "/api/v1/catalogs/{code}/entries",
+            summary: "Entries of the latest (or ?version=) catalog version",
+            roles: "any",
+            handler: || get(catalog_entries),
+        },
+        Endpoint {
+            method: "post",
+            path: "/api/v1/catalogs/{code}/versions",
+            summary: "Publish a new catalog version (append=true adds entries)",
+            roles: "operator, agency-admin (owner)",
+            handler: || post(publish_catalog).layer(DefaultBodyLimit::max(super::LARGE_BODY)),
+        },
+        Endpoint {
+            method: "get",
+            path: "/api/v1/audit/admin",
+            summary: "The admin audit trail, newest first",
+            roles: "operator, auditor",
+            handler: || get(admin_audit),
+        },
+        Endpoint {
+            method: "get",
+            path: "/api/v1/registry/export",
+            summary: "The registry as a declarative document (no secrets)",
+            roles: "operator, auditor",
+            handler: || get(export),
+        },
+        Endpoint {
+            method: "post",
+            path: "/api/v1/registry/import",
+            summary: "Validate a whole document, then apply it atomically (?dry_run=true to only validate)",
+            roles: "operator",
+            handler: || post(import).layer(DefaultBodyLimit::max(super::LARGE_BODY)),
+        },
+        Endpoint {
+            method: "get",
+            path: "/api/v1/settings/holidays",
+            summary: "Public holidays skipped by the 5-working-day clock",
+            roles: "any",
+            handler: || get(get_holidays),
+        },
+        Endpoint {
+            method: "put",
+            path: "/api/v1/settings/holidays",
+            summary: "Replace the public holiday list",
+            roles: "operator",
+            handler: || put(set_holidays),
+        },
     ]
 }

@@ -24,13 +24,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            details: None,
-            retry_after: None,
-        }
+        ApiError { status, code, message: message.into(), details: None, retry_after: None }
     }
     pub fn unauthenticated(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", message)
@@ -40,19 +34,11 @@ impl ApiError {
     }
     /// Also used for objects outside the caller's agency, so their existence is not revealed.
     pub fn not_found(kind: &str, id: &str) -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "NOT_FOUND",
-            format!("{kind} {id:?} does not exist"),
-        )
+        Self::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("{kind} {id:?} does not exist"))
     }
     pub fn invalid(field: &str, reason: impl Into<String>) -> Self {
         let reason = reason.into();
-        let mut e = Self::new(
-            StatusCode::BAD_REQUEST,
-            "INVALID_INPUT",
-            format!("{field}: {reason}"),
-        );
+        let mut e = Self::new(StatusCode::BAD_REQUEST, "INVALID_INPUT", format!("{field}: {reason}"));
         e.details = Some(json!({ "field": field }));
         e
     }
@@ -62,9 +48,7 @@ impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
         let status = match &e {
             RegistryError::NotFound { .. } => StatusCode::NOT_FOUND,
-            RegistryError::AlreadyExists { .. } | RegistryError::Conflict { .. } => {
-                StatusCode::CONFLICT
-            }
+            RegistryError::AlreadyExists { .. } | RegistryError::Conflict { .. } => StatusCode::CONFLICT,
             RegistryError::Invalid { .. } => StatusCode::BAD_REQUEST,
             RegistryError::Rule { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         };
@@ -125,16 +109,10 @@ fn json_rejection(rej: JsonRejection) -> ApiError {
             "UNSUPPORTED_MEDIA_TYPE",
             "send the body as JSON with `Content-Type: application/json`",
         ),
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "PAYLOAD_TOO_LARGE",
-            format!("the request body is too large: {text}"),
-        ),
-        _ => ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "INVALID_INPUT",
-            format!("the request body is not valid: {text}"),
-        ),
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", format!("the request body is too large: {text}"))
+        }
+        _ => ApiError::new(StatusCode::BAD_REQUEST, "INVALID_INPUT", format!("the request body is not valid: {text}")),
     }
 }
 
@@ -152,9 +130,5 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
 }
 
 fn query_rejection(rej: QueryRejection) -> ApiError {
-    ApiError::new(
-        StatusCode::BAD_REQUEST,
-        "INVALID_INPUT",
-        format!("the query string is not valid: {}", rej.body_text()),
-    )
+    ApiError::new(StatusCode::BAD_REQUEST, "INVALID_INPUT", format!("the query string is not valid: {}", rej.body_text()))
 }

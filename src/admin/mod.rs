@@ -46,11 +46,7 @@ impl AdminState {
         tokio::task::spawn_blocking(move || store.propose(&env))
             .await
             .map_err(|e| {
-                ApiError::new(
-                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                    "INTERNAL",
-                    format!("the request was interrupted: {e}"),
-                )
+                ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", format!("the request was interrupted: {e}"))
             })?
             .map_err(ApiError::from)
     }
@@ -112,11 +108,7 @@ pub struct Page {
 }
 
 /// `{"items": [...], "total": n}` with paging applied.
-pub fn page<T: serde::Serialize>(
-    items: Vec<T>,
-    offset: Option<usize>,
-    limit: Option<usize>,
-) -> serde_json::Value {
+pub fn page<T: serde::Serialize>(items: Vec<T>, offset: Option<usize>, limit: Option<usize>) -> serde_json::Value {
     let total = items.len();
     let offset = offset.unwrap_or(0);
     let limit = limit.unwrap_or(1000).min(100_000);

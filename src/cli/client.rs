@@ -41,19 +41,11 @@ pub struct ApiFailure {
 impl std::fmt::Display for ApiFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let code = self.body["code"].as_str().unwrap_or("HTTP_ERROR");
-        let msg = self.body["message"]
-            .as_str()
-            .map(str::to_owned)
-            .unwrap_or_else(|| self.body.to_string());
+        let msg = self.body["message"].as_str().map(str::to_owned).unwrap_or_else(|| self.body.to_string());
         write!(f, "{code}: {msg} (HTTP {})", self.status)?;
         if let Some(errs) = self.body["details"]["errors"].as_array() {
             for e in errs {
-                write!(
-                    f,
-                    "\n  {}: {}",
-                    e["path"].as_str().unwrap_or("?"),
-                    e["message"].as_str().unwrap_or("?")
-                )?;
+                write!(f, "\n  {}: {}", e["path"].as_str().unwrap_or("?"), e["message"].as_str().unwrap_or("?"))?;
             }
         }
         Ok(())
@@ -67,56 +59,31 @@ impl Client {
         let dev: Option<DevInfo> = match &c.dev_dir {
             Some(d) => {
                 let p = d.join("dev.json");
-                let bytes = std::fs::read(&p).with_context(|| {
-                    format!(
-                        "cannot read {}; is `lgsp dev --data-dir {}` running?",
-                        p.display(),
-                        d.display()
-                    )
-                })?;
-                Some(
-                    serde_json::from_slice(&bytes)
-                        .with_context(|| format!("{} is not a dev.json file", p.display()))?,
-                )
+                let bytes = std::fs::read(&p)
+                    .with_context(|| format!("cannot read {}; is `lgsp dev --data-dir {}` running?", p.display(), d.display()))?;
+                Some(serde_json::from_slice(&bytes).with_context(|| format!("{} is not a dev.json file", p.display()))?)
             }
             None => None,
         };
-        let base = c
-            .admin_url
-            .clone()
-            .or_else(|| dev.as_ref().map(|d| d.admin_url.clone()))
-            .unwrap_or_else(|| "https://127.0.0.1:9443".into());
-        let token = c
-            .token
-            .clone()
-            .or_else(|| dev.as_ref().map(|d| d.api_token.clone()));
+        let base =
+            c.admin_url.clone().or_else(|| dev.as_ref().map(|d| d.admin_url.clone())).unwrap_or_else(|| "https://127.0.0.1:9443".into());
+        let token = c.token.clone().or_else(|| dev.as_ref().map(|d| d.api_token.clone()));
         if need_token && token.is_none() {
             bail!("no API token: set LGSP_TOKEN (see `lgsp login`), pass --token, or --dev-dir DIR for a dev appliance");
         }
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut b = reqwest::Client::builder().timeout(std::time::Duration::from_secs(300));
         if let Some(ca) = &c.ca {
-            let pem = std::fs::read(ca)
-                .with_context(|| format!("cannot read CA file {}", ca.display()))?;
+            let pem = std::fs::read(ca).with_context(|| format!("cannot read CA file {}", ca.display()))?;
             b = b.add_root_certificate(
-                reqwest::Certificate::from_pem(&pem)
-                    .with_context(|| format!("{} is not a PEM certificate", ca.display()))?,
+                reqwest::Certificate::from_pem(&pem).with_context(|| format!("{} is not a PEM certificate", ca.display()))?,
             );
         }
-        Ok(Client {
-            http: b.build()?,
-            base: base.trim_end_matches('/').to_owned(),
-            token,
-        })
+        Ok(Client { http: b.build()?, base: base.trim_end_matches('/').to_owned(), token })
     }
 
     /// Calls `method path` with an optional JSON body; returns the JSON answer (Null for 204).
-    pub async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<Value> {
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Result<Value> {
         let url = format!("{}{path}", self.base);
         let mut req = self.http.request(method, &url);
         if let Some(t) = &self.token {
@@ -125,26 +92,18 @@ impl Client {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| anyhow!("cannot reach the admin API at {}: {e}", self.base))?;
+        let resp = req.send().await.map_err(|e| anyhow!("cannot reach the admin API at {}: {e}", self.base))?;
         let status = resp.status();
         let bytes = resp.bytes().await?;
         let value: Value = if bytes.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
         };
         if status.is_success() {
             Ok(value)
         } else {
-            Err(ApiFailure {
-                status: status.as_u16(),
-                body: value,
-            }
-            .into())
+            Err(ApiFailure { status: status.as_u16(), body: value }.into())
         }
     }
 

@@ -23,11 +23,7 @@ use client::{Client, Connection};
 pub const EXIT_USAGE: u8 = 64;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "lgsp",
-    version,
-    about = "City LGSP appliance: data-sharing platform for a city's agencies"
-)]
+#[command(name = "lgsp", version, about = "City LGSP appliance: data-sharing platform for a city's agencies")]
 pub struct Cli {
     #[command(flatten)]
     pub conn: Connection,
@@ -411,11 +407,7 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(EXIT_USAGE)
-            } else {
-                ExitCode::SUCCESS
-            };
+            return if e.use_stderr() { ExitCode::from(EXIT_USAGE) } else { ExitCode::SUCCESS };
         }
     };
     match cli.cmd {
@@ -434,12 +426,7 @@ pub fn main() -> ExitCode {
                     a
                 }
             };
-            let cfg = Config::dev(
-                d.data_dir,
-                any(d.gateway_addr),
-                any(d.admin_addr),
-                any(d.metrics_addr),
-            );
+            let cfg = Config::dev(d.data_dir, any(d.gateway_addr), any(d.admin_addr), any(d.metrics_addr));
             if let Err(e) = cfg.validate() {
                 eprintln!("lgsp: invalid configuration: {e}");
                 return ExitCode::from(EXIT_USAGE);
@@ -458,10 +445,7 @@ pub fn main() -> ExitCode {
             }
         },
         cmd => {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("lgsp: cannot start: {e}");
@@ -481,10 +465,7 @@ pub fn main() -> ExitCode {
 
 fn run_app(cfg: Config) -> ExitCode {
     crate::ops::logging::init(&cfg.log);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("lgsp: cannot start the runtime: {e}");
@@ -503,9 +484,7 @@ fn run_app(cfg: Config) -> ExitCode {
 
 fn read_stdin_line(what: &str) -> Result<String> {
     let mut s = String::new();
-    std::io::stdin()
-        .read_to_string(&mut s)
-        .with_context(|| format!("cannot read the {what} from stdin"))?;
+    std::io::stdin().read_to_string(&mut s).with_context(|| format!("cannot read the {what} from stdin"))?;
     let line = s.lines().next().unwrap_or("").to_owned();
     if line.is_empty() {
         bail!("no {what} on stdin; pipe it in, e.g. `printf '%s\\n' \"$PASS\" | lgsp ...`");
@@ -514,17 +493,12 @@ fn read_stdin_line(what: &str) -> Result<String> {
 }
 
 fn pair(s: &str, what: &str) -> Result<(String, String)> {
-    let (a, b) = s
-        .split_once('=')
-        .with_context(|| format!("{what} {s:?} must look like KEY=VALUE"))?;
+    let (a, b) = s.split_once('=').with_context(|| format!("{what} {s:?} must look like KEY=VALUE"))?;
     Ok((a.to_owned(), b.to_owned()))
 }
 
 fn qs(params: &[(&str, Option<String>)]) -> String {
-    let parts: Vec<String> = params
-        .iter()
-        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", urlencode(v))))
-        .collect();
+    let parts: Vec<String> = params.iter().filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", urlencode(v)))).collect();
     if parts.is_empty() {
         String::new()
     } else {
@@ -535,9 +509,7 @@ fn qs(params: &[(&str, Option<String>)]) -> String {
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -556,25 +528,10 @@ fn show(v: &Value, json_out: bool, cols: &[&str]) {
                 Value::Null => "-".into(),
                 other => other.to_string(),
             };
-            let widths: Vec<usize> = cols
-                .iter()
-                .map(|c| {
-                    items
-                        .iter()
-                        .map(|it| cell(it, c).chars().count())
-                        .max()
-                        .unwrap_or(0)
-                        .max(c.len())
-                })
-                .collect();
+            let widths: Vec<usize> =
+                cols.iter().map(|c| items.iter().map(|it| cell(it, c).chars().count()).max().unwrap_or(0).max(c.len())).collect();
             let line = |vals: Vec<String>| {
-                vals.iter()
-                    .zip(&widths)
-                    .map(|(v, w)| format!("{v:<w$}"))
-                    .collect::<Vec<_>>()
-                    .join("  ")
-                    .trim_end()
-                    .to_owned()
+                vals.iter().zip(&widths).map(|(v, w)| format!("{v:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_owned()
             };
             println!("{}", line(cols.iter().map(|c| c.to_uppercase()).collect()));
             for it in items {
@@ -604,16 +561,12 @@ fn strip_nulls(v: &mut Value) {
 
 /// Reads a registry document, TOML or JSON by extension.
 pub fn read_document(file: &std::path::Path) -> Result<Value> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let is_json = file
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let is_json = file.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
     if is_json {
         serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", file.display()))
     } else {
-        let t: toml::Value = toml::from_str(&text)
-            .with_context(|| format!("{} is not valid TOML", file.display()))?;
+        let t: toml::Value = toml::from_str(&text).with_context(|| format!("{} is not valid TOML", file.display()))?;
         Ok(serde_json::to_value(t)?)
     }
 }
@@ -622,20 +575,12 @@ async fn remote(cmd: Cmd, conn: &Connection, j: bool) -> Result<()> {
     if let Cmd::Login { username } = &cmd {
         let c = Client::new(conn, false)?;
         let password = read_stdin_line("password")?;
-        let v = c
-            .post(
-                "/api/v1/auth/login",
-                json!({"username": username, "password": password}),
-            )
-            .await?;
+        let v = c.post("/api/v1/auth/login", json!({"username": username, "password": password})).await?;
         if j {
             show(&v, true, &[]);
         } else {
             println!("{}", v["token"].as_str().unwrap_or_default());
-            eprintln!(
-                "session token valid until {}; export LGSP_TOKEN=<token> to use it",
-                v["expires_at"]
-            );
+            eprintln!("session token valid until {}; export LGSP_TOKEN=<token> to use it", v["expires_at"]);
         }
         return Ok(());
     }

@@ -32,11 +32,7 @@ pub enum StoreError {
     #[error("registry storage failed: {0}; check the data directory's disk and permissions")]
     Storage(String),
     #[error("registry storage holds a row that cannot be read ({table}/{key}): {reason}; restore from backup")]
-    Corrupt {
-        table: String,
-        key: String,
-        reason: String,
-    },
+    Corrupt { table: String, key: String, reason: String },
 }
 
 fn storage<E: std::fmt::Display>(e: E) -> StoreError {
@@ -74,8 +70,7 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens (or creates) the registry file and loads the whole state into memory.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = Database::create(path)
-            .map_err(|e| StoreError::Storage(format!("cannot open {}: {e}", path.display())))?;
+        let db = Database::create(path).map_err(|e| StoreError::Storage(format!("cannot open {}: {e}", path.display())))?;
         let tx = db.begin_write().map_err(storage)?;
         {
             tx.open_table(META).map_err(storage)?;
@@ -93,38 +88,24 @@ impl Store {
             let table = rtx.open_table(rows(t)).map_err(storage)?;
             for row in table.iter().map_err(storage)? {
                 let (k, v) = row.map_err(storage)?;
-                state
-                    .load_row(t, v.value())
-                    .map_err(|e| StoreError::Corrupt {
-                        table: t.into(),
-                        key: k.value().into(),
-                        reason: e.to_string(),
-                    })?;
+                state.load_row(t, v.value()).map_err(|e| StoreError::Corrupt {
+                    table: t.into(),
+                    key: k.value().into(),
+                    reason: e.to_string(),
+                })?;
             }
         }
         let settings = rtx.open_table(SETTINGS).map_err(storage)?;
         if let Some(v) = settings.get("settings").map_err(storage)? {
-            state
-                .load_settings(v.value())
-                .map_err(|e| StoreError::Corrupt {
-                    table: "settings".into(),
-                    key: "settings".into(),
-                    reason: e.to_string(),
-                })?;
+            state.load_settings(v.value()).map_err(|e| StoreError::Corrupt {
+                table: "settings".into(),
+                key: "settings".into(),
+                reason: e.to_string(),
+            })?;
         }
-        let last = rtx
-            .open_table(META)
-            .map_err(storage)?
-            .get(LAST_APPLIED)
-            .map_err(storage)?
-            .map(|v| v.value())
-            .unwrap_or(0);
+        let last = rtx.open_table(META).map_err(storage)?.get(LAST_APPLIED).map_err(storage)?.map(|v| v.value()).unwrap_or(0);
         state.rebuild_indexes();
-        Ok(Store {
-            db,
-            state: RwLock::new(state),
-            writer: Mutex::new(last),
-        })
+        Ok(Store { db, state: RwLock::new(state), writer: Mutex::new(last) })
     }
 
     /// Applies a command and makes it durable. Blocking (fsync): call from a blocking context.
@@ -147,13 +128,7 @@ impl Store {
         }
     }
 
-    fn persist(
-        &self,
-        state: &mut State,
-        env: &Envelope,
-        outcome: &Outcome,
-        index: u64,
-    ) -> Result<(), StoreError> {
+    fn persist(&self, state: &mut State, env: &Envelope, outcome: &Outcome, index: u64) -> Result<(), StoreError> {
         let changes = state.drain_changes();
         let tx = self.db.begin_write().map_err(storage)?;
         {
@@ -169,15 +144,9 @@ impl Store {
                 }
             }
             if let Some(s) = &changes.settings {
-                tx.open_table(SETTINGS)
-                    .map_err(storage)?
-                    .insert("settings", s.as_slice())
-                    .map_err(storage)?;
+                tx.open_table(SETTINGS).map_err(storage)?.insert("settings", s.as_slice()).map_err(storage)?;
             }
-            tx.open_table(META)
-                .map_err(storage)?
-                .insert(LAST_APPLIED, index)
-                .map_err(storage)?;
+            tx.open_table(META).map_err(storage)?.insert(LAST_APPLIED, index).map_err(storage)?;
             if !env.command.is_bookkeeping() {
                 let entry = AuditEntry {
                     index,
@@ -190,10 +159,7 @@ impl Store {
                     reason: env.command.reason().map(str::to_owned),
                 };
                 let bytes = serde_json::to_vec(&entry).map_err(storage)?;
-                tx.open_table(AUDIT)
-                    .map_err(storage)?
-                    .insert(index, bytes.as_slice())
-                    .map_err(storage)?;
+                tx.open_table(AUDIT).map_err(storage)?.insert(index, bytes.as_slice()).map_err(storage)?;
             }
         }
         tx.commit().map_err(storage)
@@ -209,22 +175,17 @@ impl Store {
     }
 
     /// Admin audit entries, newest first, that pass `keep`, at most `limit`.
-    pub fn audit(
-        &self,
-        limit: usize,
-        keep: impl Fn(&AuditEntry) -> bool,
-    ) -> Result<Vec<AuditEntry>, StoreError> {
+    pub fn audit(&self, limit: usize, keep: impl Fn(&AuditEntry) -> bool) -> Result<Vec<AuditEntry>, StoreError> {
         let rtx = self.db.begin_read().map_err(storage)?;
         let t = rtx.open_table(AUDIT).map_err(storage)?;
         let mut out = Vec::new();
         for row in t.iter().map_err(storage)?.rev() {
             let (k, v) = row.map_err(storage)?;
-            let e: AuditEntry =
-                serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
-                    table: "admin_audit".into(),
-                    key: k.value().to_string(),
-                    reason: e.to_string(),
-                })?;
+            let e: AuditEntry = serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
+                table: "admin_audit".into(),
+                key: k.value().to_string(),
+                reason: e.to_string(),
+            })?;
             if keep(&e) {
                 out.push(e);
                 if out.len() >= limit {

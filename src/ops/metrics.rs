@@ -26,43 +26,19 @@ pub struct Metrics {
 impl Metrics {
     pub fn new(node: &str, counts: CountsFn) -> Metrics {
         let registry = Registry::new();
-        let objects = IntGaugeVec::new(
-            Opts::new(
-                "lgsp_registry_objects",
-                "Objects in the replicated registry, by kind",
-            ),
-            &["kind"],
-        )
-        .unwrap_or_else(|_| {
-            IntGaugeVec::new(
-                Opts::new("lgsp_registry_objects_fallback", "unused"),
-                &["kind"],
-            )
-            .expect("static metric")
-        });
+        let objects = IntGaugeVec::new(Opts::new("lgsp_registry_objects", "Objects in the replicated registry, by kind"), &["kind"])
+            .unwrap_or_else(|_| IntGaugeVec::new(Opts::new("lgsp_registry_objects_fallback", "unused"), &["kind"]).expect("static metric"));
         let _ = registry.register(Box::new(objects.clone()));
-        let info = IntGaugeVec::new(
-            Opts::new("lgsp_build_info", "Build and node information"),
-            &["version", "node"],
-        );
+        let info = IntGaugeVec::new(Opts::new("lgsp_build_info", "Build and node information"), &["version", "node"]);
         if let Ok(info) = info {
-            info.with_label_values(&[env!("CARGO_PKG_VERSION"), node])
-                .set(1);
+            info.with_label_values(&[env!("CARGO_PKG_VERSION"), node]).set(1);
             let _ = registry.register(Box::new(info));
         }
-        Metrics {
-            registry,
-            objects,
-            counts,
-            node: node.to_owned(),
-        }
+        Metrics { registry, objects, counts, node: node.to_owned() }
     }
 
     pub fn router(self) -> Router {
-        Router::new()
-            .route("/metrics", get(metrics))
-            .route("/status", get(status))
-            .with_state(self)
+        Router::new().route("/metrics", get(metrics)).route("/status", get(status)).with_state(self)
     }
 }
 
@@ -76,7 +52,5 @@ async fn metrics(State(m): State<Metrics>) -> impl IntoResponse {
 }
 
 async fn status(State(m): State<Metrics>) -> impl IntoResponse {
-    Json(
-        serde_json::json!({ "status": "up", "node": m.node, "version": env!("CARGO_PKG_VERSION") }),
-    )
+    Json(serde_json::json!({ "status": "up", "node": m.node, "version": env!("CARGO_PKG_VERSION") }))
 }

@@ -32,10 +32,7 @@ pub async fn os_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
             (Ok(mut t), Ok(mut i)) => {
                 tokio::select! { _ = t.recv() => {}, _ = i.recv() => {} }
             }

@@ -29,16 +29,9 @@ pub fn apply(state: &mut State, env: &Envelope) -> Result<Outcome, E> {
         ));
     }
     let cp = state.checkpoint();
-    let mut cx = Cx {
-        s: state,
-        at: env.at,
-        actor: &env.actor,
-    };
+    let mut cx = Cx { s: state, at: env.at, actor: &env.actor };
     match cx.run(&env.command) {
-        Ok(()) => Ok(Outcome {
-            kind: env.command.kind(),
-            target: env.command.target(),
-        }),
+        Ok(()) => Ok(Outcome { kind: env.command.kind(), target: env.command.target() }),
         Err(e) => {
             cx.s.rollback(cp);
             Err(e)
@@ -53,12 +46,7 @@ struct Cx<'a> {
 }
 
 fn agency_event(at: Timestamp, by: &str, kind: &str, detail: String) -> AgencyEvent {
-    AgencyEvent {
-        at,
-        by: by.to_owned(),
-        kind: kind.to_owned(),
-        detail,
-    }
+    AgencyEvent { at, by: by.to_owned(), kind: kind.to_owned(), detail }
 }
 
 impl Cx<'_> {
@@ -67,11 +55,7 @@ impl Cx<'_> {
     }
 
     fn agency(&self, code: &str) -> Result<Agency, E> {
-        self.s
-            .agencies
-            .get(code)
-            .cloned()
-            .ok_or_else(|| E::not_found("agency", code))
+        self.s.agencies.get(code).cloned().ok_or_else(|| E::not_found("agency", code))
     }
 
     fn active_agency(&self, field: &str, code: &str) -> Result<Agency, E> {
@@ -82,11 +66,7 @@ impl Cx<'_> {
                 format!(
                     "{field}: agency {code} is {:?} (successors: {}); use its successor",
                     a.status,
-                    if a.successors.is_empty() {
-                        "none".into()
-                    } else {
-                        a.successors.join(", ")
-                    }
+                    if a.successors.is_empty() { "none".into() } else { a.successors.join(", ") }
                 ),
             ));
         }
@@ -94,28 +74,14 @@ impl Cx<'_> {
     }
 
     fn system(&self, id: &str) -> Result<System, E> {
-        self.s
-            .systems
-            .get(id)
-            .cloned()
-            .ok_or_else(|| E::not_found("system", id))
+        self.s.systems.get(id).cloned().ok_or_else(|| E::not_found("system", id))
     }
 
     fn service(&self, context: &str) -> Result<Service, E> {
-        self.s
-            .services
-            .get(context)
-            .cloned()
-            .ok_or_else(|| E::not_found("service", context))
+        self.s.services.get(context).cloned().ok_or_else(|| E::not_found("service", context))
     }
 
-    fn new_agency(
-        &mut self,
-        field: &str,
-        na: &NewAgency,
-        predecessors: Vec<String>,
-        kind: &str,
-    ) -> Result<(), E> {
+    fn new_agency(&mut self, field: &str, na: &NewAgency, predecessors: Vec<String>, kind: &str) -> Result<(), E> {
         rules::agency_code(&format!("{field}.code"), &na.code)?;
         rules::text(&format!("{field}.name"), &na.name, 300)?;
         if self.s.agencies.contains(&na.code) {
@@ -147,13 +113,7 @@ impl Cx<'_> {
 
     /// Agency-admin users follow their agency to its single successor.
     fn move_users(&mut self, from: &str, to: &str) {
-        let users: Vec<User> = self
-            .s
-            .users
-            .values()
-            .filter(|u| u.agency.as_deref() == Some(from))
-            .cloned()
-            .collect();
+        let users: Vec<User> = self.s.users.values().filter(|u| u.agency.as_deref() == Some(from)).cloned().collect();
         for mut u in users {
             u.agency = Some(to.to_owned());
             self.s.users.put(u);
@@ -161,32 +121,15 @@ impl Cx<'_> {
     }
 
     fn systems_of(&self, agency: &str) -> Vec<String> {
-        self.s
-            .systems
-            .values()
-            .filter(|s| s.agency == agency)
-            .map(|s| s.id.clone())
-            .collect()
+        self.s.systems.values().filter(|s| s.agency == agency).map(|s| s.id.clone()).collect()
     }
 
-    fn retire_agency(
-        &mut self,
-        code: &str,
-        status: AgencyStatus,
-        successors: Vec<String>,
-        kind: &str,
-        reason: &str,
-    ) -> Result<(), E> {
+    fn retire_agency(&mut self, code: &str, status: AgencyStatus, successors: Vec<String>, kind: &str, reason: &str) -> Result<(), E> {
         let mut a = self.agency(code)?;
         a.status = status;
         a.successors = successors.clone();
-        let detail = if successors.is_empty() {
-            reason.to_owned()
-        } else {
-            format!("{reason} (successors: {})", successors.join(", "))
-        };
-        a.history
-            .push(agency_event(self.at, &self.actor.user, kind, detail));
+        let detail = if successors.is_empty() { reason.to_owned() } else { format!("{reason} (successors: {})", successors.join(", ")) };
+        a.history.push(agency_event(self.at, &self.actor.user, kind, detail));
         self.s.agencies.put(a);
         Ok(())
     }
@@ -194,12 +137,7 @@ impl Cx<'_> {
     fn run(&mut self, cmd: &Command) -> Result<(), E> {
         use Command::*;
         match cmd {
-            CreateAgency {
-                code,
-                name,
-                parent,
-                contacts,
-            } => {
+            CreateAgency { code, name, parent, contacts } => {
                 rules::agency_code("code", code)?;
                 rules::text("name", name, 300)?;
                 if self.s.agencies.contains(code) {
@@ -218,19 +156,10 @@ impl Cx<'_> {
                     predecessors: vec![],
                     successors: vec![],
                     created_at: self.at,
-                    history: vec![agency_event(
-                        self.at,
-                        &self.actor.user,
-                        "created",
-                        name.clone(),
-                    )],
+                    history: vec![agency_event(self.at, &self.actor.user, "created", name.clone())],
                 });
             }
-            UpdateAgency {
-                code,
-                contacts,
-                parent,
-            } => {
+            UpdateAgency { code, contacts, parent } => {
                 let mut a = self.active_agency("code", code)?;
                 if let Some(p) = parent {
                     if p == code {
@@ -242,20 +171,10 @@ impl Cx<'_> {
                 if let Some(c) = contacts {
                     a.contacts = c.clone();
                 }
-                a.history.push(agency_event(
-                    self.at,
-                    &self.actor.user,
-                    "updated",
-                    String::new(),
-                ));
+                a.history.push(agency_event(self.at, &self.actor.user, "updated", String::new()));
                 self.s.agencies.put(a);
             }
-            RenameAgency {
-                code,
-                new_name,
-                new_code,
-                reason,
-            } => {
+            RenameAgency { code, new_name, new_code, reason } => {
                 rules::text("new_name", new_name, 300)?;
                 rules::text("reason", reason, 1000)?;
                 let mut a = self.active_agency("code", code)?;
@@ -263,17 +182,13 @@ impl Cx<'_> {
                     None => {
                         let detail = format!("{} -> {new_name}: {reason}", a.name);
                         a.name = new_name.clone();
-                        a.history
-                            .push(agency_event(self.at, &self.actor.user, "renamed", detail));
+                        a.history.push(agency_event(self.at, &self.actor.user, "renamed", detail));
                         self.s.agencies.put(a);
                     }
                     Some(nc) => {
                         self.new_agency(
                             "new_code",
-                            &NewAgency {
-                                code: nc.clone(),
-                                name: new_name.clone(),
-                            },
+                            &NewAgency { code: nc.clone(), name: new_name.clone() },
                             vec![code.clone()],
                             "recoded",
                         )?;
@@ -286,29 +201,15 @@ impl Cx<'_> {
                             self.move_system(&sys, nc)?;
                         }
                         self.move_users(code, nc);
-                        self.retire_agency(
-                            code,
-                            AgencyStatus::Recoded,
-                            vec![nc.clone()],
-                            "recoded",
-                            reason,
-                        )?;
+                        self.retire_agency(code, AgencyStatus::Recoded, vec![nc.clone()], "recoded", reason)?;
                     }
                 }
             }
-            SplitAgency {
-                code,
-                into,
-                systems,
-                reason,
-            } => {
+            SplitAgency { code, into, systems, reason } => {
                 rules::text("reason", reason, 1000)?;
                 self.active_agency("code", code)?;
                 if into.len() < 2 {
-                    return Err(E::invalid(
-                        "into",
-                        "a split needs at least two new agencies",
-                    ));
+                    return Err(E::invalid("into", "a split needs at least two new agencies"));
                 }
                 let codes: Vec<String> = into.iter().map(|n| n.code.clone()).collect();
                 for (i, na) in into.iter().enumerate() {
@@ -333,18 +234,11 @@ impl Cx<'_> {
                     }
                 }
                 if let Some(extra) = systems.keys().find(|k| !owned.contains(k)) {
-                    return Err(E::invalid(
-                        &format!("systems.{extra}"),
-                        format!("is not a system of {code}"),
-                    ));
+                    return Err(E::invalid(&format!("systems.{extra}"), format!("is not a system of {code}")));
                 }
                 self.retire_agency(code, AgencyStatus::Split, codes, "split", reason)?;
             }
-            MergeAgencies {
-                sources,
-                into,
-                reason,
-            } => {
+            MergeAgencies { sources, into, reason } => {
                 rules::text("reason", reason, 1000)?;
                 if sources.is_empty() {
                     return Err(E::invalid("sources", "name the agencies to merge"));
@@ -352,27 +246,16 @@ impl Cx<'_> {
                 for (i, s) in sources.iter().enumerate() {
                     self.active_agency(&format!("sources[{i}]"), s)?;
                     if s == &into.code {
-                        return Err(E::invalid(
-                            &format!("sources[{i}]"),
-                            "the merge target cannot also be a source",
-                        ));
+                        return Err(E::invalid(&format!("sources[{i}]"), "the merge target cannot also be a source"));
                     }
                     if sources[..i].contains(s) {
-                        return Err(E::invalid(
-                            &format!("sources[{i}]"),
-                            format!("{s} is listed twice"),
-                        ));
+                        return Err(E::invalid(&format!("sources[{i}]"), format!("{s} is listed twice")));
                     }
                 }
                 if self.s.agencies.contains(&into.code) {
                     let mut target = self.active_agency("into.code", &into.code)?;
                     target.predecessors.extend(sources.iter().cloned());
-                    target.history.push(agency_event(
-                        self.at,
-                        &self.actor.user,
-                        "merged",
-                        format!("absorbed {}", sources.join(", ")),
-                    ));
+                    target.history.push(agency_event(self.at, &self.actor.user, "merged", format!("absorbed {}", sources.join(", "))));
                     self.s.agencies.put(target);
                 } else {
                     self.new_agency("into", into, sources.clone(), "merged")?;
@@ -382,20 +265,10 @@ impl Cx<'_> {
                         self.move_system(&sys, &into.code)?;
                     }
                     self.move_users(s, &into.code);
-                    self.retire_agency(
-                        s,
-                        AgencyStatus::Merged,
-                        vec![into.code.clone()],
-                        "merged",
-                        reason,
-                    )?;
+                    self.retire_agency(s, AgencyStatus::Merged, vec![into.code.clone()], "merged", reason)?;
                 }
             }
-            DissolveAgency {
-                code,
-                successor,
-                reason,
-            } => {
+            DissolveAgency { code, successor, reason } => {
                 rules::text("reason", reason, 1000)?;
                 self.active_agency("code", code)?;
                 let owned = self.systems_of(code);
@@ -415,10 +288,7 @@ impl Cx<'_> {
                     None if !owned.is_empty() => {
                         return Err(E::conflict(
                             "AGENCY_HAS_SYSTEMS",
-                            format!(
-                            "agency {code} still owns systems ({}); name a successor to take them",
-                            owned.join(", ")
-                        ),
+                            format!("agency {code} still owns systems ({}); name a successor to take them", owned.join(", ")),
                         ))
                     }
                     None => {}
@@ -426,36 +296,16 @@ impl Cx<'_> {
                 let succ: Vec<String> = successor.iter().cloned().collect();
                 self.retire_agency(code, AgencyStatus::Dissolved, succ, "dissolved", reason)?;
             }
-            SetAgencySuspended {
-                code,
-                suspended,
-                reason,
-            } => {
+            SetAgencySuspended { code, suspended, reason } => {
                 rules::text("reason", reason, 1000)?;
                 let mut a = self.active_agency("code", code)?;
                 a.suspended = *suspended;
-                let kind = if *suspended {
-                    "suspended"
-                } else {
-                    "reinstated"
-                };
-                a.history.push(agency_event(
-                    self.at,
-                    &self.actor.user,
-                    kind,
-                    reason.clone(),
-                ));
+                let kind = if *suspended { "suspended" } else { "reinstated" };
+                a.history.push(agency_event(self.at, &self.actor.user, kind, reason.clone()));
                 self.s.agencies.put(a);
             }
 
-            CreateSystem {
-                id,
-                agency,
-                name,
-                description,
-                security,
-                contacts,
-            } => {
+            CreateSystem { id, agency, name, description, security, contacts } => {
                 rules::slug("id", id)?;
                 rules::text("name", name, 300)?;
                 check_security(security)?;
@@ -474,14 +324,7 @@ impl Cx<'_> {
                     created_at: self.at,
                 });
             }
-            UpdateSystem {
-                id,
-                name,
-                description,
-                security,
-                contacts,
-                disabled,
-            } => {
+            UpdateSystem { id, name, description, security, contacts, disabled } => {
                 let mut sys = self.system(id)?;
                 if let Some(n) = name {
                     rules::text("name", n, 300)?;
@@ -530,16 +373,10 @@ impl Cx<'_> {
                 check_spec(spec)?;
                 let mut svc = self.service(context)?;
                 if spec.context != *context {
-                    return Err(E::invalid(
-                        "context",
-                        "the context of a service cannot change; create a new service",
-                    ));
+                    return Err(E::invalid("context", "the context of a service cannot change; create a new service"));
                 }
                 if spec.provider_system != svc.provider_system {
-                    return Err(E::invalid(
-                        "provider_system",
-                        "the provider of a service cannot change",
-                    ));
+                    return Err(E::invalid("provider_system", "the provider of a service cannot change"));
                 }
                 svc.name = spec.name.clone();
                 svc.description = spec.description.clone();
@@ -552,12 +389,7 @@ impl Cx<'_> {
                 svc.sample_response = spec.sample_response.clone();
                 self.s.services.put(svc);
             }
-            AddVersion {
-                context,
-                version,
-                upstream,
-                max_body_bytes,
-            } => {
+            AddVersion { context, version, upstream, max_body_bytes } => {
                 rules::version_label("version", version)?;
                 check_upstreams(upstream)?;
                 let mut svc = self.service(context)?;
@@ -571,6 +403,8 @@ impl Cx<'_> {
                         state: VersionState::Draft,
                         upstream: upstream.clone(),
                         max_body_bytes: *max_body_bytes,
+                        upstream_auth: UpstreamAuth::None,
+                        timeout_ms: None,
                         created_at: self.at,
                         published_at: None,
                         deprecated_at: None,
@@ -581,33 +415,33 @@ impl Cx<'_> {
                 );
                 self.s.services.put(svc);
             }
-            UpdateVersion {
-                context,
-                version,
-                upstream,
-                max_body_bytes,
-            } => {
+            UpdateVersion { context, version, upstream, max_body_bytes, upstream_auth, timeout_ms } => {
                 let mut svc = self.service(context)?;
                 let v = version_mut(&mut svc, context, version)?;
                 if v.state == VersionState::Retired {
-                    return Err(E::conflict(
-                        "VERSION_RETIRED",
-                        format!("{context}/{version} is retired and cannot change"),
-                    ));
+                    return Err(E::conflict("VERSION_RETIRED", format!("{context}/{version} is retired and cannot change")));
                 }
                 if let Some(u) = upstream {
                     check_upstreams(u)?;
-                    if v.state != VersionState::Draft && u.production.is_none() && u.test.is_none()
-                    {
-                        return Err(E::invalid(
-                            "upstream",
-                            "a published version needs at least one upstream",
-                        ));
+                    if v.state != VersionState::Draft && u.production.is_none() && u.test.is_none() {
+                        return Err(E::invalid("upstream", "a published version needs at least one upstream"));
                     }
                     v.upstream = u.clone();
                 }
                 if let Some(m) = max_body_bytes {
                     v.max_body_bytes = Some(*m);
+                }
+                if let Some(a) = upstream_auth {
+                    if let UpstreamAuth::Basic { username, .. } = a {
+                        rules::text("upstream_auth.username", username, 200)?;
+                    }
+                    v.upstream_auth = a.clone();
+                }
+                if let Some(t) = timeout_ms {
+                    if !(100..=600_000).contains(t) {
+                        return Err(E::invalid("timeout_ms", "must be between 100 and 600000 milliseconds"));
+                    }
+                    v.timeout_ms = Some(*t);
                 }
                 self.s.services.put(svc);
             }
@@ -621,14 +455,14 @@ impl Cx<'_> {
                 if v.state != VersionState::Draft {
                     return Err(E::conflict(
                         "INVALID_TRANSITION",
-                        format!(
-                            "{context}/{version} is {}; only a draft can be published",
-                            v.state.as_str()
-                        ),
+                        format!("{context}/{version} is {}; only a draft can be published", v.state.as_str()),
                     ));
                 }
                 if v.upstream.production.is_none() && v.upstream.test.is_none() {
-                    return Err(E::invalid("upstream", format!("{context}/{version} has no upstream; set a test or production upstream before publishing")));
+                    return Err(E::invalid(
+                        "upstream",
+                        format!("{context}/{version} has no upstream; set a test or production upstream before publishing"),
+                    ));
                 }
                 v.history.push(LifecycleEvent {
                     at,
@@ -642,13 +476,7 @@ impl Cx<'_> {
                 v.published_at = Some(at);
                 self.s.services.put(svc);
             }
-            DeprecateVersion {
-                context,
-                version,
-                retire_at,
-                reason,
-                override_reason,
-            } => {
+            DeprecateVersion { context, version, retire_at, reason, override_reason } => {
                 rules::text("reason", reason, 1000)?;
                 check_override(override_reason)?;
                 let (by, at) = (self.by(), self.at);
@@ -658,10 +486,7 @@ impl Cx<'_> {
                 if v.state != VersionState::Published {
                     return Err(E::conflict(
                         "INVALID_TRANSITION",
-                        format!(
-                            "{context}/{version} is {}; only a published version can be deprecated",
-                            v.state.as_str()
-                        ),
+                        format!("{context}/{version} is {}; only a published version can be deprecated", v.state.as_str()),
                     ));
                 }
                 if override_reason.is_none() {
@@ -680,12 +505,7 @@ impl Cx<'_> {
                 v.retire_at = Some(*retire_at);
                 self.s.services.put(svc);
             }
-            RetireVersion {
-                context,
-                version,
-                reason,
-                override_reason,
-            } => {
+            RetireVersion { context, version, reason, override_reason } => {
                 rules::text("reason", reason, 1000)?;
                 check_override(override_reason)?;
                 let (by, at) = (self.by(), self.at);
@@ -746,17 +566,7 @@ impl Cx<'_> {
                 }
             }
 
-            RequestSubscription {
-                id,
-                consumer_system,
-                service,
-                version,
-                environment,
-                purpose,
-                scope,
-                contact,
-                rate_limit,
-            } => {
+            RequestSubscription { id, consumer_system, service, version, environment, purpose, scope, contact, rate_limit } => {
                 if id.is_empty() || self.s.subscriptions.contains(id) {
                     return Err(E::exists("subscription", id));
                 }
@@ -764,16 +574,10 @@ impl Cx<'_> {
                 let sys = self.system(consumer_system)?;
                 self.active_agency("consumer_system", &sys.agency)?;
                 if sys.disabled {
-                    return Err(E::conflict(
-                        "SYSTEM_DISABLED",
-                        format!("system {consumer_system} is disabled"),
-                    ));
+                    return Err(E::conflict("SYSTEM_DISABLED", format!("system {consumer_system} is disabled")));
                 }
                 let svc = self.service(service)?;
-                let v = svc
-                    .versions
-                    .get(version)
-                    .ok_or_else(|| E::not_found("version", &format!("{service}/{version}")))?;
+                let v = svc.versions.get(version).ok_or_else(|| E::not_found("version", &format!("{service}/{version}")))?;
                 if v.state != VersionState::Published {
                     return Err(E::conflict(
                         "VERSION_NOT_OPEN",
@@ -783,10 +587,7 @@ impl Cx<'_> {
                 if v.upstream.get(*environment).is_none() {
                     return Err(E::conflict(
                         "ENVIRONMENT_NOT_OFFERED",
-                        format!(
-                            "{service}/{version} has no {} upstream",
-                            environment.as_str()
-                        ),
+                        format!("{service}/{version} has no {} upstream", environment.as_str()),
                     ));
                 }
                 if let Some(dup) = self.s.subscriptions.values().find(|s| {
@@ -798,14 +599,15 @@ impl Cx<'_> {
                 }) {
                     return Err(E::conflict(
                         "SUBSCRIPTION_EXISTS",
-                        format!("{consumer_system} already has subscription {} ({}) to {service}/{version} in {}", dup.id, dup.state.as_str(), environment.as_str()),
+                        format!(
+                            "{consumer_system} already has subscription {} ({}) to {service}/{version} in {}",
+                            dup.id,
+                            dup.state.as_str(),
+                            environment.as_str()
+                        ),
                     ));
                 }
-                let due = rules::add_working_days(
-                    self.at,
-                    rules::DECISION_WORKING_DAYS,
-                    &self.s.settings.holidays,
-                );
+                let due = rules::add_working_days(self.at, rules::DECISION_WORKING_DAYS, &self.s.settings.holidays);
                 self.s.subscriptions.put(Subscription {
                     id: id.clone(),
                     consumer_system: consumer_system.clone(),
@@ -828,17 +630,8 @@ impl Cx<'_> {
                     }],
                 });
             }
-            DecideSubscription {
-                id,
-                decision,
-                reason,
-            } => {
-                let mut sub = self
-                    .s
-                    .subscriptions
-                    .get(id)
-                    .cloned()
-                    .ok_or_else(|| E::not_found("subscription", id))?;
+            DecideSubscription { id, decision, reason } => {
+                let mut sub = self.s.subscriptions.get(id).cloned().ok_or_else(|| E::not_found("subscription", id))?;
                 use SubscriptionState as S;
                 let to = match (decision, sub.state) {
                     (Decision::ProviderApprove, S::Requested) => S::ProviderApproved,
@@ -848,10 +641,7 @@ impl Cx<'_> {
                     (d, from) => {
                         return Err(E::conflict(
                             "INVALID_TRANSITION",
-                            format!(
-                                "subscription {id} is {}; {d:?} is not possible from there",
-                                from.as_str()
-                            ),
+                            format!("subscription {id} is {}; {d:?} is not possible from there", from.as_str()),
                         ))
                     }
                 };
@@ -861,62 +651,60 @@ impl Cx<'_> {
                 if to == S::Active {
                     let svc = self.service(&sub.service)?;
                     let state = svc.versions.get(&sub.version).map(|v| v.state);
-                    if !matches!(
-                        state,
-                        Some(VersionState::Published | VersionState::Deprecated)
-                    ) {
-                        return Err(E::conflict(
-                            "VERSION_NOT_OPEN",
-                            format!("{}/{} is no longer open", sub.service, sub.version),
-                        ));
+                    if !matches!(state, Some(VersionState::Published | VersionState::Deprecated)) {
+                        return Err(E::conflict("VERSION_NOT_OPEN", format!("{}/{} is no longer open", sub.service, sub.version)));
                     }
                 }
                 sub.state = to;
-                sub.history.push(SubscriptionEvent {
-                    at: self.at,
-                    by: self.by(),
-                    to,
-                    reason: reason.clone(),
-                });
+                sub.history.push(SubscriptionEvent { at: self.at, by: self.by(), to, reason: reason.clone() });
                 self.s.subscriptions.put(sub);
             }
             SetSubscriptionLimits { id, rate_limit } => {
-                let mut sub = self
-                    .s
-                    .subscriptions
-                    .get(id)
-                    .cloned()
-                    .ok_or_else(|| E::not_found("subscription", id))?;
+                let mut sub = self.s.subscriptions.get(id).cloned().ok_or_else(|| E::not_found("subscription", id))?;
                 sub.rate_limit = *rate_limit;
                 self.s.subscriptions.put(sub);
             }
 
             IssueCredential { credential } => self.put_credential(credential, true)?,
+            SetPublicKeys { id, public_keys } => {
+                let mut c = self.s.credentials.get(id).cloned().ok_or_else(|| E::not_found("credential", id))?;
+                if c.revoked_at.is_some() {
+                    return Err(E::conflict("ALREADY_REVOKED", format!("credential {id} is revoked")));
+                }
+                c.public_keys = public_keys.clone();
+                self.put_credential(&c, false)?;
+            }
+            RevokeAccessToken { jti, expires_at } => {
+                rules::text("jti", jti, 200)?;
+                if !self.s.revoked_tokens.contains(jti) {
+                    self.s.revoked_tokens.put(RevokedToken { jti: jti.clone(), expires_at: *expires_at, revoked_at: self.at });
+                }
+            }
+            PruneRevokedTokens => {
+                let expired: Vec<String> =
+                    self.s.revoked_tokens.values().filter(|t| t.expires_at <= self.at).map(|t| t.jti.clone()).collect();
+                for j in expired {
+                    self.s.revoked_tokens.remove(&j);
+                }
+                let stale: Vec<String> =
+                    self.s.tokens.values().filter(|t| t.expires_at.is_some_and(|e| e <= self.at)).map(|t| t.id.clone()).collect();
+                for id in stale {
+                    self.s.tokens.remove(&id);
+                }
+            }
             RevokeCredential { id, reason } => {
                 rules::text("reason", reason, 1000)?;
-                let mut c = self
-                    .s
-                    .credentials
-                    .get(id)
-                    .cloned()
-                    .ok_or_else(|| E::not_found("credential", id))?;
+                let mut c = self.s.credentials.get(id).cloned().ok_or_else(|| E::not_found("credential", id))?;
                 if c.revoked_at.is_some() {
-                    return Err(E::conflict(
-                        "ALREADY_REVOKED",
-                        format!("credential {id} is already revoked"),
-                    ));
+                    return Err(E::conflict("ALREADY_REVOKED", format!("credential {id} is already revoked")));
                 }
+                let old = self.s.credentials.get(id).cloned();
                 c.revoked_at = Some(self.at);
-                self.s.index_credential(&c);
+                self.s.index_credential(old.as_ref(), &c);
                 self.s.credentials.put(c);
             }
 
-            CreateCatalog {
-                code,
-                name,
-                owner_agency,
-                description,
-            } => {
+            CreateCatalog { code, name, owner_agency, description } => {
                 rules::slug("code", code)?;
                 rules::text("name", name, 300)?;
                 if self.s.catalogs.contains(code) {
@@ -932,44 +720,20 @@ impl Cx<'_> {
                     versions: vec![],
                 });
             }
-            PublishCatalogVersion {
-                code,
-                fields,
-                entries,
-                append,
-                note,
-            } => {
-                let mut cat = self
-                    .s
-                    .catalogs
-                    .get(code)
-                    .cloned()
-                    .ok_or_else(|| E::not_found("catalog", code))?;
+            PublishCatalogVersion { code, fields, entries, append, note } => {
+                let mut cat = self.s.catalogs.get(code).cloned().ok_or_else(|| E::not_found("catalog", code))?;
                 let prev = cat.latest();
                 let fields = match (fields, prev) {
                     (Some(f), _) => f.clone(),
                     (None, Some(p)) => p.fields.clone(),
-                    (None, None) => {
-                        return Err(E::invalid(
-                            "fields",
-                            "the first version of a catalog must define its fields",
-                        ))
-                    }
+                    (None, None) => return Err(E::invalid("fields", "the first version of a catalog must define its fields")),
                 };
                 let mut all = match (append, prev) {
                     (true, Some(p)) => p.entries.clone(),
                     _ => vec![],
                 };
                 all.extend(entries.iter().cloned());
-                check_catalog(
-                    &fields,
-                    &all,
-                    if *append {
-                        prev.map_or(0, |p| p.entries.len())
-                    } else {
-                        0
-                    },
-                )?;
+                check_catalog(&fields, &all, if *append { prev.map_or(0, |p| p.entries.len()) } else { 0 })?;
                 let version = prev.map_or(1, |p| p.version + 1);
                 cat.versions.push(CatalogVersion {
                     version,
@@ -982,13 +746,7 @@ impl Cx<'_> {
                 self.s.catalogs.put(cat);
             }
 
-            CreateUser {
-                username,
-                display_name,
-                role,
-                agency,
-                password_hash,
-            } => {
+            CreateUser { username, display_name, role, agency, password_hash } => {
                 rules::slug("username", username)?;
                 if self.s.users.contains(username) {
                     return Err(E::exists("user", username));
@@ -997,25 +755,12 @@ impl Cx<'_> {
                     (Role::AgencyAdmin, Some(a)) => {
                         self.active_agency("agency", a)?;
                     }
-                    (Role::AgencyAdmin, None) => {
-                        return Err(E::invalid(
-                            "agency",
-                            "an agency-admin must belong to an agency",
-                        ))
-                    }
-                    (_, Some(_)) => {
-                        return Err(E::invalid(
-                            "agency",
-                            "only agency-admin users belong to an agency",
-                        ))
-                    }
+                    (Role::AgencyAdmin, None) => return Err(E::invalid("agency", "an agency-admin must belong to an agency")),
+                    (_, Some(_)) => return Err(E::invalid("agency", "only agency-admin users belong to an agency")),
                     (_, None) => {}
                 }
                 if !password_hash.starts_with("$argon2id$") {
-                    return Err(E::invalid(
-                        "password_hash",
-                        "must be an argon2id PHC string",
-                    ));
+                    return Err(E::invalid("password_hash", "must be an argon2id PHC string"));
                 }
                 self.s.users.put(User {
                     username: username.clone(),
@@ -1030,11 +775,7 @@ impl Cx<'_> {
                     created_at: self.at,
                 });
             }
-            UpdateUser {
-                username,
-                display_name,
-                disabled,
-            } => {
+            UpdateUser { username, display_name, disabled } => {
                 let mut u = self.user(username)?;
                 if let Some(d) = display_name {
                     u.display_name = d.clone();
@@ -1043,13 +784,7 @@ impl Cx<'_> {
                     u.disabled = *d;
                     if *d {
                         // A disabled account keeps no live tokens.
-                        let ids: Vec<String> = self
-                            .s
-                            .tokens
-                            .values()
-                            .filter(|t| t.username == *username)
-                            .map(|t| t.id.clone())
-                            .collect();
+                        let ids: Vec<String> = self.s.tokens.values().filter(|t| t.username == *username).map(|t| t.id.clone()).collect();
                         for id in ids {
                             self.s.tokens.remove(&id);
                         }
@@ -1057,16 +792,10 @@ impl Cx<'_> {
                 }
                 self.s.users.put(u);
             }
-            SetPassword {
-                username,
-                password_hash,
-            } => {
+            SetPassword { username, password_hash } => {
                 let mut u = self.user(username)?;
                 if !password_hash.starts_with("$argon2id$") {
-                    return Err(E::invalid(
-                        "password_hash",
-                        "must be an argon2id PHC string",
-                    ));
+                    return Err(E::invalid("password_hash", "must be an argon2id PHC string"));
                 }
                 u.password_hash = password_hash.clone();
                 u.password_changed_at = self.at;
@@ -1074,20 +803,11 @@ impl Cx<'_> {
                 u.locked_until = None;
                 self.s.users.put(u);
             }
-            RecordLoginFailure {
-                username,
-                threshold,
-                lock_seconds,
-            } => {
+            RecordLoginFailure { username, threshold, lock_seconds } => {
                 let mut u = self.user(username)?;
                 u.failed_logins = u.failed_logins.saturating_add(1);
                 if *threshold > 0 && u.failed_logins >= *threshold {
-                    u.locked_until = Some(
-                        self.at
-                            + Duration::seconds(
-                                i64::try_from(*lock_seconds).unwrap_or(i64::MAX / 2),
-                            ),
-                    );
+                    u.locked_until = Some(self.at + Duration::seconds(i64::try_from(*lock_seconds).unwrap_or(i64::MAX / 2)));
                     u.failed_logins = 0;
                 }
                 self.s.users.put(u);
@@ -1110,10 +830,7 @@ impl Cx<'_> {
                 }
                 let u = self.user(&token.username)?;
                 if u.disabled {
-                    return Err(E::conflict(
-                        "USER_DISABLED",
-                        format!("user {} is disabled", u.username),
-                    ));
+                    return Err(E::conflict("USER_DISABLED", format!("user {} is disabled", u.username)));
                 }
                 self.s.tokens.put(token.clone());
             }
@@ -1153,10 +870,7 @@ impl Cx<'_> {
                 for (k, v) in &service.versions {
                     rules::version_label(&format!("version.{k}"), &v.version)?;
                     if k != &v.version {
-                        return Err(E::invalid(
-                            &format!("version.{k}"),
-                            "key and version label differ",
-                        ));
+                        return Err(E::invalid(&format!("version.{k}"), "key and version label differ"));
                     }
                     check_upstreams(&v.upstream)?;
                 }
@@ -1166,10 +880,7 @@ impl Cx<'_> {
                 self.system(&sub.consumer_system)?;
                 let svc = self.service(&sub.service)?;
                 if !svc.versions.contains_key(&sub.version) {
-                    return Err(E::not_found(
-                        "version",
-                        &format!("{}/{}", sub.service, sub.version),
-                    ));
+                    return Err(E::not_found("version", &format!("{}/{}", sub.service, sub.version)));
                 }
                 if sub.state.is_open() {
                     if let Some(dup) = self.s.subscriptions.values().find(|s| {
@@ -1180,10 +891,7 @@ impl Cx<'_> {
                             && s.environment == sub.environment
                             && s.state.is_open()
                     }) {
-                        return Err(E::conflict(
-                            "SUBSCRIPTION_EXISTS",
-                            format!("duplicates subscription {}", dup.id),
-                        ));
+                        return Err(E::conflict("SUBSCRIPTION_EXISTS", format!("duplicates subscription {}", dup.id)));
                     }
                 }
                 self.s.subscriptions.put(sub.clone());
@@ -1200,11 +908,7 @@ impl Cx<'_> {
     }
 
     fn user(&self, username: &str) -> Result<User, E> {
-        self.s
-            .users
-            .get(username)
-            .cloned()
-            .ok_or_else(|| E::not_found("user", username))
+        self.s.users.get(username).cloned().ok_or_else(|| E::not_found("user", username))
     }
 
     fn put_credential(&mut self, c: &Credential, fresh: bool) -> Result<(), E> {
@@ -1220,27 +924,42 @@ impl Cx<'_> {
         }
         if let Some(other) = self.s.credential_by_consumer_key(&c.consumer_key) {
             if other.id != c.id {
-                return Err(E::conflict(
-                    "KEY_IN_USE",
-                    "consumer_key is already used by another credential; choose another",
+                return Err(E::conflict("KEY_IN_USE", "consumer_key is already used by another credential; choose another"));
+            }
+        }
+        for (i, k) in c.public_keys.iter().enumerate() {
+            rules::text(&format!("public_keys[{i}].key_id"), &k.key_id, 200)?;
+            if !k.pem.contains("-----BEGIN PUBLIC KEY-----") {
+                return Err(E::invalid(
+                    &format!("public_keys[{i}].pem"),
+                    "must be a PEM SubjectPublicKeyInfo (-----BEGIN PUBLIC KEY-----)",
                 ));
+            }
+            if k.alg == SigAlg::HmacSha256 {
+                return Err(E::invalid(
+                    &format!("public_keys[{i}].alg"),
+                    "hmac-sha256 uses a shared secret, not a public key; issue the credential with an HMAC key",
+                ));
+            }
+            if c.hmac.as_ref().is_some_and(|h| h.key_id == k.key_id) || c.public_keys[..i].iter().any(|o| o.key_id == k.key_id) {
+                return Err(E::invalid(&format!("public_keys[{i}].key_id"), "is used twice in this credential"));
+            }
+            if let Some(other) = self.s.credential_by_key_id(&k.key_id) {
+                if other.id != c.id {
+                    return Err(E::conflict("KEY_IN_USE", format!("key id {:?} is already used by another credential", k.key_id)));
+                }
             }
         }
         if let Some(h) = &c.hmac {
             rules::text("hmac.key_id", &h.key_id, 200)?;
-            if let Some(other) = self.s.credential_by_hmac_key(&h.key_id) {
+            if let Some(other) = self.s.credential_by_key_id(&h.key_id) {
                 if other.id != c.id {
-                    return Err(E::conflict(
-                        "KEY_IN_USE",
-                        format!(
-                            "hmac key id {:?} is already used by another credential",
-                            h.key_id
-                        ),
-                    ));
+                    return Err(E::conflict("KEY_IN_USE", format!("hmac key id {:?} is already used by another credential", h.key_id)));
                 }
             }
         }
-        self.s.index_credential(c);
+        let old = self.s.credentials.get(&c.id).cloned();
+        self.s.index_credential(old.as_ref(), c);
         self.s.credentials.put(c.clone());
         Ok(())
     }
@@ -1248,39 +967,20 @@ impl Cx<'_> {
 
 fn prefix_error(e: E, i: usize) -> E {
     match e {
-        E::Invalid { field, reason } => E::Invalid {
-            field: format!("commands[{i}].{field}"),
-            reason,
-        },
-        E::Conflict { code, message } => E::Conflict {
-            code,
-            message: format!("commands[{i}]: {message}"),
-        },
-        E::Rule { code, message } => E::Rule {
-            code,
-            message: format!("commands[{i}]: {message}"),
-        },
+        E::Invalid { field, reason } => E::Invalid { field: format!("commands[{i}].{field}"), reason },
+        E::Conflict { code, message } => E::Conflict { code, message: format!("commands[{i}]: {message}") },
+        E::Rule { code, message } => E::Rule { code, message: format!("commands[{i}]: {message}") },
         other => other,
     }
 }
 
-fn version_mut<'s>(
-    svc: &'s mut Service,
-    context: &str,
-    version: &str,
-) -> Result<&'s mut ServiceVersion, E> {
-    svc.versions
-        .get_mut(version)
-        .ok_or_else(|| E::not_found("version", &format!("{context}/{version}")))
+fn version_mut<'s>(svc: &'s mut Service, context: &str, version: &str) -> Result<&'s mut ServiceVersion, E> {
+    svc.versions.get_mut(version).ok_or_else(|| E::not_found("version", &format!("{context}/{version}")))
 }
 
 /// When the newest version later than `version` was published, if any.
 fn newest_later_publication(svc: &Service, version: &str) -> Option<Timestamp> {
-    svc.versions
-        .values()
-        .filter(|v| model_later(&v.version, version))
-        .filter_map(|v| v.published_at)
-        .max()
+    svc.versions.values().filter(|v| model_later(&v.version, version)).filter_map(|v| v.published_at).max()
 }
 
 fn model_later(a: &str, b: &str) -> bool {
@@ -1298,13 +998,7 @@ fn overlap_error(context: &str, version: &str, newer_published: Timestamp) -> E 
     )
 }
 
-fn check_retire_rules(
-    context: &str,
-    version: &str,
-    retire_at: Timestamp,
-    now: Timestamp,
-    newer: Option<Timestamp>,
-) -> Result<(), E> {
+fn check_retire_rules(context: &str, version: &str, retire_at: Timestamp, now: Timestamp, newer: Option<Timestamp>) -> Result<(), E> {
     let notice_end = now + Duration::days(rules::NOTICE_DAYS);
     if retire_at < notice_end {
         return Err(E::rule(
@@ -1333,34 +1027,21 @@ fn check_override(o: &Option<String>) -> Result<(), E> {
 fn check_security(sec: &SecurityClearance) -> Result<(), E> {
     match sec {
         SecurityClearance::Level { level, .. } => rules::security_level("security.level", *level),
-        SecurityClearance::Commitment { document, .. } => {
-            rules::text("security.document", document, 500)
-        }
+        SecurityClearance::Commitment { document, .. } => rules::text("security.document", document, 500),
     }
 }
 
 fn check_spec(s: &ServiceSpec) -> Result<(), E> {
     rules::slug("context", &s.context)?;
-    if matches!(
-        s.context.as_str(),
-        "token" | "revoke" | "dmdc" | "status" | "metrics" | "api"
-    ) {
-        return Err(E::invalid(
-            "context",
-            format!("{:?} is reserved by the gateway", s.context),
-        ));
+    if matches!(s.context.as_str(), "token" | "revoke" | "dmdc" | "status" | "metrics" | "api") {
+        return Err(E::invalid("context", format!("{:?} is reserved by the gateway", s.context)));
     }
     rules::text("name", &s.name, 300)?;
     for (i, m) in s.methods.iter().enumerate() {
-        if !matches!(
-            m.as_str(),
-            "GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS"
-        ) {
+        if !matches!(m.as_str(), "GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") {
             return Err(E::invalid(
                 &format!("methods[{i}]"),
-                format!(
-                    "{m:?} is not an HTTP method (GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS)"
-                ),
+                format!("{m:?} is not an HTTP method (GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS)"),
             ));
         }
     }
@@ -1377,26 +1058,16 @@ fn check_upstreams(u: &Upstreams) -> Result<(), E> {
     Ok(())
 }
 
-fn check_catalog(
-    fields: &[CatalogField],
-    entries: &[serde_json::Map<String, serde_json::Value>],
-    from: usize,
-) -> Result<(), E> {
+fn check_catalog(fields: &[CatalogField], entries: &[serde_json::Map<String, serde_json::Value>], from: usize) -> Result<(), E> {
     if fields.is_empty() {
         return Err(E::invalid("fields", "a catalog needs at least one field"));
     }
     for (i, f) in fields.iter().enumerate() {
         rules::text(&format!("fields[{i}].name"), &f.name, 100)?;
-        if !matches!(
-            f.field_type.as_str(),
-            "string" | "integer" | "number" | "boolean" | "date"
-        ) {
+        if !matches!(f.field_type.as_str(), "string" | "integer" | "number" | "boolean" | "date") {
             return Err(E::invalid(
                 &format!("fields[{i}].type"),
-                format!(
-                    "{:?} is not one of string, integer, number, boolean, date",
-                    f.field_type
-                ),
+                format!("{:?} is not one of string, integer, number, boolean, date", f.field_type),
             ));
         }
     }
@@ -1405,25 +1076,16 @@ fn check_catalog(
     for (i, e) in entries.iter().enumerate() {
         for k in e.keys() {
             if !fields.iter().any(|f| &f.name == k) {
-                return Err(E::invalid(
-                    &format!("entries[{}].{k}", i.saturating_sub(from)),
-                    "is not a field of this catalog",
-                ));
+                return Err(E::invalid(&format!("entries[{}].{k}", i.saturating_sub(from)), "is not a field of this catalog"));
             }
         }
         if has_code {
             let code = e.get("code").map(|v| v.to_string()).unwrap_or_default();
             if code.is_empty() || code == "null" {
-                return Err(E::invalid(
-                    &format!("entries[{}].code", i.saturating_sub(from)),
-                    "every entry needs a code",
-                ));
+                return Err(E::invalid(&format!("entries[{}].code", i.saturating_sub(from)), "every entry needs a code"));
             }
             if !seen.insert(code.clone()) {
-                return Err(E::invalid(
-                    &format!("entries[{}].code", i.saturating_sub(from)),
-                    format!("code {code} appears twice"),
-                ));
+                return Err(E::invalid(&format!("entries[{}].code", i.saturating_sub(from)), format!("code {code} appears twice")));
             }
         }
     }

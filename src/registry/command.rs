@@ -28,11 +28,7 @@ pub struct Actor {
 impl Actor {
     /// The appliance itself (bootstrap, scheduled jobs).
     pub fn system() -> Self {
-        Actor {
-            user: "system".into(),
-            role: Role::Operator,
-            agency: None,
-        }
+        Actor { user: "system".into(), role: Role::Operator, agency: None }
     }
 }
 
@@ -48,12 +44,7 @@ pub struct Envelope {
 
 impl Envelope {
     pub fn new(at: Timestamp, actor: Actor, command: Command) -> Self {
-        Envelope {
-            format: FORMAT,
-            at,
-            actor,
-            command,
-        }
+        Envelope { format: FORMAT, at, actor, command }
     }
 }
 
@@ -175,6 +166,10 @@ pub enum Command {
         upstream: Option<Upstreams>,
         #[serde(default)]
         max_body_bytes: Option<u64>,
+        #[serde(default)]
+        upstream_auth: Option<UpstreamAuth>,
+        #[serde(default)]
+        timeout_ms: Option<u64>,
     },
     PublishVersion {
         context: String,
@@ -227,6 +222,18 @@ pub enum Command {
     IssueCredential {
         credential: Credential,
     },
+    /// Replaces a credential's public keys (RFC 9421 and `private_key_jwt`).
+    SetPublicKeys {
+        id: String,
+        public_keys: Vec<PublicKey>,
+    },
+    /// An OAuth access token revoked before its expiry (RFC 7009).
+    RevokeAccessToken {
+        jti: String,
+        expires_at: Timestamp,
+    },
+    /// Forgets revocations and admin tokens that have expired anyway.
+    PruneRevokedTokens,
     RevokeCredential {
         id: String,
         reason: String,
@@ -366,6 +373,9 @@ impl Command {
             DecideSubscription { .. } => "decide_subscription",
             SetSubscriptionLimits { .. } => "set_subscription_limits",
             IssueCredential { .. } => "issue_credential",
+            SetPublicKeys { .. } => "set_public_keys",
+            RevokeAccessToken { .. } => "revoke_access_token",
+            PruneRevokedTokens => "prune_revoked_tokens",
             RevokeCredential { .. } => "revoke_credential",
             CreateCatalog { .. } => "create_catalog",
             PublishCatalogVersion { .. } => "publish_catalog_version",
@@ -401,24 +411,18 @@ impl Command {
             CreateSystem { id, .. } | UpdateSystem { id, .. } => format!("system/{id}"),
             CreateService { service } => format!("service/{}", service.context),
             UpdateService { context, .. } => format!("service/{context}"),
-            AddVersion {
-                context, version, ..
-            }
-            | UpdateVersion {
-                context, version, ..
-            }
+            AddVersion { context, version, .. }
+            | UpdateVersion { context, version, .. }
             | PublishVersion { context, version }
-            | DeprecateVersion {
-                context, version, ..
+            | DeprecateVersion { context, version, .. }
+            | RetireVersion { context, version, .. } => format!("service/{context}/{version}"),
+            RequestSubscription { id, .. } | DecideSubscription { id, .. } | SetSubscriptionLimits { id, .. } => {
+                format!("subscription/{id}")
             }
-            | RetireVersion {
-                context, version, ..
-            } => format!("service/{context}/{version}"),
-            RequestSubscription { id, .. }
-            | DecideSubscription { id, .. }
-            | SetSubscriptionLimits { id, .. } => format!("subscription/{id}"),
             IssueCredential { credential } => format!("credential/{}", credential.id),
-            RevokeCredential { id, .. } => format!("credential/{id}"),
+            RevokeCredential { id, .. } | SetPublicKeys { id, .. } => format!("credential/{id}"),
+            RevokeAccessToken { jti, .. } => format!("access-token/{jti}"),
+            PruneRevokedTokens => "access-token/*".into(),
             CreateCatalog { code, .. } | PublishCatalogVersion { code, .. } => {
                 format!("catalog/{code}")
             }
@@ -451,22 +455,15 @@ impl Command {
             | SetAgencySuspended { reason, .. }
             | RevokeCredential { reason, .. }
             | DecideSubscription { reason, .. } => Some(reason),
-            DeprecateVersion {
-                reason,
-                override_reason,
-                ..
+            DeprecateVersion { reason, override_reason, .. } | RetireVersion { reason, override_reason, .. } => {
+                Some(override_reason.as_deref().unwrap_or(reason))
             }
-            | RetireVersion {
-                reason,
-                override_reason,
-                ..
-            } => Some(override_reason.as_deref().unwrap_or(reason)),
             _ => None,
         }
     }
 
     /// Routine bookkeeping that is not an administrative change (kept out of the admin trail).
     pub fn is_bookkeeping(&self) -> bool {
-        matches!(self, Command::RecordLoginSuccess { .. })
+        matches!(self, Command::RecordLoginSuccess { .. } | Command::PruneRevokedTokens)
     }
 }

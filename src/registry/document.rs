@@ -155,16 +155,9 @@ pub fn parse(value: Value) -> Result<Document, Vec<DocError>> {
     let mut errors = Vec::new();
     let mut doc = Document::default();
     let Value::Object(map) = value else {
-        return Err(vec![DocError {
-            path: "$".into(),
-            message: "the document must be a table/object".into(),
-        }]);
+        return Err(vec![DocError { path: "$".into(), message: "the document must be a table/object".into() }]);
     };
-    fn items<T: serde::de::DeserializeOwned>(
-        key: &str,
-        v: Option<&Value>,
-        errors: &mut Vec<DocError>,
-    ) -> Vec<T> {
+    fn items<T: serde::de::DeserializeOwned>(key: &str, v: Option<&Value>, errors: &mut Vec<DocError>) -> Vec<T> {
         let mut out = Vec::new();
         match v {
             None => {}
@@ -172,30 +165,19 @@ pub fn parse(value: Value) -> Result<Document, Vec<DocError>> {
                 for (i, item) in a.iter().enumerate() {
                     match serde_json::from_value::<T>(item.clone()) {
                         Ok(t) => out.push(t),
-                        Err(e) => errors.push(DocError {
-                            path: format!("{key}[{i}]"),
-                            message: e.to_string(),
-                        }),
+                        Err(e) => errors.push(DocError { path: format!("{key}[{i}]"), message: e.to_string() }),
                     }
                 }
             }
-            Some(_) => errors.push(DocError {
-                path: key.into(),
-                message: format!("must be an array of tables ([[{key}]])"),
-            }),
+            Some(_) => errors.push(DocError { path: key.into(), message: format!("must be an array of tables ([[{key}]])") }),
         }
         out
     }
     for k in map.keys() {
-        if !matches!(
-            k.as_str(),
-            "agency" | "system" | "service" | "subscription" | "credential"
-        ) {
+        if !matches!(k.as_str(), "agency" | "system" | "service" | "subscription" | "credential") {
             errors.push(DocError {
                 path: k.clone(),
-                message:
-                    "unknown section; expected agency, system, service, subscription or credential"
-                        .into(),
+                message: "unknown section; expected agency, system, service, subscription or credential".into(),
             });
         }
     }
@@ -221,17 +203,12 @@ struct Planner<'a> {
 
 impl Planner<'_> {
     fn err(&mut self, path: String, message: impl Into<String>) {
-        self.errors.push(DocError {
-            path,
-            message: message.into(),
-        });
+        self.errors.push(DocError { path, message: message.into() });
     }
     fn check(&mut self, path: &str, r: Result<(), super::RegistryError>) {
         if let Err(e) = r {
             let (p, m) = match e {
-                super::RegistryError::Invalid { field, reason } => {
-                    (format!("{path}.{field}"), reason)
-                }
+                super::RegistryError::Invalid { field, reason } => (format!("{path}.{field}"), reason),
                 other => (path.to_owned(), other.to_string()),
             };
             self.err(p, m);
@@ -240,20 +217,8 @@ impl Planner<'_> {
 }
 
 /// Validates `doc` against `state` and plans the change. Empty `Ok` = already in sync.
-pub fn plan(
-    doc: &Document,
-    state: &State,
-    at: Timestamp,
-    actor: &Actor,
-    tool: &mut dyn SecretTool,
-) -> Result<Vec<Command>, Vec<DocError>> {
-    let mut p = Planner {
-        s: state,
-        at,
-        by: actor.user.clone(),
-        errors: vec![],
-        commands: vec![],
-    };
+pub fn plan(doc: &Document, state: &State, at: Timestamp, actor: &Actor, tool: &mut dyn SecretTool) -> Result<Vec<Command>, Vec<DocError>> {
+    let mut p = Planner { s: state, at, by: actor.user.clone(), errors: vec![], commands: vec![] };
 
     // Agencies: field checks, duplicates, parents resolvable in the document or the registry.
     let doc_agencies: HashSet<&str> = doc.agency.iter().map(|a| a.code.as_str()).collect();
@@ -263,27 +228,15 @@ pub fn plan(
         p.check(&path, rules::agency_code("code", &a.code));
         p.check(&path, rules::text("name", &a.name, 300));
         if !seen.insert(a.code.as_str()) {
-            p.err(
-                format!("{path}.code"),
-                format!("{} appears twice in the document", a.code),
-            );
+            p.err(format!("{path}.code"), format!("{} appears twice in the document", a.code));
         }
         if let Some(parent) = &a.parent {
             if !doc_agencies.contains(parent.as_str()) && !state.agencies.contains(parent) {
-                p.err(
-                    format!("{path}.parent"),
-                    format!("agency {parent} is neither in the document nor in the registry"),
-                );
+                p.err(format!("{path}.parent"), format!("agency {parent} is neither in the document nor in the registry"));
             }
         }
     }
-    let agency_ok = |code: &str| {
-        doc_agencies.contains(code)
-            || state
-                .agencies
-                .get(code)
-                .is_some_and(|a| a.status == AgencyStatus::Active)
-    };
+    let agency_ok = |code: &str| doc_agencies.contains(code) || state.agencies.get(code).is_some_and(|a| a.status == AgencyStatus::Active);
 
     let doc_systems: HashSet<&str> = doc.system.iter().map(|s| s.id.as_str()).collect();
     let mut seen = HashSet::new();
@@ -292,25 +245,19 @@ pub fn plan(
         p.check(&path, rules::slug("id", &s.id));
         p.check(&path, rules::text("name", &s.name, 300));
         if !seen.insert(s.id.as_str()) {
-            p.err(
-                format!("{path}.id"),
-                format!("{} appears twice in the document", s.id),
-            );
+            p.err(format!("{path}.id"), format!("{} appears twice in the document", s.id));
         }
         if !agency_ok(&s.agency) {
-            p.err(
-                format!("{path}.agency"),
-                format!(
-                    "agency {} is neither in the document nor an active agency of the registry",
-                    s.agency
-                ),
-            );
+            p.err(format!("{path}.agency"), format!("agency {} is neither in the document nor an active agency of the registry", s.agency));
         }
         match (&s.security_level, &s.security_commitment) {
             (Some(l), None) => p.check(&path, rules::security_level("security_level", *l)),
             (None, Some(c)) => p.check(&path, rules::text("security_commitment.document", &c.document, 500)),
             (Some(_), Some(_)) => p.err(path.clone(), "give either security_level or security_commitment, not both"),
-            (None, None) => p.err(path.clone(), "a system needs security_level (1-5, NĐ 85/2016) or security_commitment (Form 03) before it may connect"),
+            (None, None) => p.err(
+                path.clone(),
+                "a system needs security_level (1-5, NĐ 85/2016) or security_commitment (Form 03) before it may connect",
+            ),
         }
     }
     let system_ok = |id: &str| doc_systems.contains(id) || state.systems.contains(id);
@@ -322,18 +269,12 @@ pub fn plan(
         p.check(&path, rules::slug("context", &s.context));
         p.check(&path, rules::text("name", &s.name, 300));
         if !seen.insert(s.context.as_str()) {
-            p.err(
-                format!("{path}.context"),
-                format!("{} appears twice in the document", s.context),
-            );
+            p.err(format!("{path}.context"), format!("{} appears twice in the document", s.context));
         }
         if !system_ok(&s.provider_system) {
             p.err(
                 format!("{path}.provider_system"),
-                format!(
-                    "system {} is neither in the document nor in the registry",
-                    s.provider_system
-                ),
+                format!("system {} is neither in the document nor in the registry", s.provider_system),
             );
         }
         if let Some(existing) = state.services.get(&s.context) {
@@ -352,37 +293,21 @@ pub fn plan(
             let vpath = format!("{path}.version[{j}]");
             p.check(&vpath, rules::version_label("version", &v.version));
             if !vseen.insert(v.version.as_str()) {
-                p.err(
-                    format!("{vpath}.version"),
-                    format!("{} appears twice", v.version),
-                );
+                p.err(format!("{vpath}.version"), format!("{} appears twice", v.version));
             }
-            for (env, url) in [
-                ("production", &v.upstream.production),
-                ("test", &v.upstream.test),
-            ] {
+            for (env, url) in [("production", &v.upstream.production), ("test", &v.upstream.test)] {
                 if let Some(u) = url {
                     p.check(&vpath, rules::upstream_url(&format!("upstream.{env}"), u));
                 }
             }
-            if v.state != VersionState::Draft
-                && v.upstream.production.is_none()
-                && v.upstream.test.is_none()
-            {
-                p.err(
-                    format!("{vpath}.upstream"),
-                    "a published, deprecated or retired version needs at least one upstream",
-                );
+            if v.state != VersionState::Draft && v.upstream.production.is_none() && v.upstream.test.is_none() {
+                p.err(format!("{vpath}.upstream"), "a published, deprecated or retired version needs at least one upstream");
             }
             doc_versions.insert((s.context.clone(), v.version.clone()));
         }
     }
     let version_ok = |svc: &str, v: &str| {
-        doc_versions.contains(&(svc.to_owned(), v.to_owned()))
-            || state
-                .services
-                .get(svc)
-                .is_some_and(|s| s.versions.contains_key(v))
+        doc_versions.contains(&(svc.to_owned(), v.to_owned())) || state.services.get(svc).is_some_and(|s| s.versions.contains_key(v))
     };
 
     let mut seen = HashSet::new();
@@ -391,32 +316,18 @@ pub fn plan(
         if !system_ok(&s.consumer_system) {
             p.err(
                 format!("{path}.consumer_system"),
-                format!(
-                    "system {} is neither in the document nor in the registry",
-                    s.consumer_system
-                ),
+                format!("system {} is neither in the document nor in the registry", s.consumer_system),
             );
         }
         if !version_ok(&s.service, &s.version) {
             p.err(
                 format!("{path}.version"),
-                format!(
-                    "service version {}/{} is neither in the document nor in the registry",
-                    s.service, s.version
-                ),
+                format!("service version {}/{} is neither in the document nor in the registry", s.service, s.version),
             );
         }
-        let key = (
-            s.consumer_system.as_str(),
-            s.service.as_str(),
-            s.version.as_str(),
-            s.environment,
-        );
+        let key = (s.consumer_system.as_str(), s.service.as_str(), s.version.as_str(), s.environment);
         if !seen.insert(key) {
-            p.err(
-                path.clone(),
-                "the same consumer, service, version and environment appear twice",
-            );
+            p.err(path.clone(), "the same consumer, service, version and environment appear twice");
         }
     }
 
@@ -424,40 +335,19 @@ pub fn plan(
     for (i, c) in doc.credential.iter().enumerate() {
         let path = format!("credential[{i}]");
         if !system_ok(&c.system) {
-            p.err(
-                format!("{path}.system"),
-                format!(
-                    "system {} is neither in the document nor in the registry",
-                    c.system
-                ),
-            );
+            p.err(format!("{path}.system"), format!("system {} is neither in the document nor in the registry", c.system));
         }
         if c.consumer_key.len() < 8 {
-            p.err(
-                format!("{path}.consumer_key"),
-                "must be at least 8 characters",
-            );
+            p.err(format!("{path}.consumer_key"), "must be at least 8 characters");
         }
         if !seen.insert(c.consumer_key.as_str()) {
-            p.err(
-                format!("{path}.consumer_key"),
-                "appears twice in the document",
-            );
+            p.err(format!("{path}.consumer_key"), "appears twice in the document");
         }
         let existing = state.credential_by_consumer_key(&c.consumer_key);
         match (existing, &c.consumer_secret) {
-            (None, None) => p.err(
-                format!("{path}.consumer_secret"),
-                "required for a credential the registry does not have yet",
-            ),
-            (_, Some(sec)) if sec.len() < 16 => p.err(
-                format!("{path}.consumer_secret"),
-                "must be at least 16 characters",
-            ),
-            (Some(e), _) if e.system != c.system => p.err(
-                format!("{path}.consumer_key"),
-                "already belongs to another system",
-            ),
+            (None, None) => p.err(format!("{path}.consumer_secret"), "required for a credential the registry does not have yet"),
+            (_, Some(sec)) if sec.len() < 16 => p.err(format!("{path}.consumer_secret"), "must be at least 16 characters"),
+            (Some(e), _) if e.system != c.system => p.err(format!("{path}.consumer_key"), "already belongs to another system"),
             _ => {}
         }
         if let Some(h) = &c.hmac {
@@ -469,24 +359,12 @@ pub fn plan(
                     use base64::Engine;
                     match base64::engine::general_purpose::STANDARD.decode(b) {
                         Ok(bytes) if bytes.len() >= 16 => {}
-                        Ok(_) => p.err(
-                            format!("{path}.hmac.secret_base64"),
-                            "an HMAC key must be at least 16 bytes",
-                        ),
-                        Err(e) => p.err(
-                            format!("{path}.hmac.secret_base64"),
-                            format!("is not base64: {e}"),
-                        ),
+                        Ok(_) => p.err(format!("{path}.hmac.secret_base64"), "an HMAC key must be at least 16 bytes"),
+                        Err(e) => p.err(format!("{path}.hmac.secret_base64"), format!("is not base64: {e}")),
                     }
                 }
-                None if existing
-                    .and_then(|e| e.hmac.as_ref())
-                    .is_none_or(|eh| eh.key_id != h.key_id) =>
-                {
-                    p.err(
-                        format!("{path}.hmac.secret_base64"),
-                        "required for an HMAC key the registry does not have yet",
-                    )
+                None if existing.and_then(|e| e.hmac.as_ref()).is_none_or(|eh| eh.key_id != h.key_id) => {
+                    p.err(format!("{path}.hmac.secret_base64"), "required for an HMAC key the registry does not have yet")
                 }
                 None => {}
             }
@@ -499,21 +377,14 @@ pub fn plan(
 
     // Plan: agencies without a parent in the document first, so parents exist when children land.
     let mut agencies: Vec<&AgencyDoc> = doc.agency.iter().collect();
-    agencies.sort_by_key(|a| {
-        a.parent
-            .as_ref()
-            .is_some_and(|x| doc_agencies.contains(x.as_str()))
-    });
+    agencies.sort_by_key(|a| a.parent.as_ref().is_some_and(|x| doc_agencies.contains(x.as_str())));
     let mut remaining = agencies;
     let mut placed: HashSet<&str> = HashSet::new();
     while !remaining.is_empty() {
         let before = remaining.len();
         let mut next = Vec::new();
         for a in remaining {
-            let ready = a
-                .parent
-                .as_ref()
-                .is_none_or(|x| !doc_agencies.contains(x.as_str()) || placed.contains(x.as_str()));
+            let ready = a.parent.as_ref().is_none_or(|x| !doc_agencies.contains(x.as_str()) || placed.contains(x.as_str()));
             if ready {
                 placed.insert(&a.code);
                 plan_agency(&mut p, a);
@@ -545,12 +416,7 @@ pub fn plan(
 }
 
 fn event(p: &Planner, kind: &str, detail: &str) -> AgencyEvent {
-    AgencyEvent {
-        at: p.at,
-        by: p.by.clone(),
-        kind: kind.into(),
-        detail: detail.into(),
-    }
+    AgencyEvent { at: p.at, by: p.by.clone(), kind: kind.into(), detail: detail.into() }
 }
 
 fn plan_agency(p: &mut Planner, a: &AgencyDoc) {
@@ -558,22 +424,14 @@ fn plan_agency(p: &mut Planner, a: &AgencyDoc) {
         Some(old) => {
             let mut n = old.clone();
             if n.name != a.name {
-                n.history.push(event(
-                    p,
-                    "renamed",
-                    &format!("{} -> {} (import)", n.name, a.name),
-                ));
+                n.history.push(event(p, "renamed", &format!("{} -> {} (import)", n.name, a.name)));
                 n.name = a.name.clone();
             }
             n.parent = a.parent.clone();
             n.contacts = a.contacts.clone();
             if let Some(s) = a.suspended {
                 if s != n.suspended {
-                    n.history.push(event(
-                        p,
-                        if s { "suspended" } else { "reinstated" },
-                        "import",
-                    ));
+                    n.history.push(event(p, if s { "suspended" } else { "reinstated" }, "import"));
                     n.suspended = s;
                 }
             }
@@ -600,14 +458,8 @@ fn plan_agency(p: &mut Planner, a: &AgencyDoc) {
 
 fn plan_system(p: &mut Planner, s: &SystemDoc) {
     let security = match (&s.security_level, &s.security_commitment) {
-        (Some(l), _) => SecurityClearance::Level {
-            level: *l,
-            decision: String::new(),
-        },
-        (None, Some(c)) => SecurityClearance::Commitment {
-            signed_on: c.signed_on,
-            document: c.document.clone(),
-        },
+        (Some(l), _) => SecurityClearance::Level { level: *l, decision: String::new() },
+        (None, Some(c)) => SecurityClearance::Commitment { signed_on: c.signed_on, document: c.document.clone() },
         (None, None) => return, // refused during validation
     };
     let mut new = System {
@@ -623,16 +475,10 @@ fn plan_system(p: &mut Planner, s: &SystemDoc) {
     if let Some(old) = p.s.systems.get(&s.id) {
         new.created_at = old.created_at;
         new.disabled = old.disabled;
-        if let (
-            SecurityClearance::Level { level: a, .. },
-            SecurityClearance::Level { level: b, decision },
-        ) = (&new.security, &old.security)
+        if let (SecurityClearance::Level { level: a, .. }, SecurityClearance::Level { level: b, decision }) = (&new.security, &old.security)
         {
             if a == b {
-                new.security = SecurityClearance::Level {
-                    level: *b,
-                    decision: decision.clone(),
-                };
+                new.security = SecurityClearance::Level { level: *b, decision: decision.clone() };
             }
         }
         if &new == old {
@@ -668,21 +514,20 @@ fn plan_service(p: &mut Planner, s: &ServiceDoc) {
     new.format = s.format;
     new.methods = s.methods.clone();
     for v in &s.version {
-        let entry = new
-            .versions
-            .entry(v.version.clone())
-            .or_insert_with(|| ServiceVersion {
-                version: v.version.clone(),
-                state: VersionState::Draft,
-                upstream: Upstreams::default(),
-                max_body_bytes: None,
-                created_at: p.at,
-                published_at: None,
-                deprecated_at: None,
-                retire_at: None,
-                retired_at: None,
-                history: vec![],
-            });
+        let entry = new.versions.entry(v.version.clone()).or_insert_with(|| ServiceVersion {
+            version: v.version.clone(),
+            state: VersionState::Draft,
+            upstream: Upstreams::default(),
+            max_body_bytes: None,
+            upstream_auth: UpstreamAuth::None,
+            timeout_ms: None,
+            created_at: p.at,
+            published_at: None,
+            deprecated_at: None,
+            retire_at: None,
+            retired_at: None,
+            history: vec![],
+        });
         entry.upstream = v.upstream.clone();
         entry.max_body_bytes = v.max_body_bytes;
         if v.retire_at.is_some() {
@@ -725,10 +570,7 @@ fn plan_subscription(p: &mut Planner, s: &SubscriptionDoc, tool: &mut dyn Secret
         p.s.subscriptions
             .values()
             .filter(|x| {
-                x.consumer_system == s.consumer_system
-                    && x.service == s.service
-                    && x.version == s.version
-                    && x.environment == s.environment
+                x.consumer_system == s.consumer_system && x.service == s.service && x.version == s.version && x.environment == s.environment
             })
             .max_by_key(|x| (x.state.is_open(), x.requested_at));
     let mut new = match matching {
@@ -746,17 +588,8 @@ fn plan_subscription(p: &mut Planner, s: &SubscriptionDoc, tool: &mut dyn Secret
             rate_limit: s.rate_limit.unwrap_or_default(),
             requested_at: p.at,
             requested_by: p.by.clone(),
-            decision_due: rules::add_working_days(
-                p.at,
-                rules::DECISION_WORKING_DAYS,
-                &p.s.settings.holidays,
-            ),
-            history: vec![SubscriptionEvent {
-                at: p.at,
-                by: p.by.clone(),
-                to: s.state,
-                reason: "import".into(),
-            }],
+            decision_due: rules::add_working_days(p.at, rules::DECISION_WORKING_DAYS, &p.s.settings.holidays),
+            history: vec![SubscriptionEvent { at: p.at, by: p.by.clone(), to: s.state, reason: "import".into() }],
         },
     };
     new.purpose = s.purpose.clone();
@@ -765,19 +598,13 @@ fn plan_subscription(p: &mut Planner, s: &SubscriptionDoc, tool: &mut dyn Secret
         new.rate_limit = r;
     }
     if new.state != s.state {
-        new.history.push(SubscriptionEvent {
-            at: p.at,
-            by: p.by.clone(),
-            to: s.state,
-            reason: "import".into(),
-        });
+        new.history.push(SubscriptionEvent { at: p.at, by: p.by.clone(), to: s.state, reason: "import".into() });
         new.state = s.state;
     }
     if matching == Some(&new) {
         return;
     }
-    p.commands
-        .push(Command::UpsertSubscription { subscription: new });
+    p.commands.push(Command::UpsertSubscription { subscription: new });
 }
 
 fn plan_credential(p: &mut Planner, c: &CredentialDoc, tool: &mut dyn SecretTool) {
@@ -792,34 +619,23 @@ fn plan_credential(p: &mut Planner, c: &CredentialDoc, tool: &mut dyn SecretTool
     let hmac = match (&c.hmac, old.and_then(|o| o.hmac.as_ref())) {
         (None, _) => None,
         (Some(h), existing) => {
-            let wanted = h
-                .secret_base64
-                .as_ref()
-                .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok());
+            let wanted = h.secret_base64.as_ref().and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok());
             match (wanted, existing) {
-                (Some(w), Some(e))
-                    if e.key_id == h.key_id && tool.open(&e.secret).as_deref() == Some(&w[..]) =>
-                {
-                    Some(e.clone())
-                }
-                (Some(w), _) => Some(HmacKey {
-                    key_id: h.key_id.clone(),
-                    secret: tool.seal(&w),
-                }),
+                (Some(w), Some(e)) if e.key_id == h.key_id && tool.open(&e.secret).as_deref() == Some(&w[..]) => Some(e.clone()),
+                (Some(w), _) => Some(HmacKey { key_id: h.key_id.clone(), secret: tool.seal(&w) }),
                 (None, Some(e)) => Some(e.clone()),
                 (None, None) => None,
             }
         }
     };
     let new = Credential {
-        id: old
-            .map(|o| o.id.clone())
-            .unwrap_or_else(|| tool.new_id("cred")),
+        id: old.map(|o| o.id.clone()).unwrap_or_else(|| tool.new_id("cred")),
         system: c.system.clone(),
         environment: c.environment,
         consumer_key: c.consumer_key.clone(),
         secret,
         hmac,
+        public_keys: old.map(|o| o.public_keys.clone()).unwrap_or_default(),
         created_at: old.map_or(p.at, |o| o.created_at),
         created_by: old.map_or(p.by.clone(), |o| o.created_by.clone()),
         revoked_at: None,
@@ -827,18 +643,13 @@ fn plan_credential(p: &mut Planner, c: &CredentialDoc, tool: &mut dyn SecretTool
     if old == Some(&new) {
         return;
     }
-    p.commands
-        .push(Command::UpsertCredential { credential: new });
+    p.commands.push(Command::UpsertCredential { credential: new });
 }
 
 /// The registry as a document (secrets omitted; retired agencies omitted, their successors stay).
 pub fn export(state: &State) -> Document {
     let mut doc = Document::default();
-    for a in state
-        .agencies
-        .values()
-        .filter(|a| a.status == AgencyStatus::Active)
-    {
+    for a in state.agencies.values().filter(|a| a.status == AgencyStatus::Active) {
         doc.agency.push(AgencyDoc {
             code: a.code.clone(),
             name: a.name.clone(),
@@ -850,16 +661,9 @@ pub fn export(state: &State) -> Document {
     for s in state.systems.values() {
         let (level, commitment) = match &s.security {
             SecurityClearance::Level { level, .. } => (Some(*level), None),
-            SecurityClearance::Commitment {
-                signed_on,
-                document,
-            } => (
-                None,
-                Some(CommitmentDoc {
-                    signed_on: *signed_on,
-                    document: document.clone(),
-                }),
-            ),
+            SecurityClearance::Commitment { signed_on, document } => {
+                (None, Some(CommitmentDoc { signed_on: *signed_on, document: document.clone() }))
+            }
         };
         doc.system.push(SystemDoc {
             id: s.id.clone(),
@@ -897,15 +701,8 @@ pub fn export(state: &State) -> Document {
     // One row per (consumer, service, version, environment): the open subscription, else the latest.
     let mut subs: BTreeMap<(String, String, String, Environment), &Subscription> = BTreeMap::new();
     for s in state.subscriptions.values() {
-        let key = (
-            s.consumer_system.clone(),
-            s.service.clone(),
-            s.version.clone(),
-            s.environment,
-        );
-        let better = subs.get(&key).is_none_or(|cur| {
-            (s.state.is_open(), s.requested_at) > (cur.state.is_open(), cur.requested_at)
-        });
+        let key = (s.consumer_system.clone(), s.service.clone(), s.version.clone(), s.environment);
+        let better = subs.get(&key).is_none_or(|cur| (s.state.is_open(), s.requested_at) > (cur.state.is_open(), cur.requested_at));
         if better {
             subs.insert(key, s);
         }
@@ -922,20 +719,13 @@ pub fn export(state: &State) -> Document {
             rate_limit: (s.rate_limit != RateLimit::default()).then_some(s.rate_limit),
         });
     }
-    for c in state
-        .credentials
-        .values()
-        .filter(|c| c.revoked_at.is_none())
-    {
+    for c in state.credentials.values().filter(|c| c.revoked_at.is_none()) {
         doc.credential.push(CredentialDoc {
             system: c.system.clone(),
             environment: c.environment,
             consumer_key: c.consumer_key.clone(),
             consumer_secret: None,
-            hmac: c.hmac.as_ref().map(|h| HmacDoc {
-                key_id: h.key_id.clone(),
-                secret_base64: None,
-            }),
+            hmac: c.hmac.as_ref().map(|h| HmacDoc { key_id: h.key_id.clone(), secret_base64: None }),
         });
     }
     doc

@@ -33,20 +33,12 @@ struct Ward {
 /// Catalog fields and entries from the DVHC JSON document.
 pub fn from_json(text: &str) -> Result<(Vec<CatalogField>, Vec<CatalogEntry>), String> {
     let d: Dvhc = serde_json::from_str(text).map_err(|e| format!("not a DVHC document: {e}"))?;
-    let field = |n: &str, t: &str, d: &str| CatalogField {
-        name: n.into(),
-        field_type: t.into(),
-        description: d.into(),
-    };
+    let field = |n: &str, t: &str, d: &str| CatalogField { name: n.into(), field_type: t.into(), description: d.into() };
     let fields = vec![
         field("code", "string", "GSO code (mã đơn vị hành chính)"),
         field("name", "string", "Tên đơn vị"),
         field("type", "string", "Loại đơn vị"),
-        field(
-            "level",
-            "integer",
-            "1 = tỉnh/thành phố, 2 = xã/phường/đặc khu",
-        ),
+        field("level", "integer", "1 = tỉnh/thành phố, 2 = xã/phường/đặc khu"),
         field("parent_code", "string", "Mã tỉnh/thành phố (cấp 2)"),
     ];
     let mut entries = Vec::new();

@@ -30,33 +30,18 @@ impl RegistryError {
     }
 
     pub(crate) fn not_found(kind: &'static str, id: &str) -> Self {
-        RegistryError::NotFound {
-            kind,
-            id: id.to_owned(),
-        }
+        RegistryError::NotFound { kind, id: id.to_owned() }
     }
     pub(crate) fn exists(kind: &'static str, id: &str) -> Self {
-        RegistryError::AlreadyExists {
-            kind,
-            id: id.to_owned(),
-        }
+        RegistryError::AlreadyExists { kind, id: id.to_owned() }
     }
     pub(crate) fn invalid(field: &str, reason: impl Into<String>) -> Self {
-        RegistryError::Invalid {
-            field: field.to_owned(),
-            reason: reason.into(),
-        }
+        RegistryError::Invalid { field: field.to_owned(), reason: reason.into() }
     }
     pub(crate) fn conflict(code: &'static str, message: impl Into<String>) -> Self {
-        RegistryError::Conflict {
-            code,
-            message: message.into(),
-        }
+        RegistryError::Conflict { code, message: message.into() }
     }
     pub(crate) fn rule(code: &'static str, message: impl Into<String>) -> Self {
-        RegistryError::Rule {
-            code,
-            message: message.into(),
-        }
+        RegistryError::Rule { code, message: message.into() }
     }
 }

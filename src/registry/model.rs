@@ -100,10 +100,7 @@ pub enum SecurityClearance {
         decision: String,
     },
     /// Form 03 security commitment signed by the agency.
-    Commitment {
-        signed_on: NaiveDate,
-        document: String,
-    },
+    Commitment { signed_on: NaiveDate, document: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -197,6 +194,42 @@ pub struct LifecycleEvent {
     pub override_reason: Option<String>,
 }
 
+/// How the appliance authenticates itself to a provider's system, per version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum UpstreamAuth {
+    /// The provider trusts the network (or authenticates by other means).
+    #[default]
+    None,
+    Basic {
+        username: String,
+        password: Sealed,
+    },
+    Bearer {
+        token: Sealed,
+    },
+    /// TLS client certificate presented to the provider.
+    MutualTls {
+        cert_pem: String,
+        key_pem: Sealed,
+    },
+    /// An RFC 9421 signature by the appliance's own Ed25519 key over method, target URI,
+    /// transaction id and content digest.
+    Signature,
+}
+
+impl UpstreamAuth {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UpstreamAuth::None => "none",
+            UpstreamAuth::Basic { .. } => "basic",
+            UpstreamAuth::Bearer { .. } => "bearer",
+            UpstreamAuth::MutualTls { .. } => "mutual_tls",
+            UpstreamAuth::Signature => "signature",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceVersion {
     pub version: String,
@@ -206,6 +239,11 @@ pub struct ServiceVersion {
     /// Largest request body the gateway forwards; `None` uses the gateway default.
     #[serde(default)]
     pub max_body_bytes: Option<u64>,
+    #[serde(default)]
+    pub upstream_auth: UpstreamAuth,
+    /// Whole-request timeout towards the provider; `None` uses the gateway default.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
     pub created_at: Timestamp,
     #[serde(default)]
     pub published_at: Option<Timestamp>,
@@ -252,20 +290,14 @@ pub struct Service {
 impl Service {
     /// The default version: the newest published one (SPEC §3).
     pub fn default_version(&self) -> Option<&ServiceVersion> {
-        self.versions
-            .values()
-            .filter(|v| v.state == VersionState::Published)
-            .max_by(|a, b| version_order(&a.version, &b.version))
+        self.versions.values().filter(|v| v.state == VersionState::Published).max_by(|a, b| version_order(&a.version, &b.version))
     }
 }
 
 /// Orders version labels like `v1 < v2 < v10 < v10.1` (numeric parts compared as numbers).
 pub fn version_order(a: &str, b: &str) -> std::cmp::Ordering {
     fn parts(s: &str) -> Vec<u64> {
-        s.trim_start_matches(['v', 'V'])
-            .split(['.', '-', '_'])
-            .map(|p| p.parse::<u64>().unwrap_or(0))
-            .collect()
+        s.trim_start_matches(['v', 'V']).split(['.', '-', '_']).map(|p| p.parse::<u64>().unwrap_or(0)).collect()
     }
     parts(a).cmp(&parts(b)).then_with(|| a.cmp(b))
 }
@@ -292,12 +324,7 @@ impl SubscriptionState {
     }
     /// Still pending or in force (a second request for the same thing would be a duplicate).
     pub fn is_open(self) -> bool {
-        matches!(
-            self,
-            SubscriptionState::Requested
-                | SubscriptionState::ProviderApproved
-                | SubscriptionState::Active
-        )
+        matches!(self, SubscriptionState::Requested | SubscriptionState::ProviderApproved | SubscriptionState::Active)
     }
 }
 
@@ -367,6 +394,56 @@ pub struct HmacKey {
     pub secret: Sealed,
 }
 
+/// RFC 9421 signature algorithms accepted from consumers (SPEC §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
+pub enum SigAlg {
+    #[serde(rename = "hmac-sha256")]
+    HmacSha256,
+    #[serde(rename = "rsa-pss-sha512")]
+    RsaPssSha512,
+    #[serde(rename = "rsa-v1_5-sha256")]
+    RsaV15Sha256,
+    #[serde(rename = "ecdsa-p256-sha256")]
+    EcdsaP256Sha256,
+    #[serde(rename = "ed25519")]
+    Ed25519,
+}
+
+impl SigAlg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SigAlg::HmacSha256 => "hmac-sha256",
+            SigAlg::RsaPssSha512 => "rsa-pss-sha512",
+            SigAlg::RsaV15Sha256 => "rsa-v1_5-sha256",
+            SigAlg::EcdsaP256Sha256 => "ecdsa-p256-sha256",
+            SigAlg::Ed25519 => "ed25519",
+        }
+    }
+    pub fn parse(s: &str) -> Option<SigAlg> {
+        [SigAlg::HmacSha256, SigAlg::RsaPssSha512, SigAlg::RsaV15Sha256, SigAlg::EcdsaP256Sha256, SigAlg::Ed25519]
+            .into_iter()
+            .find(|a| a.as_str() == s)
+    }
+}
+
+/// A consumer's public key, for RFC 9421 signatures and RS256 `private_key_jwt` assertions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicKey {
+    /// The `keyid` the consumer puts in `Signature-Input` (unique across the registry).
+    pub key_id: String,
+    pub alg: SigAlg,
+    /// SubjectPublicKeyInfo PEM (`-----BEGIN PUBLIC KEY-----`).
+    pub pem: String,
+}
+
+/// An OAuth access token withdrawn before it expires (RFC 7009); kept until `expires_at`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokedToken {
+    pub jti: String,
+    pub expires_at: Timestamp,
+    pub revoked_at: Timestamp,
+}
+
 /// Connection details of one consumer system in one environment (R6, O8).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Credential {
@@ -377,6 +454,8 @@ pub struct Credential {
     pub secret: SecretHash,
     #[serde(default)]
     pub hmac: Option<HmacKey>,
+    #[serde(default)]
+    pub public_keys: Vec<PublicKey>,
     pub created_at: Timestamp,
     pub created_by: String,
     #[serde(default)]

@@ -16,10 +16,7 @@ pub const NOTICE_DAYS: i64 = 60;
 pub const DECISION_WORKING_DAYS: u32 = 5;
 
 fn invalid(field: &str, reason: impl Into<String>) -> RegistryError {
-    RegistryError::Invalid {
-        field: field.to_owned(),
-        reason: reason.into(),
-    }
+    RegistryError::Invalid { field: field.to_owned(), reason: reason.into() }
 }
 
 /// QĐ 20/2020 electronic identifier: `NNN.NN.NN.ANN`, e.g. `000.00.00.H31`.
@@ -37,10 +34,7 @@ pub fn agency_code(field: &str, code: &str) -> Result<(), RegistryError> {
     if ok {
         Ok(())
     } else {
-        Err(invalid(
-            field,
-            format!("{code:?} is not an identifier code of shape NNN.NN.NN.ANN (QĐ 20/2020), e.g. 000.00.00.H31"),
-        ))
+        Err(invalid(field, format!("{code:?} is not an identifier code of shape NNN.NN.NN.ANN (QĐ 20/2020), e.g. 000.00.00.H31")))
     }
 }
 
@@ -48,34 +42,23 @@ pub fn agency_code(field: &str, code: &str) -> Result<(), RegistryError> {
 pub fn slug(field: &str, s: &str) -> Result<(), RegistryError> {
     let ok = !s.is_empty()
         && s.len() <= 63
-        && s.bytes()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && s.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
         && !s.starts_with('-');
     if ok {
         Ok(())
     } else {
-        Err(invalid(
-            field,
-            format!("{s:?} must be 1-63 characters of a-z, 0-9 and '-', not starting with '-'"),
-        ))
+        Err(invalid(field, format!("{s:?} must be 1-63 characters of a-z, 0-9 and '-', not starting with '-'")))
     }
 }
 
 /// Version labels as used in URLs: `v1`, `v2.1`.
 pub fn version_label(field: &str, v: &str) -> Result<(), RegistryError> {
     let rest = v.strip_prefix('v').unwrap_or("");
-    let ok = !rest.is_empty()
-        && v.len() <= 16
-        && rest
-            .split('.')
-            .all(|p| !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit()));
+    let ok = !rest.is_empty() && v.len() <= 16 && rest.split('.').all(|p| !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit()));
     if ok {
         Ok(())
     } else {
-        Err(invalid(
-            field,
-            format!("{v:?} is not a version label like v1 or v2.1"),
-        ))
+        Err(invalid(field, format!("{v:?} is not a version label like v1 or v2.1")))
     }
 }
 
@@ -92,17 +75,10 @@ pub fn text(field: &str, s: &str, max: usize) -> Result<(), RegistryError> {
 
 /// Upstream URLs: absolute http(s) with a host.
 pub fn upstream_url(field: &str, url: &str) -> Result<(), RegistryError> {
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"));
+    let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
     match rest {
-        Some(r) if !r.is_empty() && !r.starts_with('/') && !r.contains(char::is_whitespace) => {
-            Ok(())
-        }
-        _ => Err(invalid(
-            field,
-            format!("{url:?} must be an absolute http:// or https:// URL with a host"),
-        )),
+        Some(r) if !r.is_empty() && !r.starts_with('/') && !r.contains(char::is_whitespace) => Ok(()),
+        _ => Err(invalid(field, format!("{url:?} must be an absolute http:// or https:// URL with a host"))),
     }
 }
 
@@ -111,18 +87,14 @@ pub fn security_level(field: &str, level: u8) -> Result<(), RegistryError> {
     if (1..=5).contains(&level) {
         Ok(())
     } else {
-        Err(invalid(
-            field,
-            format!("{level} is not a security level; use 1 to 5 (NĐ 85/2016)"),
-        ))
+        Err(invalid(field, format!("{level} is not a security level; use 1 to 5 (NĐ 85/2016)")))
     }
 }
 
 /// Vietnam's civil time: UTC+7, no daylight saving.
 pub fn vietnam() -> FixedOffset {
     // 7 hours is always a valid offset.
-    FixedOffset::east_opt(7 * 3600)
-        .unwrap_or_else(|| FixedOffset::east_opt(0).expect("zero offset"))
+    FixedOffset::east_opt(7 * 3600).unwrap_or_else(|| FixedOffset::east_opt(0).expect("zero offset"))
 }
 
 pub fn local_date(t: Timestamp) -> NaiveDate {
@@ -155,14 +127,7 @@ mod tests {
     fn agency_codes() {
         assert!(agency_code("c", "000.00.00.H31").is_ok());
         assert!(agency_code("c", "123.45.67.A01").is_ok());
-        for bad in [
-            "",
-            "000.00.00.h31",
-            "000.00.00H31",
-            "00.00.00.H31",
-            "000.00.00.H3",
-            "000-00-00-H31",
-        ] {
+        for bad in ["", "000.00.00.h31", "000.00.00H31", "00.00.00.H31", "000.00.00.H3", "000-00-00-H31"] {
             assert!(agency_code("c", bad).is_err(), "{bad}");
         }
     }
@@ -182,22 +147,11 @@ mod tests {
     fn five_working_days_skip_weekend_and_holidays() {
         // Friday 2026-11-20 10:00 local = 03:00 UTC
         let fri = chrono::Utc.with_ymd_and_hms(2026, 11, 20, 3, 0, 0).unwrap();
-        assert_eq!(
-            add_working_days(fri, 5, &[]),
-            NaiveDate::from_ymd_opt(2026, 11, 27).unwrap()
-        );
+        assert_eq!(add_working_days(fri, 5, &[]), NaiveDate::from_ymd_opt(2026, 11, 27).unwrap());
         let hol = [NaiveDate::from_ymd_opt(2026, 11, 24).unwrap()];
-        assert_eq!(
-            add_working_days(fri, 5, &hol),
-            NaiveDate::from_ymd_opt(2026, 11, 30).unwrap()
-        );
+        assert_eq!(add_working_days(fri, 5, &hol), NaiveDate::from_ymd_opt(2026, 11, 30).unwrap());
         // 20:00 UTC Sunday is already Monday in Vietnam.
-        let sun_utc = chrono::Utc
-            .with_ymd_and_hms(2026, 11, 22, 20, 0, 0)
-            .unwrap();
-        assert_eq!(
-            local_date(sun_utc),
-            NaiveDate::from_ymd_opt(2026, 11, 23).unwrap()
-        );
+        let sun_utc = chrono::Utc.with_ymd_and_hms(2026, 11, 22, 20, 0, 0).unwrap();
+        assert_eq!(local_date(sun_utc), NaiveDate::from_ymd_opt(2026, 11, 23).unwrap());
     }
 }

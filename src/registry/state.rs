@@ -35,6 +35,7 @@ entity!(Credential, "credentials", id);
 entity!(Catalog, "catalogs", code);
 entity!(User, "users", username);
 entity!(ApiToken, "tokens", id);
+entity!(RevokedToken, "revoked_tokens", jti);
 
 /// A keyed collection that journals every change.
 #[derive(Debug, Clone)]
@@ -46,11 +47,7 @@ pub struct Table<V> {
 
 impl<V> Default for Table<V> {
     fn default() -> Self {
-        Table {
-            rows: BTreeMap::new(),
-            undo: Vec::new(),
-            touched: BTreeSet::new(),
-        }
+        Table { rows: BTreeMap::new(), undo: Vec::new(), touched: BTreeSet::new() }
     }
 }
 
@@ -130,18 +127,19 @@ pub struct State {
     pub catalogs: Table<Catalog>,
     pub users: Table<User>,
     pub tokens: Table<ApiToken>,
+    pub revoked_tokens: Table<RevokedToken>,
     pub settings: Settings,
     settings_undo: Vec<Settings>,
     settings_touched: bool,
     /// consumer_key -> credential id
     by_consumer_key: HashMap<String, String>,
-    /// hmac key_id -> credential id
-    by_hmac_key: HashMap<String, String>,
+    /// signature key id (HMAC or public key) -> credential id
+    by_key_id: HashMap<String, String>,
 }
 
 /// A point to roll back to.
 #[derive(Debug, Clone, Copy)]
-pub struct Checkpoint([usize; 9]);
+pub struct Checkpoint([usize; 10]);
 
 /// What changed in one successful apply, for the store to persist.
 #[derive(Debug, Default)]
@@ -168,6 +166,7 @@ impl State {
             self.users.mark(),
             self.tokens.mark(),
             self.settings_undo.len(),
+            self.revoked_tokens.mark(),
         ])
     }
 
@@ -181,6 +180,7 @@ impl State {
         self.catalogs.rollback(m[5]);
         self.users.rollback(m[6]);
         self.tokens.rollback(m[7]);
+        self.revoked_tokens.rollback(m[9]);
         while self.settings_undo.len() > m[8] {
             if let Some(s) = self.settings_undo.pop() {
                 self.settings = s;
@@ -198,10 +198,7 @@ impl State {
     /// Takes the journal: every changed row serialised, ready to persist.
     pub fn drain_changes(&mut self) -> Changes {
         let mut rows = Vec::new();
-        fn take<V: Entity>(
-            t: &mut Table<V>,
-            out: &mut Vec<(&'static str, String, Option<Vec<u8>>)>,
-        ) {
+        fn take<V: Entity>(t: &mut Table<V>, out: &mut Vec<(&'static str, String, Option<Vec<u8>>)>) {
             for (k, v) in t.drain_changes() {
                 out.push((V::TABLE, k, v.map(encode)));
             }
@@ -214,13 +211,14 @@ impl State {
         take(&mut self.catalogs, &mut rows);
         take(&mut self.users, &mut rows);
         take(&mut self.tokens, &mut rows);
+        take(&mut self.revoked_tokens, &mut rows);
         self.settings_undo.clear();
         let settings = std::mem::take(&mut self.settings_touched).then(|| encode(&self.settings));
         Changes { rows, settings }
     }
 
     /// Names of every persistent table, for the store.
-    pub const TABLES: [&'static str; 8] = [
+    pub const TABLES: [&'static str; 9] = [
         Agency::TABLE,
         System::TABLE,
         Service::TABLE,
@@ -229,6 +227,7 @@ impl State {
         Catalog::TABLE,
         User::TABLE,
         ApiToken::TABLE,
+        RevokedToken::TABLE,
     ];
 
     /// Loads one stored row into the right table (used when opening the store).
@@ -242,6 +241,7 @@ impl State {
             "catalogs" => self.catalogs.load(serde_json::from_slice(bytes)?),
             "users" => self.users.load(serde_json::from_slice(bytes)?),
             "tokens" => self.tokens.load(serde_json::from_slice(bytes)?),
+            "revoked_tokens" => self.revoked_tokens.load(serde_json::from_slice(bytes)?),
             _ => {}
         }
         Ok(())
@@ -254,45 +254,40 @@ impl State {
 
     pub fn rebuild_indexes(&mut self) {
         self.by_consumer_key.clear();
-        self.by_hmac_key.clear();
-        for c in self.credentials.values() {
-            if c.revoked_at.is_none() {
-                self.by_consumer_key
-                    .insert(c.consumer_key.clone(), c.id.clone());
-                if let Some(h) = &c.hmac {
-                    self.by_hmac_key.insert(h.key_id.clone(), c.id.clone());
-                }
-            }
+        self.by_key_id.clear();
+        let creds: Vec<Credential> = self.credentials.values().cloned().collect();
+        for c in &creds {
+            self.index_credential(None, c);
         }
     }
 
-    pub(super) fn index_credential(&mut self, c: &Credential) {
-        if c.revoked_at.is_none() {
-            self.by_consumer_key
-                .insert(c.consumer_key.clone(), c.id.clone());
-            if let Some(h) = &c.hmac {
-                self.by_hmac_key.insert(h.key_id.clone(), c.id.clone());
+    /// Keeps the key indexes in step with a credential being replaced (`old`) by `new`.
+    pub(super) fn index_credential(&mut self, old: Option<&Credential>, new: &Credential) {
+        fn key_ids(c: &Credential) -> impl Iterator<Item = &String> {
+            c.hmac.iter().map(|h| &h.key_id).chain(c.public_keys.iter().map(|k| &k.key_id))
+        }
+        if let Some(o) = old {
+            self.by_consumer_key.remove(&o.consumer_key);
+            for k in key_ids(o) {
+                self.by_key_id.remove(k);
             }
-        } else {
-            self.by_consumer_key.remove(&c.consumer_key);
-            if let Some(h) = &c.hmac {
-                self.by_hmac_key.remove(&h.key_id);
+        }
+        if new.revoked_at.is_none() {
+            self.by_consumer_key.insert(new.consumer_key.clone(), new.id.clone());
+            for k in key_ids(new) {
+                self.by_key_id.insert(k.clone(), new.id.clone());
             }
         }
     }
 
     /// The live credential holding this consumer key.
     pub fn credential_by_consumer_key(&self, key: &str) -> Option<&Credential> {
-        self.by_consumer_key
-            .get(key)
-            .and_then(|id| self.credentials.get(id))
+        self.by_consumer_key.get(key).and_then(|id| self.credentials.get(id))
     }
 
-    /// The live credential holding this HMAC key id.
-    pub fn credential_by_hmac_key(&self, key_id: &str) -> Option<&Credential> {
-        self.by_hmac_key
-            .get(key_id)
-            .and_then(|id| self.credentials.get(id))
+    /// The live credential holding this signature key id (HMAC or public key).
+    pub fn credential_by_key_id(&self, key_id: &str) -> Option<&Credential> {
+        self.by_key_id.get(key_id).and_then(|id| self.credentials.get(id))
     }
 
     /// The agency owning a system, if both exist.
@@ -302,8 +297,6 @@ impl State {
 
     /// The agency that provides a service (through its provider system).
     pub fn provider_agency(&self, context: &str) -> Option<&str> {
-        self.services
-            .get(context)
-            .and_then(|s| self.agency_of_system(&s.provider_system))
+        self.services.get(context).and_then(|s| self.agency_of_system(&s.provider_system))
     }
 }

@@ -25,42 +25,22 @@ impl Node {
     pub fn start() -> Node {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("data");
-        let mut n = Node {
-            child: None,
-            _tmp: Some(tmp),
-            dir,
-            info: Value::Null,
-            log: PathBuf::new(),
-            http: client(),
-        };
+        let mut n = Node { child: None, _tmp: Some(tmp), dir, info: Value::Null, log: PathBuf::new(), http: client() };
         n.spawn();
         n
     }
 
     /// Starts on an existing data directory (not removed on drop).
     pub fn start_in(dir: &Path) -> Node {
-        let mut n = Node {
-            child: None,
-            _tmp: None,
-            dir: dir.to_owned(),
-            info: Value::Null,
-            log: PathBuf::new(),
-            http: client(),
-        };
+        let mut n = Node { child: None, _tmp: None, dir: dir.to_owned(), info: Value::Null, log: PathBuf::new(), http: client() };
         n.spawn();
         n
     }
 
     fn spawn(&mut self) {
         std::fs::create_dir_all(&self.dir).expect("data dir");
-        let n = std::fs::read_dir(self.dir.parent().unwrap_or(&self.dir))
-            .map(|d| d.count())
-            .unwrap_or(0);
-        self.log = self
-            .dir
-            .parent()
-            .unwrap_or(&self.dir)
-            .join(format!("lgsp-{n}.log"));
+        let n = std::fs::read_dir(self.dir.parent().unwrap_or(&self.dir)).map(|d| d.count()).unwrap_or(0);
+        self.log = self.dir.parent().unwrap_or(&self.dir).join(format!("lgsp-{n}.log"));
         let log = std::fs::File::create(&self.log).expect("log file");
         let child = Command::new(BIN)
             .args(["dev", "--data-dir"])
@@ -78,17 +58,10 @@ impl Node {
             if text.contains("LGSP dev appliance ready") {
                 break;
             }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("lgsp dev exited with {status}:\n{text}");
             }
-            assert!(
-                Instant::now() < deadline,
-                "lgsp dev did not become ready:\n{text}"
-            );
+            assert!(Instant::now() < deadline, "lgsp dev did not become ready:\n{text}");
             std::thread::sleep(Duration::from_millis(50));
         }
         let bytes = std::fs::read(self.dir.join("dev.json")).expect("dev.json");
@@ -103,10 +76,7 @@ impl Node {
 
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(c.id().to_string())
-                .status();
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
             let deadline = Instant::now() + Duration::from_secs(15);
             while c.try_wait().ok().flatten().is_none() {
                 if Instant::now() > deadline {
@@ -126,10 +96,7 @@ impl Node {
     }
 
     pub fn admin_url(&self) -> String {
-        self.info["admin_url"]
-            .as_str()
-            .expect("admin_url")
-            .to_owned()
+        self.info["admin_url"].as_str().expect("admin_url").to_owned()
     }
 
     /// The bootstrap operator's API.
@@ -138,31 +105,21 @@ impl Node {
     }
 
     pub fn api(&self, token: &str) -> Api {
-        Api {
-            base: self.admin_url(),
-            token: Some(token.to_owned()),
-            http: self.http.clone(),
-        }
+        Api { base: self.admin_url(), token: Some(token.to_owned()), http: self.http.clone() }
     }
 
     pub fn anonymous(&self) -> Api {
-        Api {
-            base: self.admin_url(),
-            token: None,
-            http: self.http.clone(),
-        }
+        Api { base: self.admin_url(), token: None, http: self.http.clone() }
     }
 
     /// Creates a user with `role` (and agency) and returns an API for it, logged in.
     pub fn user(&self, username: &str, role: &str, agency: Option<&str>) -> Api {
         let op = self.operator();
         let password = "Str0ng!Passw0rd";
-        let (s, b) = op.post("/api/v1/users", serde_json::json!({"username": username, "role": role, "agency": agency, "password": password}));
+        let (s, b) =
+            op.post("/api/v1/users", serde_json::json!({"username": username, "role": role, "agency": agency, "password": password}));
         assert_eq!(s, 201, "create user {username}: {b}");
-        let (s, b) = self.anonymous().post(
-            "/api/v1/auth/login",
-            serde_json::json!({"username": username, "password": password}),
-        );
+        let (s, b) = self.anonymous().post("/api/v1/auth/login", serde_json::json!({"username": username, "password": password}));
         assert_eq!(s, 200, "login {username}: {b}");
         self.api(b["token"].as_str().expect("token"))
     }
@@ -185,11 +142,7 @@ pub fn cli_in(dev_dir: &Path, args: &[&str], stdin: Option<&str>) -> Output {
         .spawn()
         .expect("spawn lgsp cli");
     if let Some(input) = stdin {
-        c.stdin
-            .as_mut()
-            .expect("stdin")
-            .write_all(input.as_bytes())
-            .expect("write stdin");
+        c.stdin.as_mut().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
     }
     drop(c.stdin.take());
     c.wait_with_output().expect("cli output")
@@ -202,10 +155,7 @@ impl Drop for Node {
 }
 
 fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(120))
-        .build()
-        .expect("http client")
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().expect("http client")
 }
 
 /// A caller of the admin API.
@@ -233,8 +183,7 @@ impl Api {
         let v = if bytes.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
         };
         (status, v)
     }
@@ -242,19 +191,14 @@ impl Api {
     /// Sends raw bytes with a content type (for malformed-body tests).
     pub fn raw(&self, method: &str, path: &str, content_type: &str, body: &[u8]) -> (u16, Value) {
         let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-        let mut r = self
-            .http
-            .request(m, format!("{}{path}", self.base))
-            .header("content-type", content_type)
-            .body(body.to_vec());
+        let mut r = self.http.request(m, format!("{}{path}", self.base)).header("content-type", content_type).body(body.to_vec());
         if let Some(t) = &self.token {
             r = r.bearer_auth(t);
         }
         let resp = r.send().expect("admin API reachable");
         let status = resp.status().as_u16();
         let bytes = resp.bytes().expect("body");
-        let v = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        let v = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
         (status, v)
     }
 
@@ -283,28 +227,25 @@ pub fn seed(op: &Api) -> String {
         assert!(r.0 < 300, "seed step failed: {} {}", r.0, r.1);
         r.1
     };
+    ok(op.post("/api/v1/agencies", json!({"code": "000.00.00.H31", "name": "UBND thành phố Hải Phòng"})));
+    ok(op.post("/api/v1/agencies", json!({"code": "000.00.01.H31", "name": "Sở Tư pháp Hải Phòng"})));
     ok(op.post(
-        "/api/v1/agencies",
-        json!({"code": "000.00.00.H31", "name": "UBND thành phố Hải Phòng"}),
+        "/api/v1/systems",
+        json!({"id": "hp-dancu", "agency": "000.00.00.H31", "name": "CSDL dân cư", "security": {"kind": "level", "level": 3}}),
     ));
     ok(op.post(
-        "/api/v1/agencies",
-        json!({"code": "000.00.01.H31", "name": "Sở Tư pháp Hải Phòng"}),
+        "/api/v1/systems",
+        json!({"id": "stp-hotich", "agency": "000.00.01.H31", "name": "Hộ tịch", "security": {"kind": "level", "level": 2}}),
     ));
-    ok(op.post("/api/v1/systems", json!({"id": "hp-dancu", "agency": "000.00.00.H31", "name": "CSDL dân cư", "security": {"kind": "level", "level": 3}})));
-    ok(op.post("/api/v1/systems", json!({"id": "stp-hotich", "agency": "000.00.01.H31", "name": "Hộ tịch", "security": {"kind": "level", "level": 2}})));
+    ok(op.post("/api/v1/services", json!({"context": "dancu", "provider_system": "hp-dancu", "name": "Tra cứu dân cư"})));
     ok(op.post(
-        "/api/v1/services",
-        json!({"context": "dancu", "provider_system": "hp-dancu", "name": "Tra cứu dân cư"}),
+        "/api/v1/services/dancu/versions",
+        json!({"version": "v1", "upstream": {"production": "http://127.0.0.1:9/api", "test": "http://127.0.0.1:9/test"}}),
     ));
-    ok(op.post("/api/v1/services/dancu/versions", json!({"version": "v1", "upstream": {"production": "http://127.0.0.1:9/api", "test": "http://127.0.0.1:9/test"}})));
     ok(op.post("/api/v1/services/dancu/versions/v1/publish", json!({})));
     let sub = ok(op.post("/api/v1/subscriptions", json!({"consumer_system": "stp-hotich", "service": "dancu", "version": "v1", "environment": "production", "purpose": "đăng ký hộ tịch"})));
     let id = sub["id"].as_str().expect("id").to_owned();
-    ok(op.post(
-        &format!("/api/v1/subscriptions/{id}/provider-approve"),
-        json!({}),
-    ));
+    ok(op.post(&format!("/api/v1/subscriptions/{id}/provider-approve"), json!({})));
     ok(op.post(&format!("/api/v1/subscriptions/{id}/approve"), json!({})));
     id
 }
