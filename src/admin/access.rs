@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::auth::Principal;
+use super::error::OptionalJson;
 use super::{page, ApiError, ApiJson, ApiQuery, Endpoint, Shared};
 use crate::registry::{
     rules, Command, Contact, Credential, Decision, Environment, HmacKey, RateLimit, Role, State as Registry, Subscription,
@@ -172,26 +173,11 @@ async fn decide(st: Shared, p: Principal, id: String, decision: Decision, reason
     sub_json(&st, &p, &id).map(Json)
 }
 
-/// An optional `{"reason": ...}` body: approvals need no reason, but may carry one.
-fn optional_reason(body: &[u8]) -> Result<String, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(String::new());
-    }
-    serde_json::from_slice::<DecisionBody>(body).map(|b| b.reason).map_err(|e| ApiError::invalid("body", e.to_string()))
+async fn provider_approve(State(st): State<Shared>, p: Principal, Path(id): Path<String>, OptionalJson(b): OptionalJson<DecisionBody>) -> Result<Json<Value>, ApiError> {
+    decide(st, p, id, Decision::ProviderApprove, b.map(|b| b.reason).unwrap_or_default()).await
 }
-
-async fn provider_approve(
-    State(st): State<Shared>,
-    p: Principal,
-    Path(id): Path<String>,
-    body: axum::body::Bytes,
-) -> Result<Json<Value>, ApiError> {
-    let reason = optional_reason(&body)?;
-    decide(st, p, id, Decision::ProviderApprove, reason).await
-}
-async fn approve(State(st): State<Shared>, p: Principal, Path(id): Path<String>, body: axum::body::Bytes) -> Result<Json<Value>, ApiError> {
-    let reason = optional_reason(&body)?;
-    decide(st, p, id, Decision::Approve, reason).await
+async fn approve(State(st): State<Shared>, p: Principal, Path(id): Path<String>, OptionalJson(b): OptionalJson<DecisionBody>) -> Result<Json<Value>, ApiError> {
+    decide(st, p, id, Decision::Approve, b.map(|b| b.reason).unwrap_or_default()).await
 }
 async fn reject(
     State(st): State<Shared>,

@@ -149,7 +149,10 @@ pub async fn issue_token(
         name: name.to_owned(),
         secret: secrets::hash_generated(&secret),
         created_at: now,
-        expires_at: ttl.map(|d| now + d),
+        expires_at: match ttl {
+            Some(d) => Some(now.checked_add_signed(d).ok_or_else(|| ApiError::invalid("expires_in_days", "is too far in the future"))?),
+            None => None,
+        },
         session,
     };
     st.propose(actor, Command::IssueToken { token: token.clone() }).await?;
@@ -420,8 +423,8 @@ async fn create_token(
     if b.name.trim().is_empty() || b.name.len() > 100 {
         return Err(ApiError::invalid("name", "must be 1-100 characters"));
     }
-    if b.expires_in_days == Some(0) {
-        return Err(ApiError::invalid("expires_in_days", "must be at least 1, or omitted for a token that does not expire"));
+    if b.expires_in_days.is_some_and(|d| !(1..=3650).contains(&d)) {
+        return Err(ApiError::invalid("expires_in_days", "must be between 1 and 3650, or omitted for a token that does not expire"));
     }
     let ttl = b.expires_in_days.map(|d| Duration::days(i64::from(d)));
     let (token, t) = issue_token(&st, p.actor(), &p.username, &b.name, ttl, false).await?;

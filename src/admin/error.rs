@@ -3,7 +3,8 @@
 //! Invariants: `code` values are stable (clients and tests match on them); a message says what
 //! failed and what to do; storage details never reach the client beyond a generic message.
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{header, request::Parts, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -88,32 +89,85 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// `Json<T>` whose rejections are [`ApiError`]s with code `INVALID_INPUT`.
+/// A JSON object body whose rejections are [`ApiError`]s: 415 without a JSON content type,
+/// 413 above the body limit, 400 `INVALID_INPUT` for anything but a well-formed JSON object of
+/// the expected shape (arrays are not accepted in place of objects).
 pub struct ApiJson<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(ApiJson(v)),
-            Err(rej) => Err(json_rejection(rej)),
+        let json_type = is_json(req.headers());
+        let bytes = Bytes::from_request(req, state).await.map_err(bytes_rejection)?;
+        if !json_type {
+            return Err(unsupported_media_type());
         }
+        parse_object(&bytes).map(ApiJson)
     }
 }
 
-fn json_rejection(rej: JsonRejection) -> ApiError {
-    let text = rej.body_text();
-    match rej.status() {
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "UNSUPPORTED_MEDIA_TYPE",
-            "send the body as JSON with `Content-Type: application/json`",
-        ),
-        StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", format!("the request body is too large: {text}"))
+/// Like [`ApiJson`], but an empty body is `None` (for actions whose body is optional).
+pub struct OptionalJson<T>(pub Option<T>);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalJson<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let json_type = is_json(req.headers());
+        let bytes = Bytes::from_request(req, state).await.map_err(bytes_rejection)?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJson(None));
         }
-        _ => ApiError::new(StatusCode::BAD_REQUEST, "INVALID_INPUT", format!("the request body is not valid: {text}")),
+        if !json_type {
+            return Err(unsupported_media_type());
+        }
+        parse_object(&bytes).map(|v| OptionalJson(Some(v)))
     }
+}
+
+fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|m| {
+            let m = m.trim().to_ascii_lowercase();
+            m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+        })
+        .unwrap_or(false)
+}
+
+fn unsupported_media_type() -> ApiError {
+    ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE", "send the body as JSON with `Content-Type: application/json`")
+}
+
+fn bytes_rejection(rej: BytesRejection) -> ApiError {
+    if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", format!("the request body is too large: {}", rej.body_text()))
+    } else {
+        ApiError::new(StatusCode::BAD_REQUEST, "INVALID_INPUT", format!("the request body could not be read: {}", rej.body_text()))
+    }
+}
+
+fn parse_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => {}
+        Some(_) => return Err(ApiError::new(StatusCode::BAD_REQUEST, "INVALID_INPUT", "the request body must be a JSON object ({...})")),
+        None => return Err(ApiError::new(StatusCode::BAD_REQUEST, "INVALID_INPUT", "the request body is empty; send a JSON object")),
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    let value: T = serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        let inner = e.into_inner();
+        if field.is_empty() || field == "." {
+            ApiError::new(StatusCode::BAD_REQUEST, "INVALID_INPUT", format!("the request body is not valid: {inner}"))
+        } else {
+            ApiError::invalid(&field, format!("{inner}"))
+        }
+    })?;
+    // Trailing data after the object (`{..}{..}`) is refused too.
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "INVALID_INPUT", format!("the request body is not valid: {e}")))?;
+    Ok(value)
 }
 
 /// `Query<T>` whose rejections are [`ApiError`]s.

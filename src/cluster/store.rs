@@ -59,6 +59,8 @@ pub struct Store {
     state: RwLock<State>,
     /// Serialises proposals; holds the last applied index.
     writer: Mutex<u64>,
+    /// Announces each newly applied index (read views rebuild from it).
+    applied_tx: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -105,7 +107,8 @@ impl Store {
         }
         let last = rtx.open_table(META).map_err(storage)?.get(LAST_APPLIED).map_err(storage)?.map(|v| v.value()).unwrap_or(0);
         state.rebuild_indexes();
-        Ok(Store { db, state: RwLock::new(state), writer: Mutex::new(last) })
+        let (applied_tx, _) = tokio::sync::watch::channel(last);
+        Ok(Store { db, state: RwLock::new(state), writer: Mutex::new(last), applied_tx })
     }
 
     /// Applies a command and makes it durable. Blocking (fsync): call from a blocking context.
@@ -118,6 +121,8 @@ impl Store {
         match self.persist(&mut state, env, &outcome, index) {
             Ok(()) => {
                 *last = index;
+                drop(state);
+                self.applied_tx.send_replace(index);
                 Ok(outcome)
             }
             Err(e) => {
@@ -170,15 +175,23 @@ impl Store {
         self.state.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Changes whenever a command has been applied and made durable.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.applied_tx.subscribe()
+    }
+
     pub fn last_applied(&self) -> u64 {
         *self.writer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Admin audit entries, newest first, that pass `keep`, at most `limit`.
     pub fn audit(&self, limit: usize, keep: impl Fn(&AuditEntry) -> bool) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
         let rtx = self.db.begin_read().map_err(storage)?;
         let t = rtx.open_table(AUDIT).map_err(storage)?;
-        let mut out = Vec::new();
         for row in t.iter().map_err(storage)?.rev() {
             let (k, v) = row.map_err(storage)?;
             let e: AuditEntry = serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {

@@ -571,6 +571,7 @@ impl Cx<'_> {
                     return Err(E::exists("subscription", id));
                 }
                 rules::text("purpose", purpose, 2000)?;
+                check_rate_limit(rate_limit)?;
                 let sys = self.system(consumer_system)?;
                 self.active_agency("consumer_system", &sys.agency)?;
                 if sys.disabled {
@@ -660,6 +661,7 @@ impl Cx<'_> {
                 self.s.subscriptions.put(sub);
             }
             SetSubscriptionLimits { id, rate_limit } => {
+                check_rate_limit(rate_limit)?;
                 let mut sub = self.s.subscriptions.get(id).cloned().ok_or_else(|| E::not_found("subscription", id))?;
                 sub.rate_limit = *rate_limit;
                 self.s.subscriptions.put(sub);
@@ -1013,6 +1015,13 @@ fn check_retire_rules(context: &str, version: &str, retire_at: Timestamp, now: T
         if retire_at < p + Duration::days(rules::OVERLAP_DAYS) {
             return Err(overlap_error(context, version, p));
         }
+    }
+    Ok(())
+}
+
+fn check_rate_limit(r: &RateLimit) -> Result<(), E> {
+    if r.per_second == Some(0) || r.per_day == Some(0) {
+        return Err(E::invalid("rate_limit", "a limit of 0 would block all traffic; revoke the subscription instead, or omit the limit"));
     }
     Ok(())
 }

@@ -50,6 +50,7 @@ impl Envelope {
 
 /// A new agency named in a restructuring command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NewAgency {
     pub code: String,
     pub name: String,

@@ -49,6 +49,7 @@ pub enum AgencyStatus {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub struct Contact {
     pub name: String,
     #[serde(default)]
@@ -92,6 +93,7 @@ pub struct Agency {
 /// How a system is cleared to connect (R3): an approved security level or a signed commitment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(deny_unknown_fields)]
 pub enum SecurityClearance {
     /// NĐ 85/2016 level 1..=5, with the approving decision if known.
     Level {
@@ -165,6 +167,7 @@ pub enum PayloadFormat {
 
 /// Where a version's traffic goes, per environment (R6).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub struct Upstreams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub production: Option<String>,
@@ -330,6 +333,7 @@ impl SubscriptionState {
 
 /// Per-subscription traffic control (G6); enforced by the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub struct RateLimit {
     #[serde(default)]
     pub per_second: Option<u32>,
@@ -463,6 +467,7 @@ pub struct Credential {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CatalogField {
     pub name: String,
     #[serde(rename = "type", default = "default_field_type")]
