@@ -15,8 +15,10 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::admin::{self, AdminState};
+use crate::audit::{self, AuditLog};
 use crate::cluster::{Store, StoreError};
 use crate::config::Config;
+use crate::gateway::{self, Gateway, Proposer, View};
 use crate::ops::{metrics::Metrics, shutdown};
 use crate::registry::{Actor, Command, Role};
 use crate::secrets::{self, SecretsError, SecretsKey};
@@ -37,6 +39,52 @@ pub enum AppError {
     Write { path: String, source: std::io::Error },
     #[error("bootstrap failed: {0}")]
     Bootstrap(String),
+    #[error("audit log: {0}")]
+    Audit(#[from] audit::AuditError),
+    #[error("gateway: {0}")]
+    Gateway(String),
+}
+
+/// Lets the gateway propose registry commands (token revocation, catalog entries) as the
+/// calling system, without knowing how commands are stored or replicated.
+struct StoreProposer(admin::Shared);
+
+impl Proposer for StoreProposer {
+    fn propose(
+        &self,
+        system: &str,
+        agency: &str,
+        command: Command,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+        let actor = Actor { user: format!("system:{system}"), role: Role::AgencyAdmin, agency: Some(agency.to_owned()) };
+        Box::pin(async move { self.0.propose(actor, command).await.map(|_| ()).map_err(|e| e.message) })
+    }
+}
+
+/// Rebuilds the gateway's view after every applied command (coalescing bursts).
+async fn maintain_view(store: Arc<Store>, key: SecretsKey, tx: tokio::sync::watch::Sender<Arc<View>>, stop: shutdown::Shutdown) {
+    let mut applied = store.subscribe();
+    let stopped = stop.wait();
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            r = applied.changed() => if r.is_err() { return },
+            _ = &mut stopped => return,
+        }
+        let (store2, key2) = (store.clone(), key.clone());
+        let built = tokio::task::spawn_blocking(move || {
+            let index = store2.last_applied();
+            let reg = store2.read();
+            View::build(&reg, &key2, index)
+        })
+        .await;
+        match built {
+            Ok(v) => {
+                tx.send_replace(Arc::new(v));
+            }
+            Err(e) => tracing::error!(error = %e, "gateway view rebuild failed; serving the previous view"),
+        }
+    }
 }
 
 /// What `lgsp dev` writes to `DIR/dev.json` (SPEC §8).
@@ -80,6 +128,15 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
     let boot = bootstrap(&admin_state).await?;
 
     let (trigger, stop) = shutdown::channel();
+    let (audit_trigger, audit_stop) = shutdown::channel();
+    let audit_key = audit::load_or_create_signing_key(&dir.join("audit-signing.key"))?;
+    let audit_cfg = audit::AuditConfig {
+        fsync_interval: std::time::Duration::from_millis(cfg.audit.fsync_interval_ms),
+        retention_days: cfg.audit.retention_days,
+        ..audit::AuditConfig::default()
+    };
+    let (audit_log, audit_writer) = AuditLog::open(&dir.join("audit"), &cfg.node.name, audit_key, audit_cfg)?;
+    let audit_task = tokio::spawn(audit_writer.run(audit_stop.wait()));
     let admin_app = admin::router(admin_state.clone());
     let counts_store = store.clone();
     let metrics = Metrics::new(
@@ -96,6 +153,34 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
             ]
         }),
     );
+
+    let initial = {
+        let reg = store.read();
+        View::build(&reg, &key, store.last_applied())
+    };
+    let (view_tx, view_rx) = tokio::sync::watch::channel(Arc::new(initial));
+    let gateway_metrics = gateway::metrics::GatewayMetrics::new(metrics.registry()).map_err(|e| AppError::Gateway(e.to_string()))?;
+    let upstreams = gateway::upstream::Upstreams::new(
+        cfg.gateway.upstream_ca_file.as_deref(),
+        std::time::Duration::from_millis(cfg.gateway.connect_timeout_ms),
+    )
+    .map_err(|e| AppError::Gateway(e.to_string()))?;
+    let gateway_tls = match &cfg.tls {
+        Some(t) => Some(gateway::server::tls_config(&t.cert, &t.key).map_err(AppError::Tls)?),
+        None => None,
+    };
+    let gw = Arc::new(Gateway::new(
+        &cfg.node.name,
+        view_rx,
+        gateway::oauth::TokenAuthority::new(key.derive("lgsp oauth access token v1"), cfg.gateway.token_ttl_seconds),
+        upstreams,
+        Some(audit_log.clone()),
+        gateway_metrics,
+        Arc::new(StoreProposer(admin_state.clone())),
+        cfg.gateway.clone(),
+        ed25519_dalek::SigningKey::from_bytes(&key.derive("lgsp upstream signature v1")),
+        if gateway_tls.is_some() { "https" } else { "http" },
+    ));
 
     let tls = match (&cfg.tls, cfg.dev_mode) {
         (Some(t), _) => Some(
@@ -117,7 +202,8 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(serve(admin_l, admin_app, tls.clone(), stop.clone()));
-    tasks.spawn(serve(gateway_l, crate::gateway::router(), tls.clone(), stop.clone()));
+    tasks.spawn(gateway::server::serve(gw.clone(), gateway_l, gateway_tls, stop.clone()));
+    tokio::spawn(maintain_view(store.clone(), key.clone(), view_tx, stop.clone()));
     tasks.spawn(serve(metrics_l, metrics.router(), None, stop.clone()));
 
     let admin_url = format!("{scheme}://{admin_addr}");
@@ -153,6 +239,14 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
     let drain = async { while tasks.join_next().await.is_some() {} };
     if tokio::time::timeout(std::time::Duration::from_secs(10), drain).await.is_err() {
         tracing::warn!("drain took longer than 10 s; exiting anyway");
+    }
+    // Only now that no request is in flight: flush the audit log and sign its tail.
+    drop(gw);
+    audit_trigger.fire();
+    match audit_task.await {
+        Ok(Err(e)) => tracing::error!(error = %e, "audit log did not close cleanly"),
+        Err(e) => tracing::error!(error = %e, "audit writer stopped abnormally"),
+        Ok(Ok(())) => {}
     }
     tracing::info!("stopped");
     Ok(())

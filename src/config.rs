@@ -32,6 +32,10 @@ pub struct Config {
     #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]
+    pub gateway: GatewayConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
+    #[serde(default)]
     pub log: LogConfig,
     /// Set only by `lgsp dev`; a config file cannot turn TLS off.
     #[serde(skip)]
@@ -123,6 +127,97 @@ impl Default for AdminConfig {
     }
 }
 
+/// The data plane's defaults; a service version may override timeout and body limit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Largest request body forwarded when the version sets none (413 above it).
+    #[serde(default = "d_body")]
+    pub max_body_bytes: u64,
+    /// Time allowed for the provider to answer with headers (504 after it).
+    #[serde(default = "d_upstream_timeout")]
+    pub upstream_timeout_ms: u64,
+    #[serde(default = "d_connect_timeout")]
+    pub connect_timeout_ms: u64,
+    /// Extra attempts on a connection failure, for idempotent methods without a body only.
+    #[serde(default = "d_retries")]
+    pub retries: u8,
+    /// Lifetime of OAuth access tokens issued by `POST /token`.
+    #[serde(default = "d_token_ttl")]
+    pub token_ttl_seconds: u64,
+    /// RFC 9421 `created` must be within this many seconds of the gateway's clock.
+    #[serde(default = "d_window")]
+    pub signature_window_seconds: u64,
+    /// Refuse RFC 9421 signatures without a `nonce` (replay protection).
+    #[serde(default = "d_true")]
+    pub require_nonce: bool,
+    /// Extra CA certificates (PEM) trusted for HTTPS upstreams, besides the system's.
+    #[serde(default)]
+    pub upstream_ca_file: Option<PathBuf>,
+}
+
+fn d_body() -> u64 {
+    10 << 20
+}
+fn d_upstream_timeout() -> u64 {
+    30_000
+}
+fn d_connect_timeout() -> u64 {
+    5_000
+}
+fn d_retries() -> u8 {
+    1
+}
+fn d_token_ttl() -> u64 {
+    3600
+}
+fn d_window() -> u64 {
+    300
+}
+fn d_true() -> bool {
+    true
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            max_body_bytes: d_body(),
+            upstream_timeout_ms: d_upstream_timeout(),
+            connect_timeout_ms: d_connect_timeout(),
+            retries: d_retries(),
+            token_ttl_seconds: d_token_ttl(),
+            signature_window_seconds: d_window(),
+            require_nonce: true,
+            upstream_ca_file: None,
+        }
+    }
+}
+
+/// The transaction audit log (G8).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Segments older than this are deleted (the chain stays verifiable).
+    #[serde(default = "d_retention")]
+    pub retention_days: u32,
+    /// Records are made durable in groups at least this often.
+    #[serde(default = "d_fsync")]
+    pub fsync_interval_ms: u64,
+}
+
+fn d_retention() -> u32 {
+    365
+}
+fn d_fsync() -> u64 {
+    100
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig { retention_days: d_retention(), fsync_interval_ms: d_fsync() }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -176,6 +271,8 @@ impl Config {
             listen: ListenConfig { gateway, admin, metrics, cluster: SocketAddr::from(([127, 0, 0, 1], 0)) },
             tls: None,
             admin: AdminConfig::default(),
+            gateway: GatewayConfig::default(),
+            audit: AuditConfig::default(),
             log: LogConfig::default(),
             dev_mode: true,
         }
@@ -196,6 +293,36 @@ impl Config {
         }
         if !(60..=7 * 24 * 3600).contains(&self.admin.session_ttl_seconds) {
             return Err(ConfigError::Invalid { key: "admin.session_ttl_seconds", reason: "must be between 60 and 604800".into() });
+        }
+        let g = &self.gateway;
+        if g.max_body_bytes == 0 {
+            return Err(ConfigError::Invalid { key: "gateway.max_body_bytes", reason: "must be at least 1".into() });
+        }
+        if !(100..=600_000).contains(&g.upstream_timeout_ms) {
+            return Err(ConfigError::Invalid { key: "gateway.upstream_timeout_ms", reason: "must be between 100 and 600000".into() });
+        }
+        if !(100..=60_000).contains(&g.connect_timeout_ms) {
+            return Err(ConfigError::Invalid { key: "gateway.connect_timeout_ms", reason: "must be between 100 and 60000".into() });
+        }
+        if g.retries > 5 {
+            return Err(ConfigError::Invalid { key: "gateway.retries", reason: "must be 0 to 5".into() });
+        }
+        if !(60..=86_400).contains(&g.token_ttl_seconds) {
+            return Err(ConfigError::Invalid { key: "gateway.token_ttl_seconds", reason: "must be between 60 and 86400".into() });
+        }
+        if !(5..=3600).contains(&g.signature_window_seconds) {
+            return Err(ConfigError::Invalid { key: "gateway.signature_window_seconds", reason: "must be between 5 and 3600".into() });
+        }
+        if let Some(ca) = &g.upstream_ca_file {
+            if let Err(e) = std::fs::metadata(ca) {
+                return Err(ConfigError::Invalid { key: "gateway.upstream_ca_file", reason: format!("cannot read {}: {e}", ca.display()) });
+            }
+        }
+        if self.audit.retention_days == 0 {
+            return Err(ConfigError::Invalid { key: "audit.retention_days", reason: "must be at least 1 day".into() });
+        }
+        if !(10..=10_000).contains(&self.audit.fsync_interval_ms) {
+            return Err(ConfigError::Invalid { key: "audit.fsync_interval_ms", reason: "must be between 10 and 10000".into() });
         }
         if self.admin.lockout_seconds == 0 {
             return Err(ConfigError::Invalid { key: "admin.lockout_seconds", reason: "must be at least 1".into() });

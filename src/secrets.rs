@@ -144,6 +144,16 @@ impl SecretsKey {
         }
     }
 
+    /// A 32-byte key for one purpose, derived from this key (HMAC-SHA256 over the label), so
+    /// that every node holding the cluster key derives the same purpose keys.
+    pub fn derive(&self, label: &str) -> [u8; 32] {
+        use hmac::{Hmac, Mac};
+        // HMAC takes keys of any length, so this cannot fail.
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.0.as_slice()).expect("HMAC accepts keys of any length");
+        mac.update(label.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
     pub fn seal(&self, plain: &[u8]) -> Sealed {
         let nonce = random_bytes::<24>();
         let cipher = XChaCha20Poly1305::new(&self.0);

@@ -60,7 +60,7 @@ fn serve_speaks_tls_and_writes_initial_credentials() {
         https.get(format!("https://localhost:{admin}/api/v1/auth/me")).bearer_auth(token).send().expect("https").json().expect("json");
     assert_eq!(me["role"], "operator");
     let gw = https.get(format!("https://localhost:{gateway}/nothing/v1/x")).send().expect("gateway https");
-    assert_eq!(gw.status().as_u16(), 404);
+    assert_eq!(gw.status().as_u16(), 401, "unauthenticated callers learn nothing about routes");
     assert!(gw.headers().contains_key("x-transaction-id"));
 
     // Plain HTTP on the TLS listener gets no admin answer.

@@ -1,27 +1,25 @@
-//! The gateway listener (SPEC §3). Until the data-plane issue lands it knows no routes: every
-//! request is answered with the gateway's JSON envelope (`"status":"01"`) and an
-//! `X-Transaction-Id`, the shape every later refusal will keep.
+//! The gateway (SPEC §3–4): the data plane agencies' systems call. Authenticates the calling
+//! system, checks its subscription, enforces rate limits, streams the request to the
+//! provider and the answer back, and writes a metadata-only audit record.
 //!
-//! Invariants: never imports `cluster`; answers only from what it is handed.
+//! Layout: `server` (listener, TLS, HTTP/1.1+2) → `stack` (phase order, written once) using
+//! `oauth`, `httpsig`, `digest`, `rate_limit`, `upstream`, `body`; `rescue` turns refusals into
+//! the JSON envelope; `view` is the registry as the gateway reads it; `metrics`.
+//! Invariants: never imports `cluster` or `admin`; reads the registry only through the view
+//! handed over on a watch channel, so it keeps serving the last view if the registry stalls;
+//! payloads are never written anywhere.
 
-use axum::http::{HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::Router;
+pub mod body;
+pub mod digest;
+pub mod httpsig;
+pub mod metrics;
+pub mod oauth;
+pub mod rate_limit;
+pub mod rescue;
+pub mod server;
+pub mod stack;
+pub mod upstream;
+pub mod view;
 
-pub fn router() -> Router {
-    Router::new().fallback(|| async { not_found() })
-}
-
-fn not_found() -> Response {
-    let id = uuid::Uuid::new_v4().to_string();
-    let body = serde_json::json!({
-        "status": "01", "code": "NO_SUCH_SERVICE",
-        "message": "no service is published at this path / không có dịch vụ tại đường dẫn này",
-        "transactionId": id,
-    });
-    let mut r = (StatusCode::NOT_FOUND, axum::Json(body)).into_response();
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        r.headers_mut().insert("x-transaction-id", v);
-    }
-    r
-}
+pub use stack::{Gateway, Proposer};
+pub use view::View;

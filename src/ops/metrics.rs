@@ -37,6 +37,11 @@ impl Metrics {
         Metrics { registry, objects, counts, node: node.to_owned() }
     }
 
+    /// The Prometheus registry other modules register their metrics in.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     pub fn router(self) -> Router {
         Router::new().route("/metrics", get(metrics)).route("/status", get(status)).with_state(self)
     }

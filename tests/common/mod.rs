@@ -2,6 +2,8 @@
 //! waits for its ready line, and talks to it over real HTTP.
 #![allow(dead_code, clippy::disallowed_methods)]
 
+pub mod upstream;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

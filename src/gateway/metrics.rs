@@ -1,0 +1,62 @@
+//! Gateway metrics (SPEC §7): requests by service, consumer agency and outcome; latency
+//! histograms split gateway vs upstream; bytes; authentication failures by reason.
+//!
+//! Invariants: labels come only from registry identifiers (service context, agency code) and
+//! stable outcome codes, never from a transaction id, path or header; unknown services are
+//! counted under `service="-"`.
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+
+pub struct GatewayMetrics {
+    pub requests: IntCounterVec,
+    pub duration: HistogramVec,
+    pub upstream_duration: HistogramVec,
+    pub request_bytes: IntCounterVec,
+    pub response_bytes: IntCounterVec,
+    pub auth_failures: IntCounterVec,
+    pub view_index: IntGauge,
+}
+
+const BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+impl GatewayMetrics {
+    pub fn new(registry: &Registry) -> Result<GatewayMetrics, prometheus::Error> {
+        let m = GatewayMetrics {
+            requests: IntCounterVec::new(
+                Opts::new("lgsp_gateway_requests_total", "Transactions handled by the gateway, by service, consumer agency and outcome"),
+                &["service", "consumer", "outcome"],
+            )?,
+            duration: HistogramVec::new(
+                HistogramOpts::new("lgsp_gateway_request_duration_seconds", "Time from request received to response headers sent")
+                    .buckets(BUCKETS.to_vec()),
+                &["service"],
+            )?,
+            upstream_duration: HistogramVec::new(
+                HistogramOpts::new("lgsp_gateway_upstream_duration_seconds", "Time the provider took to answer with headers")
+                    .buckets(BUCKETS.to_vec()),
+                &["service"],
+            )?,
+            request_bytes: IntCounterVec::new(
+                Opts::new("lgsp_gateway_request_bytes_total", "Request body bytes forwarded to providers"),
+                &["service"],
+            )?,
+            response_bytes: IntCounterVec::new(
+                Opts::new("lgsp_gateway_response_bytes_total", "Response body bytes returned to consumers"),
+                &["service"],
+            )?,
+            auth_failures: IntCounterVec::new(
+                Opts::new("lgsp_gateway_auth_failures_total", "Refused authentications, by reason code"),
+                &["reason"],
+            )?,
+            view_index: IntGauge::new("lgsp_gateway_registry_index", "Registry index of the view the gateway is serving from")?,
+        };
+        registry.register(Box::new(m.requests.clone()))?;
+        registry.register(Box::new(m.duration.clone()))?;
+        registry.register(Box::new(m.upstream_duration.clone()))?;
+        registry.register(Box::new(m.request_bytes.clone()))?;
+        registry.register(Box::new(m.response_bytes.clone()))?;
+        registry.register(Box::new(m.auth_failures.clone()))?;
+        registry.register(Box::new(m.view_index.clone()))?;
+        Ok(m)
+    }
+}

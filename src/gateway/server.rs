@@ -1,0 +1,105 @@
+//! The gateway listener: accepts TCP, terminates TLS (rustls, ALPN h2 and http/1.1) unless in
+//! dev mode, serves HTTP/1.1 and HTTP/2 on the same port, and drains on shutdown.
+//!
+//! Invariants: a slow or silent TLS handshake cannot hold a slot forever (10 s limit); on
+//! shutdown the listener closes first, in-flight requests get up to 10 s to finish.
+
+use std::convert::Infallible;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+
+use super::stack::Gateway;
+use crate::ops::shutdown::Shutdown;
+
+/// Loads the PEM certificate chain and key into a server config with ALPN for h2 and http/1.1.
+pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
+    let certs = rustls_pemfile::certs(&mut std::fs::read(cert).map_err(|e| format!("{}: {e}", cert.display()))?.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no PEM certificate in it", cert.display()));
+    }
+    let key = rustls_pemfile::private_key(&mut std::fs::read(key).map_err(|e| format!("{}: {e}", key.display()))?.as_slice())
+        .map_err(|e| format!("{}: {e}", key.display()))?
+        .ok_or_else(|| format!("{}: no PEM private key in it", key.display()))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| e.to_string())?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+pub async fn serve(
+    gw: Arc<Gateway>,
+    listener: std::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    stop: Shutdown,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let graceful = GracefulShutdown::new();
+    let builder = Builder::new(TokioExecutor::new());
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let stopped = stop.wait();
+    tokio::pin!(stopped);
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "gateway accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut stopped => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let gw = gw.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let gw = gw.clone();
+            async move { Ok::<_, Infallible>(gw.handle(req, peer).await) }
+        });
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        match acceptor.clone() {
+            Some(acceptor) => {
+                tokio::spawn(async move {
+                    let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let conn = builder.serve_connection(TokioIo::new(tls), service).into_owned();
+                    if let Err(e) = watcher.watch(conn).await {
+                        tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            None => {
+                tokio::spawn(async move {
+                    let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                    if let Err(e) = watcher.watch(conn).await {
+                        tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(Duration::from_secs(10)) => tracing::warn!("gateway drain took longer than 10 s"),
+    }
+    Ok(())
+}
