@@ -173,10 +173,20 @@ async fn decide(st: Shared, p: Principal, id: String, decision: Decision, reason
     sub_json(&st, &p, &id).map(Json)
 }
 
-async fn provider_approve(State(st): State<Shared>, p: Principal, Path(id): Path<String>, OptionalJson(b): OptionalJson<DecisionBody>) -> Result<Json<Value>, ApiError> {
+async fn provider_approve(
+    State(st): State<Shared>,
+    p: Principal,
+    Path(id): Path<String>,
+    OptionalJson(b): OptionalJson<DecisionBody>,
+) -> Result<Json<Value>, ApiError> {
     decide(st, p, id, Decision::ProviderApprove, b.map(|b| b.reason).unwrap_or_default()).await
 }
-async fn approve(State(st): State<Shared>, p: Principal, Path(id): Path<String>, OptionalJson(b): OptionalJson<DecisionBody>) -> Result<Json<Value>, ApiError> {
+async fn approve(
+    State(st): State<Shared>,
+    p: Principal,
+    Path(id): Path<String>,
+    OptionalJson(b): OptionalJson<DecisionBody>,
+) -> Result<Json<Value>, ApiError> {
     decide(st, p, id, Decision::Approve, b.map(|b| b.reason).unwrap_or_default()).await
 }
 async fn reject(

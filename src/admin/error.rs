@@ -137,7 +137,11 @@ fn is_json(headers: &axum::http::HeaderMap) -> bool {
 }
 
 fn unsupported_media_type() -> ApiError {
-    ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE", "send the body as JSON with `Content-Type: application/json`")
+    ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "UNSUPPORTED_MEDIA_TYPE",
+        "send the body as JSON with `Content-Type: application/json`",
+    )
 }
 
 fn bytes_rejection(rej: BytesRejection) -> ApiError {

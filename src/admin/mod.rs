@@ -88,7 +88,11 @@ pub fn router(state: Shared) -> Router {
     r.route("/api/v1/openapi.json", axum::routing::get(openapi::serve))
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .method_not_allowed_fallback(|| async {
-            ApiError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", "this endpoint does not accept that HTTP method; see /api/v1/openapi.json")
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "METHOD_NOT_ALLOWED",
+                "this endpoint does not accept that HTTP method; see /api/v1/openapi.json",
+            )
         })
         .fallback(|| async {
             ApiError::new(
