@@ -124,10 +124,6 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
             "registry loaded"
         );
     }
-    let admin_state = Arc::new(AdminState { store: store.clone(), key: key.clone(), cfg: cfg.admin.clone() });
-    let boot = bootstrap(&admin_state).await?;
-
-    let (trigger, stop) = shutdown::channel();
     let (audit_trigger, audit_stop) = shutdown::channel();
     let audit_key = audit::load_or_create_signing_key(&dir.join("audit-signing.key"))?;
     let audit_cfg = audit::AuditConfig {
@@ -137,6 +133,16 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
     };
     let (audit_log, audit_writer) = AuditLog::open(&dir.join("audit"), &cfg.node.name, audit_key, audit_cfg)?;
     let audit_task = tokio::spawn(audit_writer.run(audit_stop.wait()));
+    let admin_state = Arc::new(AdminState {
+        store: store.clone(),
+        key: key.clone(),
+        cfg: cfg.admin.clone(),
+        audit_dir: dir.join("audit"),
+        audit: Some(audit_log.clone()),
+    });
+    let boot = bootstrap(&admin_state).await?;
+
+    let (trigger, stop) = shutdown::channel();
     let admin_app = admin::router(admin_state.clone());
     let counts_store = store.clone();
     let metrics = Metrics::new(

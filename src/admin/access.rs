@@ -18,8 +18,8 @@ use super::auth::Principal;
 use super::error::OptionalJson;
 use super::{page, ApiError, ApiJson, ApiQuery, Endpoint, Shared};
 use crate::registry::{
-    rules, Command, Contact, Credential, Decision, Environment, HmacKey, RateLimit, Role, State as Registry, Subscription,
-    SubscriptionState,
+    rules, Command, Contact, Credential, Decision, Environment, HmacKey, PublicKey, RateLimit, Role, SigAlg, State as Registry,
+    Subscription, SubscriptionState,
 };
 use crate::secrets;
 
@@ -231,6 +231,7 @@ struct CredentialView {
     environment: Environment,
     consumer_key: String,
     hmac_key_id: Option<String>,
+    public_keys: Vec<Value>,
     created_at: chrono::DateTime<Utc>,
     created_by: String,
     revoked_at: Option<chrono::DateTime<Utc>>,
@@ -244,6 +245,7 @@ impl From<&Credential> for CredentialView {
             environment: c.environment,
             consumer_key: c.consumer_key.clone(),
             hmac_key_id: c.hmac.as_ref().map(|h| h.key_id.clone()),
+            public_keys: c.public_keys.iter().map(|k| json!({"key_id": k.key_id, "alg": k.alg.as_str()})).collect(),
             created_at: c.created_at,
             created_by: c.created_by.clone(),
             revoked_at: c.revoked_at,
@@ -349,6 +351,52 @@ async fn revoke_cred(
     cred_json(&st, &p, &id).map(Json)
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublicKeysBody {
+    public_keys: Vec<PublicKeyInput>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublicKeyInput {
+    key_id: String,
+    alg: String,
+    pem: String,
+}
+
+async fn set_public_keys(
+    State(st): State<Shared>,
+    p: Principal,
+    Path(id): Path<String>,
+    ApiJson(b): ApiJson<PublicKeysBody>,
+) -> Result<Json<Value>, ApiError> {
+    p.require_write()?;
+    {
+        let reg = st.store.read();
+        let c =
+            reg.credentials.get(&id).filter(|c| p.sees_system(&reg, &c.system)).ok_or_else(|| ApiError::not_found("credential", &id))?;
+        if !p.owns_system(&reg, &c.system) {
+            return Err(ApiError::forbidden("only the owning agency or an operator may change a credential's keys"));
+        }
+    }
+    let mut keys = Vec::with_capacity(b.public_keys.len());
+    for (i, k) in b.public_keys.into_iter().enumerate() {
+        let alg = SigAlg::parse(&k.alg).filter(|a| *a != SigAlg::HmacSha256).ok_or_else(|| {
+            ApiError::invalid(
+                &format!("public_keys[{i}].alg"),
+                format!("{:?} is not one of rsa-pss-sha512, rsa-v1_5-sha256, ecdsa-p256-sha256, ed25519", k.alg),
+            )
+        })?;
+        crate::gateway::httpsig::ParsedKey::from_pem(alg, &k.pem).map_err(|e| {
+            ApiError::invalid(&format!("public_keys[{i}].pem"), format!("is not a usable {} public key: {e}", alg.as_str()))
+        })?;
+        keys.push(PublicKey { key_id: k.key_id, alg, pem: k.pem });
+    }
+    st.propose(p.actor(), Command::SetPublicKeys { id: id.clone(), public_keys: keys }).await?;
+    cred_json(&st, &p, &id).map(Json)
+}
+
 pub fn endpoints() -> Vec<Endpoint> {
     vec![
         Endpoint {
@@ -427,6 +475,13 @@ pub fn endpoints() -> Vec<Endpoint> {
             summary: "Show a credential (no secrets)",
             roles: "any (scoped)",
             handler: || get(get_cred),
+        },
+        Endpoint {
+            method: "put",
+            path: "/api/v1/credentials/{id}/public-keys",
+            summary: "Replace the public keys used for RFC 9421 signatures and private_key_jwt",
+            roles: "operator, agency-admin (own system)",
+            handler: || put(set_public_keys),
         },
         Endpoint {
             method: "post",

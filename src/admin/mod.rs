@@ -12,6 +12,7 @@ pub mod catalogs;
 pub mod error;
 pub mod openapi;
 pub mod registry_api;
+pub mod transactions;
 
 use std::sync::Arc;
 
@@ -34,6 +35,10 @@ pub struct AdminState {
     pub store: Arc<Store>,
     pub key: SecretsKey,
     pub cfg: AdminConfig,
+    /// Where the transaction audit segments live (read by search, verify, reconciliation).
+    pub audit_dir: std::path::PathBuf,
+    /// The running audit log, to flush or sign its tail before reading.
+    pub audit: Option<crate::audit::AuditLog>,
 }
 
 pub type Shared = Arc<AdminState>;
@@ -68,6 +73,7 @@ pub fn endpoints() -> Vec<Endpoint> {
     v.extend(registry_api::endpoints());
     v.extend(access::endpoints());
     v.extend(catalogs::endpoints());
+    v.extend(transactions::endpoints());
     v
 }
 

@@ -107,6 +107,41 @@ impl Client {
         }
     }
 
+    /// GET returning the raw text (CSV exports).
+    pub async fn get_text(&self, path: &str) -> Result<String> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.http.get(&url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.map_err(|e| anyhow!("cannot reach the admin API at {}: {e}", self.base))?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        if status.is_success() {
+            Ok(text)
+        } else {
+            Err(ApiFailure { status: status.as_u16(), body: serde_json::from_str(&text).unwrap_or(Value::String(text)) }.into())
+        }
+    }
+
+    /// POST a non-JSON body (CSV), returning the JSON answer.
+    pub async fn post_text(&self, path: &str, content_type: &str, body: String) -> Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.http.post(&url).header(reqwest::header::CONTENT_TYPE, content_type).body(body);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.map_err(|e| anyhow!("cannot reach the admin API at {}: {e}", self.base))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await?;
+        let value: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        if status.is_success() {
+            Ok(value)
+        } else {
+            Err(ApiFailure { status: status.as_u16(), body: value }.into())
+        }
+    }
+
     pub async fn get(&self, path: &str) -> Result<Value> {
         self.call(reqwest::Method::GET, path, None).await
     }

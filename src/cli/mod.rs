@@ -304,6 +304,12 @@ pub enum CredentialCmd {
         #[arg(long)]
         reason: String,
     },
+    /// Replace the public keys (RFC 9421, private_key_jwt): --key KEYID:ALG:PEMFILE, repeatable
+    SetKeys {
+        id: String,
+        #[arg(long = "key")]
+        keys: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -374,6 +380,50 @@ pub enum TokenCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCmd {
+    /// Search the transaction audit log (metadata of every call through the gateway)
+    Search {
+        /// RFC 3339 instant, e.g. 2026-11-01T00:00:00+07:00
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        consumer_agency: Option<String>,
+        #[arg(long)]
+        consumer_system: Option<String>,
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long)]
+        outcome: Option<String>,
+        #[arg(long)]
+        txn_id: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Verify the audit log's hash chain and signatures (exit 1 if anything was edited or deleted)
+    Verify {
+        /// Verify segment files in this directory offline instead of asking a node
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Trusted public key of the node (base64 or PEM file content) for offline verification
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Daily reconciliation counts per consumer x service x outcome
+    Reconcile {
+        /// Local date (Asia/Ho_Chi_Minh), YYYY-MM-DD
+        #[arg(long)]
+        date: String,
+        /// Write CSV to this file instead of printing
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Compare a provider's or consumer's CSV with our counts for a date
+    Compare {
+        #[arg(long)]
+        date: String,
+        file: PathBuf,
+    },
     /// The admin audit trail (who changed what in the registry)
     Admin {
         #[arg(long)]
@@ -572,6 +622,22 @@ pub fn read_document(file: &std::path::Path) -> Result<Value> {
 }
 
 async fn remote(cmd: Cmd, conn: &Connection, j: bool) -> Result<()> {
+    if let Cmd::Audit(AuditCmd::Verify { dir: Some(dir), key }) = &cmd {
+        let trusted = match key {
+            Some(k) => Some(crate::audit::parse_public_key(k).map_err(|e| anyhow::anyhow!("--key: {e}"))?),
+            None => None,
+        };
+        let report = crate::audit::verify(dir, None, trusted.as_ref())?;
+        if j {
+            show(&serde_json::to_value(&report)?, true, &[]);
+        } else {
+            println!("{report}");
+        }
+        if !report.ok() {
+            bail!("the audit log in {} failed verification", dir.display());
+        }
+        return Ok(());
+    }
     if let Cmd::Login { username } = &cmd {
         let c = Client::new(conn, false)?;
         let password = read_stdin_line("password")?;
@@ -659,6 +725,18 @@ async fn remote(cmd: Cmd, conn: &Connection, j: bool) -> Result<()> {
             CredentialCmd::List { system } => show(&c.get(&format!("/api/v1/credentials{}", qs(&[("system", system)]))).await?, j, &["id", "system", "environment", "consumer_key", "revoked_at"]),
             CredentialCmd::Issue { system, environment, hmac } => show(&c.post("/api/v1/credentials", json!({"system": system, "environment": environment, "hmac": hmac})).await?, j, &[]),
             CredentialCmd::Revoke { id, reason } => show(&c.post(&format!("/api/v1/credentials/{id}/revoke"), json!({"reason": reason})).await?, j, &[]),
+            CredentialCmd::SetKeys { id, keys } => {
+                let mut list = Vec::new();
+                for k in keys {
+                    let mut parts = k.splitn(3, ':');
+                    let (Some(key_id), Some(alg), Some(file)) = (parts.next(), parts.next(), parts.next()) else {
+                        bail!("--key {k:?} must look like KEYID:ALG:PEMFILE, e.g. stp-1:ed25519:./stp-1.pub.pem");
+                    };
+                    let pem = std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))?;
+                    list.push(json!({"key_id": key_id, "alg": alg, "pem": pem}));
+                }
+                show(&c.call(reqwest::Method::PUT, &format!("/api/v1/credentials/{id}/public-keys"), Some(&json!({"public_keys": list}))).await?, j, &[])
+            }
         },
         Cmd::Catalog(s) => match s {
             CatalogCmd::List => show(&c.get("/api/v1/catalogs").await?, j, &["code", "name", "owner_agency", "latest_version", "entries"]),
@@ -697,6 +775,59 @@ async fn remote(cmd: Cmd, conn: &Connection, j: bool) -> Result<()> {
             TokenCmd::Create { name, expires_in_days } => show(&c.post("/api/v1/tokens", json!({"name": name, "expires_in_days": expires_in_days})).await?, j, &[]),
             TokenCmd::Revoke { id } => show(&c.call(reqwest::Method::DELETE, &format!("/api/v1/tokens/{id}"), None).await?, j, &[]),
         },
+        Cmd::Audit(AuditCmd::Search { from, to, consumer_agency, consumer_system, service, outcome, txn_id, limit }) => show(
+            &c.get(&format!(
+                "/api/v1/audit/transactions{}",
+                qs(&[
+                    ("from", from),
+                    ("to", to),
+                    ("consumer_agency", consumer_agency),
+                    ("consumer_system", consumer_system),
+                    ("service", service),
+                    ("outcome", outcome),
+                    ("txn_id", txn_id),
+                    ("limit", Some(limit.to_string())),
+                ])
+            ))
+            .await?,
+            j,
+            &["at", "txn_id", "consumer_system", "service", "version", "method", "status", "outcome", "upstream_us"],
+        ),
+        Cmd::Audit(AuditCmd::Verify { dir: Some(_), .. }) => unreachable!("offline verification is handled before connecting"),
+        Cmd::Audit(AuditCmd::Verify { dir: None, .. }) => {
+            let v = c.post("/api/v1/audit/verify", json!({})).await?;
+            if j {
+                show(&v, true, &[]);
+            } else {
+                println!("{}", v["text"].as_str().unwrap_or_default());
+            }
+            if v["ok"].as_bool() != Some(true) {
+                bail!("the audit log failed verification");
+            }
+        }
+        Cmd::Audit(AuditCmd::Reconcile { date, output }) => {
+            if j {
+                show(&c.get(&format!("/api/v1/audit/reconciliation?date={}", urlencode(&date))).await?, true, &[]);
+            } else {
+                let csv = c.get_text(&format!("/api/v1/audit/reconciliation?date={}&format=csv", urlencode(&date))).await?;
+                match output {
+                    Some(p) => std::fs::write(&p, csv).with_context(|| format!("cannot write {}", p.display()))?,
+                    None => print!("{csv}"),
+                }
+            }
+        }
+        Cmd::Audit(AuditCmd::Compare { date, file }) => {
+            let csv = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let v = c.post_text(&format!("/api/v1/audit/reconciliation/compare?date={}", urlencode(&date)), "text/csv", csv).await?;
+            if j {
+                show(&v, true, &[]);
+            } else if v["matches"].as_bool() == Some(true) {
+                println!("{} matches our counts for {date}", file.display());
+            } else {
+                show(&json!({"items": v["differences"]}), false, &["kind", "consumer_system", "service", "version", "outcome", "ours", "theirs"]);
+                bail!("{} differs from our counts for {date}", file.display());
+            }
+        }
         Cmd::Audit(AuditCmd::Admin { user, target, limit }) => show(
             &c.get(&format!("/api/v1/audit/admin{}", qs(&[("user", user), ("target", target), ("limit", Some(limit.to_string()))]))).await?,
             j,

@@ -298,7 +298,8 @@ enum FieldMode {
 const DICTIONARY_FIELDS: &[&str] =
     &["content-digest", "repr-digest", "want-content-digest", "want-repr-digest", "signature", "signature-input"];
 
-/// One signature chosen from the request's `Signature-Input` and `Signature` fields.
+/// One signature chosen from the request's `Signature-Input` and `Signature` fields. Treat it
+/// as read-only: [`verify`] rebuilds `@signature-params` from what was parsed, not from these fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignatureRequest {
     pub label: String,
