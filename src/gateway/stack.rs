@@ -279,7 +279,7 @@ impl Gateway {
         if !headers.contains_key("signature-input") && !headers.contains_key("signature") {
             return Err(Refusal::no_credentials());
         }
-        let sig_err = |e: httpsig::HttpSigError| Refusal::unauthenticated(e.code(), e.to_string());
+        let sig_err = |e: httpsig::HttpSigError| Refusal::new(e.status(), e.code(), e.to_string());
         let sig = httpsig::parse(headers, None).map_err(sig_err)?;
         let key = view.sig_key(&sig.key_id).cloned().ok_or_else(|| {
             Refusal::unauthenticated(
