@@ -183,17 +183,25 @@ async fn import(
         e.details = Some(json!({ "errors": errors }));
         e
     };
-    let doc = document::parse(body).map_err(invalid)?;
+    let (doc, mut errors) = document::parse(body);
     let st2 = st.clone();
     let actor = p.actor();
-    let commands = tokio::task::spawn_blocking(move || {
+    let planned = tokio::task::spawn_blocking(move || {
         let reg = st2.store.read();
         let mut tool = ImportSecrets(&st2.key);
         document::plan(&doc, &reg, Utc::now(), &actor, &mut tool)
     })
     .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", e.to_string()))?
-    .map_err(invalid)?;
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", e.to_string()))?;
+    // Shape errors and rule errors are reported together: the whole file, every error.
+    let commands = match planned {
+        Ok(c) if errors.is_empty() => c,
+        Ok(_) => return Err(invalid(errors)),
+        Err(e) => {
+            errors.extend(e);
+            return Err(invalid(errors));
+        }
+    };
     let changes = commands.len();
     if changes == 0 || q.dry_run {
         return Ok(Json(json!({ "changes": changes, "applied": false, "dry_run": q.dry_run })));

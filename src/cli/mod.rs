@@ -522,7 +522,11 @@ fn run_app(cfg: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(crate::app::run(cfg)) {
+    let result = rt.block_on(crate::app::run(cfg));
+    // A long blocking job (a large import) must not keep a stopped node alive: it is one
+    // registry transaction, so abandoning it leaves nothing half-written.
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "lgsp stopped");

@@ -72,7 +72,13 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens (or creates) the registry file and loads the whole state into memory.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = Database::create(path).map_err(|e| StoreError::Storage(format!("cannot open {}: {e}", path.display())))?;
+        // The whole registry lives in memory as `State`; redb's page cache only needs to hold
+        // what a write transaction touches, so it is kept small (its default would cache the
+        // whole file a second time).
+        let db = redb::Builder::new()
+            .set_cache_size(16 << 20)
+            .create(path)
+            .map_err(|e| StoreError::Storage(format!("cannot open {}: {e}", path.display())))?;
         let tx = db.begin_write().map_err(storage)?;
         {
             tx.open_table(META).map_err(storage)?;

@@ -562,7 +562,7 @@ impl Cx<'_> {
                         to: SubscriptionState::Revoked,
                         reason: format!("version retired: {reason}"),
                     });
-                    self.s.subscriptions.put(sub);
+                    self.s.put_subscription(sub);
                 }
             }
 
@@ -591,13 +591,7 @@ impl Cx<'_> {
                         format!("{service}/{version} has no {} upstream", environment.as_str()),
                     ));
                 }
-                if let Some(dup) = self.s.subscriptions.values().find(|s| {
-                    s.consumer_system == *consumer_system
-                        && s.service == *service
-                        && s.version == *version
-                        && s.environment == *environment
-                        && s.state.is_open()
-                }) {
+                if let Some(dup) = self.s.open_subscription(consumer_system, service, version, *environment) {
                     return Err(E::conflict(
                         "SUBSCRIPTION_EXISTS",
                         format!(
@@ -609,7 +603,7 @@ impl Cx<'_> {
                     ));
                 }
                 let due = rules::add_working_days(self.at, rules::DECISION_WORKING_DAYS, &self.s.settings.holidays);
-                self.s.subscriptions.put(Subscription {
+                self.s.put_subscription(Subscription {
                     id: id.clone(),
                     consumer_system: consumer_system.clone(),
                     service: service.clone(),
@@ -658,13 +652,13 @@ impl Cx<'_> {
                 }
                 sub.state = to;
                 sub.history.push(SubscriptionEvent { at: self.at, by: self.by(), to, reason: reason.clone() });
-                self.s.subscriptions.put(sub);
+                self.s.put_subscription(sub);
             }
             SetSubscriptionLimits { id, rate_limit } => {
                 check_rate_limit(rate_limit)?;
                 let mut sub = self.s.subscriptions.get(id).cloned().ok_or_else(|| E::not_found("subscription", id))?;
                 sub.rate_limit = *rate_limit;
-                self.s.subscriptions.put(sub);
+                self.s.put_subscription(sub);
             }
 
             IssueCredential { credential } => self.put_credential(credential, true)?,
@@ -885,18 +879,15 @@ impl Cx<'_> {
                     return Err(E::not_found("version", &format!("{}/{}", sub.service, sub.version)));
                 }
                 if sub.state.is_open() {
-                    if let Some(dup) = self.s.subscriptions.values().find(|s| {
-                        s.id != sub.id
-                            && s.consumer_system == sub.consumer_system
-                            && s.service == sub.service
-                            && s.version == sub.version
-                            && s.environment == sub.environment
-                            && s.state.is_open()
-                    }) {
+                    if let Some(dup) = self
+                        .s
+                        .open_subscription(&sub.consumer_system, &sub.service, &sub.version, sub.environment)
+                        .filter(|d| d.id != sub.id)
+                    {
                         return Err(E::conflict("SUBSCRIPTION_EXISTS", format!("duplicates subscription {}", dup.id)));
                     }
                 }
-                self.s.subscriptions.put(sub.clone());
+                self.s.put_subscription(sub.clone());
             }
             UpsertCredential { credential } => self.put_credential(credential, false)?,
 

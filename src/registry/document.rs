@@ -6,7 +6,7 @@
 //! no command at all (idempotent); entities absent from the document are left alone; secrets are
 //! hashed or sealed through [`SecretTool`] and never exported.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -34,6 +34,10 @@ pub struct DocError {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Document {
+    /// Where each parsed item stood in the file, and the names of items that did not parse,
+    /// so errors keep their original paths and broken items cause no follow-on errors.
+    #[serde(skip)]
+    pub origin: Origin,
     #[serde(default)]
     pub agency: Vec<AgencyDoc>,
     #[serde(default)]
@@ -44,6 +48,24 @@ pub struct Document {
     pub subscription: Vec<SubscriptionDoc>,
     #[serde(default)]
     pub credential: Vec<CredentialDoc>,
+}
+
+/// Original positions of parsed items, and names taken from items that failed to parse.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    agency: Vec<usize>,
+    system: Vec<usize>,
+    service: Vec<usize>,
+    subscription: Vec<usize>,
+    credential: Vec<usize>,
+    broken_agencies: HashSet<String>,
+    broken_systems: HashSet<String>,
+    broken_versions: HashSet<(String, String)>,
+}
+
+/// The position of the `i`-th parsed item in the original file.
+fn original(v: &[usize], i: usize) -> usize {
+    v.get(i).copied().unwrap_or(i)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -150,22 +172,35 @@ pub struct CredentialDoc {
     pub hmac: Option<HmacDoc>,
 }
 
-/// Parses a document item by item so that every malformed item is reported, not just the first.
-pub fn parse(value: Value) -> Result<Document, Vec<DocError>> {
+/// Parses a document item by item, so that every malformed item is reported (with its path),
+/// not just the first; the well-formed items are returned for validation all the same.
+pub fn parse(value: Value) -> (Document, Vec<DocError>) {
     let mut errors = Vec::new();
     let mut doc = Document::default();
     let Value::Object(map) = value else {
-        return Err(vec![DocError { path: "$".into(), message: "the document must be a table/object".into() }]);
+        return (doc, vec![DocError { path: "$".into(), message: "the document must be a table/object".into() }]);
     };
-    fn items<T: serde::de::DeserializeOwned>(key: &str, v: Option<&Value>, errors: &mut Vec<DocError>) -> Vec<T> {
+    fn items<T: serde::de::DeserializeOwned>(
+        key: &str,
+        v: Option<&Value>,
+        errors: &mut Vec<DocError>,
+        pos: &mut Vec<usize>,
+        broken: &mut Vec<Value>,
+    ) -> Vec<T> {
         let mut out = Vec::new();
         match v {
             None => {}
             Some(Value::Array(a)) => {
                 for (i, item) in a.iter().enumerate() {
                     match serde_json::from_value::<T>(item.clone()) {
-                        Ok(t) => out.push(t),
-                        Err(e) => errors.push(DocError { path: format!("{key}[{i}]"), message: e.to_string() }),
+                        Ok(t) => {
+                            out.push(t);
+                            pos.push(i);
+                        }
+                        Err(e) => {
+                            errors.push(DocError { path: format!("{key}[{i}]"), message: e.to_string() });
+                            broken.push(item.clone());
+                        }
                     }
                 }
             }
@@ -181,16 +216,24 @@ pub fn parse(value: Value) -> Result<Document, Vec<DocError>> {
             });
         }
     }
-    doc.agency = items("agency", map.get("agency"), &mut errors);
-    doc.system = items("system", map.get("system"), &mut errors);
-    doc.service = items("service", map.get("service"), &mut errors);
-    doc.subscription = items("subscription", map.get("subscription"), &mut errors);
-    doc.credential = items("credential", map.get("credential"), &mut errors);
-    if errors.is_empty() {
-        Ok(doc)
-    } else {
-        Err(errors)
+    let o = &mut doc.origin;
+    let (mut ba, mut bs, mut bv, mut junk) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    doc.agency = items("agency", map.get("agency"), &mut errors, &mut o.agency, &mut ba);
+    doc.system = items("system", map.get("system"), &mut errors, &mut o.system, &mut bs);
+    doc.service = items("service", map.get("service"), &mut errors, &mut o.service, &mut bv);
+    doc.subscription = items("subscription", map.get("subscription"), &mut errors, &mut o.subscription, &mut junk);
+    doc.credential = items("credential", map.get("credential"), &mut errors, &mut o.credential, &mut junk);
+    let name = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+    o.broken_agencies = ba.iter().filter_map(|v| name(v, "code")).collect();
+    o.broken_systems = bs.iter().filter_map(|v| name(v, "id")).collect();
+    for v in &bv {
+        if let (Some(ctx), Some(Value::Array(vs))) = (name(v, "context"), v.get("version")) {
+            for ver in vs.iter().filter_map(|x| name(x, "version")) {
+                o.broken_versions.insert((ctx.clone(), ver));
+            }
+        }
     }
+    (doc, errors)
 }
 
 struct Planner<'a> {
@@ -221,10 +264,11 @@ pub fn plan(doc: &Document, state: &State, at: Timestamp, actor: &Actor, tool: &
     let mut p = Planner { s: state, at, by: actor.user.clone(), errors: vec![], commands: vec![] };
 
     // Agencies: field checks, duplicates, parents resolvable in the document or the registry.
-    let doc_agencies: HashSet<&str> = doc.agency.iter().map(|a| a.code.as_str()).collect();
+    let doc_agencies: HashSet<&str> =
+        doc.agency.iter().map(|a| a.code.as_str()).chain(doc.origin.broken_agencies.iter().map(String::as_str)).collect();
     let mut seen = HashSet::new();
     for (i, a) in doc.agency.iter().enumerate() {
-        let path = format!("agency[{i}]");
+        let path = format!("agency[{}]", original(&doc.origin.agency, i));
         p.check(&path, rules::agency_code("code", &a.code));
         p.check(&path, rules::text("name", &a.name, 300));
         if !seen.insert(a.code.as_str()) {
@@ -238,10 +282,11 @@ pub fn plan(doc: &Document, state: &State, at: Timestamp, actor: &Actor, tool: &
     }
     let agency_ok = |code: &str| doc_agencies.contains(code) || state.agencies.get(code).is_some_and(|a| a.status == AgencyStatus::Active);
 
-    let doc_systems: HashSet<&str> = doc.system.iter().map(|s| s.id.as_str()).collect();
+    let doc_systems: HashSet<&str> =
+        doc.system.iter().map(|s| s.id.as_str()).chain(doc.origin.broken_systems.iter().map(String::as_str)).collect();
     let mut seen = HashSet::new();
     for (i, s) in doc.system.iter().enumerate() {
-        let path = format!("system[{i}]");
+        let path = format!("system[{}]", original(&doc.origin.system, i));
         p.check(&path, rules::slug("id", &s.id));
         p.check(&path, rules::text("name", &s.name, 300));
         if !seen.insert(s.id.as_str()) {
@@ -263,9 +308,9 @@ pub fn plan(doc: &Document, state: &State, at: Timestamp, actor: &Actor, tool: &
     let system_ok = |id: &str| doc_systems.contains(id) || state.systems.contains(id);
 
     let mut seen = HashSet::new();
-    let mut doc_versions: HashSet<(String, String)> = HashSet::new();
+    let mut doc_versions: HashSet<(String, String)> = doc.origin.broken_versions.clone();
     for (i, s) in doc.service.iter().enumerate() {
-        let path = format!("service[{i}]");
+        let path = format!("service[{}]", original(&doc.origin.service, i));
         p.check(&path, rules::slug("context", &s.context));
         p.check(&path, rules::text("name", &s.name, 300));
         if !seen.insert(s.context.as_str()) {
@@ -312,7 +357,7 @@ pub fn plan(doc: &Document, state: &State, at: Timestamp, actor: &Actor, tool: &
 
     let mut seen = HashSet::new();
     for (i, s) in doc.subscription.iter().enumerate() {
-        let path = format!("subscription[{i}]");
+        let path = format!("subscription[{}]", original(&doc.origin.subscription, i));
         if !system_ok(&s.consumer_system) {
             p.err(
                 format!("{path}.consumer_system"),
@@ -333,7 +378,7 @@ pub fn plan(doc: &Document, state: &State, at: Timestamp, actor: &Actor, tool: &
 
     let mut seen = HashSet::new();
     for (i, c) in doc.credential.iter().enumerate() {
-        let path = format!("credential[{i}]");
+        let path = format!("credential[{}]", original(&doc.origin.credential, i));
         if !system_ok(&c.system) {
             p.err(format!("{path}.system"), format!("system {} is neither in the document nor in the registry", c.system));
         }
@@ -406,8 +451,9 @@ pub fn plan(doc: &Document, state: &State, at: Timestamp, actor: &Actor, tool: &
     for s in &doc.service {
         plan_service(&mut p, s);
     }
+    let current = current_subscriptions(state);
     for s in &doc.subscription {
-        plan_subscription(&mut p, s, tool);
+        plan_subscription(&mut p, s, &current, tool);
     }
     for c in &doc.credential {
         plan_credential(&mut p, c, tool);
@@ -565,14 +611,24 @@ fn plan_service(p: &mut Planner, s: &ServiceDoc) {
     p.commands.push(Command::UpsertService { service: new });
 }
 
-fn plan_subscription(p: &mut Planner, s: &SubscriptionDoc, tool: &mut dyn SecretTool) {
-    let matching =
-        p.s.subscriptions
-            .values()
-            .filter(|x| {
-                x.consumer_system == s.consumer_system && x.service == s.service && x.version == s.version && x.environment == s.environment
-            })
-            .max_by_key(|x| (x.state.is_open(), x.requested_at));
+type SubKey<'a> = (&'a str, &'a str, &'a str, Environment);
+
+/// For each (consumer, service, version, environment): the subscription a document row speaks
+/// of, the open one if any, else the latest.
+fn current_subscriptions(state: &State) -> HashMap<SubKey<'_>, &Subscription> {
+    let mut best: HashMap<SubKey<'_>, &Subscription> = HashMap::new();
+    for x in state.subscriptions.values() {
+        let key = (x.consumer_system.as_str(), x.service.as_str(), x.version.as_str(), x.environment);
+        let better = best.get(&key).is_none_or(|cur| (x.state.is_open(), x.requested_at) > (cur.state.is_open(), cur.requested_at));
+        if better {
+            best.insert(key, x);
+        }
+    }
+    best
+}
+
+fn plan_subscription(p: &mut Planner, s: &SubscriptionDoc, current: &HashMap<SubKey<'_>, &Subscription>, tool: &mut dyn SecretTool) {
+    let matching = current.get(&(s.consumer_system.as_str(), s.service.as_str(), s.version.as_str(), s.environment)).copied();
     let mut new = match matching {
         Some(m) => m.clone(),
         None => Subscription {
@@ -699,14 +755,8 @@ pub fn export(state: &State) -> Document {
         });
     }
     // One row per (consumer, service, version, environment): the open subscription, else the latest.
-    let mut subs: BTreeMap<(String, String, String, Environment), &Subscription> = BTreeMap::new();
-    for s in state.subscriptions.values() {
-        let key = (s.consumer_system.clone(), s.service.clone(), s.version.clone(), s.environment);
-        let better = subs.get(&key).is_none_or(|cur| (s.state.is_open(), s.requested_at) > (cur.state.is_open(), cur.requested_at));
-        if better {
-            subs.insert(key, s);
-        }
-    }
+    // Sorted by key so that equal registries export equal documents.
+    let subs: BTreeMap<SubKey<'_>, &Subscription> = current_subscriptions(state).into_iter().collect();
     for s in subs.into_values() {
         doc.subscription.push(SubscriptionDoc {
             consumer_system: s.consumer_system.clone(),
@@ -719,7 +769,10 @@ pub fn export(state: &State) -> Document {
             rate_limit: (s.rate_limit != RateLimit::default()).then_some(s.rate_limit),
         });
     }
-    for c in state.credentials.values().filter(|c| c.revoked_at.is_none()) {
+    // Ordered by what the document shows, not by internal ids, so equal registries export equally.
+    let mut creds: Vec<&Credential> = state.credentials.values().filter(|c| c.revoked_at.is_none()).collect();
+    creds.sort_by(|a, b| (&a.system, a.environment, &a.consumer_key).cmp(&(&b.system, b.environment, &b.consumer_key)));
+    for c in creds {
         doc.credential.push(CredentialDoc {
             system: c.system.clone(),
             environment: c.environment,

@@ -135,6 +135,8 @@ pub struct State {
     by_consumer_key: HashMap<String, String>,
     /// signature key id (HMAC or public key) -> credential id
     by_key_id: HashMap<String, String>,
+    /// (consumer system, service, version, environment) -> the open subscription's id
+    open_subs: HashMap<(String, String, String, Environment), String>,
 }
 
 /// A point to roll back to.
@@ -255,6 +257,12 @@ impl State {
     pub fn rebuild_indexes(&mut self) {
         self.by_consumer_key.clear();
         self.by_key_id.clear();
+        self.open_subs = self
+            .subscriptions
+            .values()
+            .filter(|s| s.state.is_open())
+            .map(|s| ((s.consumer_system.clone(), s.service.clone(), s.version.clone(), s.environment), s.id.clone()))
+            .collect();
         let creds: Vec<Credential> = self.credentials.values().cloned().collect();
         for c in &creds {
             self.index_credential(None, c);
@@ -278,6 +286,25 @@ impl State {
                 self.by_key_id.insert(k.clone(), new.id.clone());
             }
         }
+    }
+
+    /// Stores a subscription, keeping the open-subscription index in step.
+    pub(super) fn put_subscription(&mut self, sub: Subscription) {
+        if let Some(old) = self.subscriptions.get(&sub.id) {
+            let key = (old.consumer_system.clone(), old.service.clone(), old.version.clone(), old.environment);
+            if self.open_subs.get(&key) == Some(&old.id) {
+                self.open_subs.remove(&key);
+            }
+        }
+        if sub.state.is_open() {
+            self.open_subs.insert((sub.consumer_system.clone(), sub.service.clone(), sub.version.clone(), sub.environment), sub.id.clone());
+        }
+        self.subscriptions.put(sub);
+    }
+
+    /// The requested, provider-approved or active subscription for this combination, if any.
+    pub fn open_subscription(&self, consumer: &str, service: &str, version: &str, env: Environment) -> Option<&Subscription> {
+        self.open_subs.get(&(consumer.to_owned(), service.to_owned(), version.to_owned(), env)).and_then(|id| self.subscriptions.get(id))
     }
 
     /// The live credential holding this consumer key.
