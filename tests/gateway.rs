@@ -14,6 +14,23 @@ use common::upstream::Upstream;
 use gateway_support::*;
 use serde_json::{json, Value};
 
+/// One HTTP/1.1 request written by hand (so that the path reaches the gateway exactly as
+/// written; clients normalise dot-segments away). Returns (status, headers, body).
+fn raw_http(authority: &str, head: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(authority).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.write_all(head.as_bytes()).expect("write");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let split = out.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head");
+    let head = String::from_utf8_lossy(&out[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).expect("status line");
+    let headers = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned())).collect();
+    (status, headers, out[split + 4..].to_vec())
+}
+
 fn count_header(headers: &[(String, String)], name: &str) -> usize {
     headers.iter().filter(|(n, _)| n == name).count()
 }
@@ -740,7 +757,7 @@ fn transaction_audit_records_verify_and_tampering_is_detected() {
     std::fs::write(&seg, edited.concat()).expect("write");
     let (ok, text) = verify_offline(&gw.node, &audit_dir);
     assert!(!ok, "an edited record must fail verification:\n{text}");
-    assert!(text.contains(&format!("seq {seq}")), "the report names seq {seq}:\n{text}");
+    assert!(text.contains(&format!("seq {seq} [hash_mismatch]")), "the report names seq {seq} as edited:\n{text}");
 
     // A deleted record line is detected too.
     let mut deleted = lines.clone();
@@ -748,10 +765,74 @@ fn transaction_audit_records_verify_and_tampering_is_detected() {
     std::fs::write(&seg, deleted.concat()).expect("write");
     let (ok, text) = verify_offline(&gw.node, &audit_dir);
     assert!(!ok, "a deleted record must fail verification:\n{text}");
-    assert!(text.contains(&seq.to_string()), "the report points at the missing seq {seq}:\n{text}");
+    assert!(text.contains(&format!("seq {seq} [missing_entries]")), "the report names the missing seq {seq}:\n{text}");
 
     // Restored, it verifies again.
     std::fs::write(&seg, &original).expect("restore");
     let (ok, text) = verify_offline(&gw.node, &audit_dir);
     assert!(ok, "restored log verifies:\n{text}");
+}
+
+#[test]
+fn dot_segments_cannot_escape_the_upstream_prefix() {
+    // The version's upstream is http://provider/api: a consumer may reach /api/... and nothing
+    // else on that host. Dot-segments (RFC 3986 §5.2.4; %2E is the same character, §6.2.2.2)
+    // forwarded as they are would be resolved by the provider to paths outside /api.
+    let gw = Gw::start();
+    let up = Upstream::start();
+    gw.set_upstreams("dancu", "v1", &format!("{}/api", up.url()), &up.url());
+    let cred = gw.credential("stp-hotich", "production", false);
+    let tok = gw.token(&cred);
+    for path in
+        ["/dancu/v1/../../admin/secret", "/dancu/v1/a/../../../admin", "/dancu/v1/%2e%2e/%2E%2E/admin", "/dancu/v1/.%2e/admin", "/dancu/.."]
+    {
+        let before = up.count();
+        let (status, headers, body) = raw_http(
+            &gw.authority,
+            &format!("GET {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {tok}\r\nConnection: close\r\n\r\n", gw.authority),
+        );
+        assert!(headers.iter().any(|(k, _)| k == "x-transaction-id"), "{path}: X-Transaction-Id");
+        if up.count() == before {
+            // Refused by the gateway: its own envelope.
+            assert!(status == 400 || status == 404, "{path}: refused with {status}");
+            let v: Value = serde_json::from_slice(&body).expect("envelope");
+            assert_eq!(v["status"], "01", "{path}: {v}");
+            continue;
+        }
+        let seen = up.last().expect("seen").path;
+        let segments: Vec<String> = seen.split('/').map(|s| s.to_ascii_lowercase().replace("%2e", ".")).collect();
+        assert!(
+            !segments.iter().any(|s| s == ".." || s == "."),
+            "{path}: the provider was sent {seen:?}, whose dot-segments resolve outside the upstream prefix /api; \
+             normalise (RFC 3986 §5.2.4) and keep the result under the prefix, or refuse with 400"
+        );
+        assert!(seen == "/api" || seen.starts_with("/api/"), "{path}: the provider was sent {seen:?}, outside /api");
+    }
+}
+
+#[test]
+fn connection_nominated_headers_are_not_forwarded() {
+    // RFC 9110 §7.6.1: a proxy removes the fields a Connection header names before forwarding.
+    let gw = Gw::start();
+    let up = Upstream::start();
+    gw.set_upstreams("dancu", "v1", &up.url(), &up.url());
+    let cred = gw.credential("stp-hotich", "production", false);
+    let tok = gw.token(&cred);
+    let (status, _, body) = raw_http(
+        &gw.authority,
+        &format!(
+            "GET /dancu/v1/hop HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {tok}\r\nConnection: close, x-hop-secret\r\nX-Hop-Secret: for-the-gateway-only\r\nX-End-To-End: yes\r\n\r\n",
+            gw.authority
+        ),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let seen = up.last().expect("seen");
+    assert_eq!(seen.header("x-end-to-end"), Some("yes"));
+    assert_eq!(seen.header("connection"), None);
+    assert_eq!(
+        seen.header("x-hop-secret"),
+        None,
+        "a header named in Connection is hop-by-hop and must not be forwarded: {:?}",
+        seen.headers
+    );
 }

@@ -83,7 +83,7 @@ fn payload_bytes_are_never_at_rest() {
     let seen = p.last().expect("seen");
     assert!(contains(&seen.body, body_marker.as_bytes()), "the provider got the body");
     // Bearer GET with the marker in the query only.
-    let r = gw.send("GET", &format!("/dancu/v1/citizens/lookup?id={query_marker}&x={body_marker}"), &[auth.clone()], None);
+    let r = gw.send("GET", &format!("/dancu/v1/citizens/lookup?id={query_marker}&x={body_marker}"), std::slice::from_ref(&auth), None);
     assert_eq!(r.status, 200);
 
     // Signature, success (body covered by content-digest), with the query marker too.
@@ -116,13 +116,13 @@ fn payload_bytes_are_never_at_rest() {
     assert_refusal(&r, 403, "SUBSCRIPTION_REQUIRED");
     let mut big = json_body(&refused_marker);
     big.extend(std::iter::repeat_n(b' ', 5000));
-    let r = gw.send("POST", "/dancu/v1/x", &[auth.clone()], Some(big.clone()));
+    let r = gw.send("POST", "/dancu/v1/x", std::slice::from_ref(&auth), Some(big.clone()));
     assert_refusal(&r, 413, "PAYLOAD_TOO_LARGE");
-    let r = gw.send_chunked("POST", "/dancu/v1/x", &[auth.clone()], big);
+    let r = gw.send_chunked("POST", "/dancu/v1/x", std::slice::from_ref(&auth), big);
     assert_refusal(&r, 413, "PAYLOAD_TOO_LARGE");
     let r = gw.send("GET", &format!("/dancu/v1/x?cccd={query_marker}"), &[h("authorization", &format!("Bearer {refused_marker}"))], None);
     assert_refusal(&r, 401, "INVALID_TOKEN");
-    let r = gw.send("GET", &format!("/nosuch/v1/x?cccd={query_marker}"), &[auth.clone()], None);
+    let r = gw.send("GET", &format!("/nosuch/v1/x?cccd={query_marker}"), std::slice::from_ref(&auth), None);
     assert_refusal(&r, 404, "NO_SUCH_SERVICE");
     // /token with a marker as the (wrong) client secret, and as a scope: neither is kept.
     let r = gw.token_request(&cred.consumer_key, &secret_marker);
@@ -171,5 +171,11 @@ fn payload_bytes_are_never_at_rest() {
         }
     }
     assert!(scanned > 0);
+    // Positive control: the scan does see what the audit is meant to keep (metadata).
+    let audit_bytes: Vec<u8> =
+        files.iter().filter(|f| f.extension().is_some_and(|e| e == "jsonl")).flat_map(|f| std::fs::read(f).unwrap_or_default()).collect();
+    for meta in ["/dancu/v1/citizens", "stp-hotich", CONSUMER_AGENCY, "CONTENT_DIGEST_MISMATCH", &sha256_hex(&json_body(&body_marker))] {
+        assert!(contains(&audit_bytes, meta.as_bytes()), "the audit segments hold the metadata {meta:?}");
+    }
     assert!(found.is_empty(), "payload at rest:\n{}", found.join("\n"));
 }

@@ -439,10 +439,18 @@ impl Gateway {
                 },
             )?;
         let mut headers = HeaderMap::with_capacity(parts.headers.len() + 5);
-        let original_host = parts.headers.get(header::HOST).cloned();
+        // HTTP/2 carries the host in `:authority`, HTTP/1.1 in `Host`.
+        let original_host = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+            .unwrap_or("")
+            .to_owned();
+        let nominated = connection_tokens(&parts.headers);
         for (name, value) in parts.headers.iter() {
             let n = name.as_str();
-            if HOP_BY_HOP.contains(&n) || STRIPPED.contains(&n) || n == "host" {
+            if HOP_BY_HOP.contains(&n) || STRIPPED.contains(&n) || n == "host" || nominated.iter().any(|t| t == n) {
                 continue;
             }
             headers.append(name.clone(), value.clone());
@@ -451,8 +459,7 @@ impl Gateway {
         headers.insert(HeaderName::from_static("x-transaction-id"), hv(&d.txn));
         headers.insert(HeaderName::from_static("x-consumer-agency"), hv(&d.consumer_agency));
         headers.insert(HeaderName::from_static("x-consumer-system"), hv(&consumer.cred.system));
-        let host = original_host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
-        headers.insert(header::FORWARDED, hv(&format!("for=\"{}\";proto={};host=\"{}\"", peer.ip(), self.scheme, host)));
+        headers.insert(header::FORWARDED, hv(&format!("for=\"{}\";proto={};host=\"{}\"", peer.ip(), self.scheme, original_host)));
         let mut client = self.upstreams.plain().clone();
         match &ver.auth {
             UpstreamAuthMaterial::None => {}
@@ -558,6 +565,9 @@ impl Gateway {
         };
 
         let (mut rparts, rbody) = resp.into_parts();
+        for t in connection_tokens(&rparts.headers) {
+            rparts.headers.remove(t.as_str());
+        }
         for h in HOP_BY_HOP {
             rparts.headers.remove(h);
         }
@@ -640,6 +650,7 @@ impl Gateway {
         if let Some(claims) = self.tokens.decode_for_revocation(&token) {
             if claims.sub == cred.id && !view.is_revoked(&claims.jti) {
                 let exp = chrono::DateTime::from_timestamp(claims.exp, 0).unwrap_or_else(Utc::now);
+                let jti = claims.jti.clone();
                 self.proposer
                     .propose(&cred.system, &cred.agency, Command::RevokeAccessToken { jti: claims.jti, expires_at: exp })
                     .await
@@ -652,6 +663,11 @@ impl Gateway {
                         )
                         .retry_after(1)
                     })?;
+                // Answer only once this gateway refuses the token: the caller may rely on it.
+                let mut rx = self.view.clone();
+                if tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|v| v.is_revoked(&jti))).await.is_err() {
+                    tracing::warn!("token revocation recorded but not yet visible to the gateway after 5 s");
+                }
             }
         }
         Ok(Reply::Local(json_response(StatusCode::OK, &serde_json::json!({}))))
@@ -757,6 +773,35 @@ fn local_meter(resp: &Response<GwBody>) -> Meter {
     Meter { bytes: resp.body().size_hint().exact().unwrap_or(0), complete: true, ..Meter::default() }
 }
 
+/// Header names listed in `Connection` (RFC 9110 §7.6.1): hop-by-hop, never forwarded.
+fn connection_tokens(h: &HeaderMap) -> Vec<String> {
+    h.get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// Refuses paths that could leave the service's upstream prefix once a provider normalises
+/// them: `.` and `..` segments (also percent-encoded) and encoded `/` or `\`.
+fn check_path(path: &str) -> Result<(), Refusal> {
+    let bad = path.split('/').any(|seg| {
+        let lower = seg.to_ascii_lowercase();
+        let decoded = lower.replace("%2e", ".");
+        decoded == "." || decoded == ".." || lower.contains("%2f") || lower.contains("%5c") || seg.contains('\\')
+    });
+    if bad {
+        return Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "INVALID_PATH",
+            "Đường dẫn chứa đoạn '.' hoặc '..' hoặc dấu phân cách được mã hoá; hãy gửi đường dẫn đã chuẩn hoá. / The path contains '.' or '..' segments or encoded separators; send a normalised path.",
+        ));
+    }
+    Ok(())
+}
+
 fn too_large(limit: u64) -> Refusal {
     Refusal::new(
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -799,6 +844,7 @@ fn route(view: &View, path: &str) -> Result<(Arc<RouteService>, Arc<RouteVersion
             "Không có dịch vụ tại đường dẫn này. / No service is published at this path.",
         )
     };
+    check_path(path)?;
     let trimmed = path.strip_prefix('/').unwrap_or(path);
     let (context, after) = match trimmed.find('/') {
         Some(i) => (&trimmed[..i], &trimmed[i..]),
