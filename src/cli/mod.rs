@@ -97,6 +97,9 @@ pub struct DevArgs {
     /// Let the OS pick every port (see dev.json for the URLs)
     #[arg(long)]
     pub ephemeral_ports: bool,
+    /// Extra CA certificates (PEM) to trust for HTTPS providers
+    #[arg(long)]
+    pub upstream_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -476,7 +479,8 @@ pub fn main() -> ExitCode {
                     a
                 }
             };
-            let cfg = Config::dev(d.data_dir, any(d.gateway_addr), any(d.admin_addr), any(d.metrics_addr));
+            let mut cfg = Config::dev(d.data_dir, any(d.gateway_addr), any(d.admin_addr), any(d.metrics_addr));
+            cfg.gateway.upstream_ca_file = d.upstream_ca;
             if let Err(e) = cfg.validate() {
                 eprintln!("lgsp: invalid configuration: {e}");
                 return ExitCode::from(EXIT_USAGE);

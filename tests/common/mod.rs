@@ -21,20 +21,36 @@ pub struct Node {
     pub info: Value,
     pub log: PathBuf,
     pub http: reqwest::blocking::Client,
+    /// Extra `lgsp dev` arguments, kept for restarts.
+    extra: Vec<String>,
 }
 
 impl Node {
     pub fn start() -> Node {
+        Node::start_with(&[])
+    }
+
+    /// Starts with extra `lgsp dev` arguments (e.g. `--upstream-ca FILE`).
+    pub fn start_with(args: &[&str]) -> Node {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("data");
-        let mut n = Node { child: None, _tmp: Some(tmp), dir, info: Value::Null, log: PathBuf::new(), http: client() };
+        let extra = args.iter().map(|a| a.to_string()).collect();
+        let mut n = Node { child: None, _tmp: Some(tmp), dir, info: Value::Null, log: PathBuf::new(), http: client(), extra };
         n.spawn();
         n
     }
 
     /// Starts on an existing data directory (not removed on drop).
     pub fn start_in(dir: &Path) -> Node {
-        let mut n = Node { child: None, _tmp: None, dir: dir.to_owned(), info: Value::Null, log: PathBuf::new(), http: client() };
+        let mut n = Node {
+            child: None,
+            _tmp: None,
+            dir: dir.to_owned(),
+            info: Value::Null,
+            log: PathBuf::new(),
+            http: client(),
+            extra: Vec::new(),
+        };
         n.spawn();
         n
     }
@@ -48,6 +64,7 @@ impl Node {
             .args(["dev", "--data-dir"])
             .arg(&self.dir)
             .arg("--ephemeral-ports")
+            .args(&self.extra)
             .env("LGSP_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
