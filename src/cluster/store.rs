@@ -76,7 +76,7 @@ impl Store {
         // what a write transaction touches, so it is kept small (its default would cache the
         // whole file a second time).
         let db = redb::Builder::new()
-            .set_cache_size(16 << 20)
+            .set_cache_size(4 << 20)
             .create(path)
             .map_err(|e| StoreError::Storage(format!("cannot open {}: {e}", path.display())))?;
         let tx = db.begin_write().map_err(storage)?;
@@ -90,55 +90,20 @@ impl Store {
         }
         tx.commit().map_err(storage)?;
 
-        // Decoding is most of start-up: tables are spread over the cores (largest first, each to
-        // the least loaded worker), each worker reading its tables in its own read transaction.
-        let rtx = db.begin_read().map_err(storage)?;
-        let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
-        let mut sizes = Vec::new();
-        for t in State::TABLES {
-            use redb::ReadableTableMetadata;
-            sizes.push((t, rtx.open_table(rows(t)).map_err(storage)?.len().map_err(storage)?));
-        }
-        sizes.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
-        let mut plan: Vec<(u64, Vec<&'static str>)> = vec![(0, Vec::new()); workers];
-        for (t, n) in sizes {
-            if let Some(w) = plan.iter_mut().min_by_key(|(load, _)| *load) {
-                w.0 += n;
-                w.1.push(t);
-            }
-        }
-        let db_ref = &db;
-        let parts: Vec<Result<State, StoreError>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = plan
-                .into_iter()
-                .filter(|(_, tables)| !tables.is_empty())
-                .map(|(_, tables)| {
-                    scope.spawn(move || {
-                        let rtx = db_ref.begin_read().map_err(storage)?;
-                        let mut part = State::default();
-                        for t in tables {
-                            let table = rtx.open_table(rows(t)).map_err(storage)?;
-                            for row in table.iter().map_err(storage)? {
-                                let (k, v) = row.map_err(storage)?;
-                                part.load_row(t, v.value()).map_err(|e| StoreError::Corrupt {
-                                    table: t.into(),
-                                    key: k.value().into(),
-                                    reason: e.to_string(),
-                                })?;
-                            }
-                        }
-                        Ok(part)
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|_| Err(StoreError::Storage("a decoding thread panicked".into()))))
-                .collect()
-        });
+        // Decoded on one thread on purpose: parallel decoding used no less CPU and raised peak
+        // memory (per-thread allocator arenas), see BENCHMARKS.md.
         let mut state = State::default();
-        for part in parts {
-            state.absorb(part?);
+        let rtx = db.begin_read().map_err(storage)?;
+        for t in State::TABLES {
+            let table = rtx.open_table(rows(t)).map_err(storage)?;
+            for row in table.iter().map_err(storage)? {
+                let (k, v) = row.map_err(storage)?;
+                state.load_row(t, v.value()).map_err(|e| StoreError::Corrupt {
+                    table: t.into(),
+                    key: k.value().into(),
+                    reason: e.to_string(),
+                })?;
+            }
         }
         let settings = rtx.open_table(SETTINGS).map_err(storage)?;
         if let Some(v) = settings.get("settings").map_err(storage)? {

@@ -82,11 +82,6 @@ impl<V: Entity> Table<V> {
         }
         old
     }
-    /// Moves every row of `other` into this table (loading in parallel parts).
-    fn absorb(&mut self, mut other: Table<V>) {
-        self.rows.append(&mut other.rows);
-    }
-
     /// Loads a row from storage without journaling it.
     pub fn load(&mut self, value: V) {
         self.rows.insert(value.key().to_owned(), value);
@@ -252,19 +247,6 @@ impl State {
             _ => {}
         }
         Ok(())
-    }
-
-    /// Merges rows loaded separately (no journaling, indexes rebuilt by the caller).
-    pub fn absorb(&mut self, other: State) {
-        self.agencies.absorb(other.agencies);
-        self.systems.absorb(other.systems);
-        self.services.absorb(other.services);
-        self.subscriptions.absorb(other.subscriptions);
-        self.credentials.absorb(other.credentials);
-        self.catalogs.absorb(other.catalogs);
-        self.users.absorb(other.users);
-        self.tokens.absorb(other.tokens);
-        self.revoked_tokens.absorb(other.revoked_tokens);
     }
 
     pub fn load_settings(&mut self, bytes: &[u8]) -> Result<(), serde_json::Error> {
