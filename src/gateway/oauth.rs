@@ -39,6 +39,8 @@ pub struct Claims {
 }
 
 const ISSUER: &str = "lgsp";
+/// Longest accepted remaining lifetime of a `private_key_jwt` assertion, seconds (1 h + leeway).
+const MAX_ASSERTION_LIFETIME: i64 = 3600 + 60;
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// An OAuth error answer (RFC 6749 §5.2).
@@ -211,7 +213,9 @@ impl TokenAuthority {
             serde_json::Value::Array(a) => a.iter().any(|v| v.as_str().is_some_and(|s| s.ends_with("/token"))),
             _ => false,
         };
-        if c.iss != c.sub || c.iss != cred.consumer_key || !aud_ok || c.exp > now + 600 || c.jti.is_empty() {
+        // Assertions may live up to an hour (Authlib's default); their jti is remembered until
+        // they expire, so a longer life costs memory, not safety.
+        if c.iss != c.sub || c.iss != cred.consumer_key || !aud_ok || c.exp > now + MAX_ASSERTION_LIFETIME || c.jti.is_empty() {
             return Err(bad());
         }
         let mut seen = self.assertions.lock().unwrap_or_else(|e| e.into_inner());
