@@ -332,21 +332,25 @@ async fn issue_cred(State(st): State<Shared>, p: Principal, ApiJson(b): ApiJson<
     Ok((StatusCode::CREATED, Json(out)))
 }
 
+/// Refuses unless `p` may change credential `id`: 404 when `p` cannot see it, 403 when it
+/// can see but not change it.
+fn require_credential_owner(st: &Shared, p: &Principal, id: &str, what: &str) -> Result<(), ApiError> {
+    p.require_write()?;
+    let reg = st.store.read();
+    let c = reg.credentials.get(id).filter(|c| p.sees_system(&reg, &c.system)).ok_or_else(|| ApiError::not_found("credential", id))?;
+    if !p.owns_system(&reg, &c.system) {
+        return Err(ApiError::forbidden(format!("only the owning agency or an operator may {what}")));
+    }
+    Ok(())
+}
+
 async fn revoke_cred(
     State(st): State<Shared>,
     p: Principal,
     Path(id): Path<String>,
     ApiJson(b): ApiJson<DecisionBody>,
 ) -> Result<Json<Value>, ApiError> {
-    p.require_write()?;
-    {
-        let reg = st.store.read();
-        let c =
-            reg.credentials.get(&id).filter(|c| p.sees_system(&reg, &c.system)).ok_or_else(|| ApiError::not_found("credential", &id))?;
-        if !p.owns_system(&reg, &c.system) {
-            return Err(ApiError::forbidden("only the owning agency or an operator may revoke a credential"));
-        }
-    }
+    require_credential_owner(&st, &p, &id, "revoke a credential")?;
     st.propose(p.actor(), Command::RevokeCredential { id: id.clone(), reason: b.reason }).await?;
     cred_json(&st, &p, &id).map(Json)
 }
@@ -371,15 +375,7 @@ async fn set_public_keys(
     Path(id): Path<String>,
     ApiJson(b): ApiJson<PublicKeysBody>,
 ) -> Result<Json<Value>, ApiError> {
-    p.require_write()?;
-    {
-        let reg = st.store.read();
-        let c =
-            reg.credentials.get(&id).filter(|c| p.sees_system(&reg, &c.system)).ok_or_else(|| ApiError::not_found("credential", &id))?;
-        if !p.owns_system(&reg, &c.system) {
-            return Err(ApiError::forbidden("only the owning agency or an operator may change a credential's keys"));
-        }
-    }
+    require_credential_owner(&st, &p, &id, "change a credential's keys")?;
     let mut keys = Vec::with_capacity(b.public_keys.len());
     for (i, k) in b.public_keys.into_iter().enumerate() {
         let alg = SigAlg::parse(&k.alg).filter(|a| *a != SigAlg::HmacSha256).ok_or_else(|| {

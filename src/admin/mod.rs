@@ -110,16 +110,6 @@ pub fn router(state: Shared) -> Router {
         .with_state(state)
 }
 
-/// Paging for list endpoints.
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Page {
-    #[serde(default)]
-    pub offset: Option<usize>,
-    #[serde(default)]
-    pub limit: Option<usize>,
-}
-
 /// `{"items": [...], "total": n}` with paging applied.
 pub fn page<T: serde::Serialize>(items: Vec<T>, offset: Option<usize>, limit: Option<usize>) -> serde_json::Value {
     let total = items.len();

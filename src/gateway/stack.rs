@@ -101,20 +101,9 @@ const STRIPPED: [&str; 7] =
     ["authorization", "signature", "signature-input", "x-consumer-agency", "x-consumer-system", "x-transaction-id", "forwarded"];
 
 fn secs_to_local_midnight() -> u64 {
-    let now = Utc::now().with_timezone(&rules::vietnam());
-    let secs = i64::from(now.time().num_seconds_from_midnight_compat());
-    u64::try_from(86_400 - secs).unwrap_or(1)
-}
-
-trait SecondsFromMidnight {
-    fn num_seconds_from_midnight_compat(&self) -> u32;
-}
-
-impl SecondsFromMidnight for chrono::NaiveTime {
-    fn num_seconds_from_midnight_compat(&self) -> u32 {
-        use chrono::Timelike;
-        self.num_seconds_from_midnight()
-    }
+    use chrono::Timelike;
+    let secs = Utc::now().with_timezone(&rules::vietnam()).time().num_seconds_from_midnight();
+    u64::from(86_400 - secs)
 }
 
 impl StreamCheck for DigestCheck {
@@ -202,7 +191,7 @@ impl Gateway {
                     resp.headers_mut().insert("x-transaction-id", v);
                 }
                 let outcome = if resp.status().is_success() { "OK" } else { "REFUSED" };
-                self.finish(&d, resp.status().as_u16(), outcome, started, None, Meter::default(), local_meter(&resp));
+                self.finish(d, resp.status().as_u16(), outcome, started, None, Meter::default(), local_meter(&resp));
                 resp
             }
             Err(refusal) => {
@@ -212,7 +201,7 @@ impl Gateway {
                 let code = refusal.code;
                 let status = refusal.status.as_u16();
                 let resp = refusal.into_response(&txn);
-                self.finish(&d, status, code, started, None, Meter::default(), local_meter(&resp));
+                self.finish(d, status, code, started, None, Meter::default(), local_meter(&resp));
                 resp
             }
         }
@@ -220,7 +209,8 @@ impl Gateway {
 
     /// Writes the audit record and the metrics of a finished transaction.
     #[allow(clippy::too_many_arguments)]
-    fn finish(&self, d: &Draft, status: u16, outcome: &str, started: Instant, upstream: Option<Duration>, req: Meter, resp: Meter) {
+    /// Consumes the draft: its strings move into the audit record instead of being copied.
+    fn finish(&self, d: Draft, status: u16, outcome: &str, started: Instant, upstream: Option<Duration>, req: Meter, resp: Meter) {
         let service = if d.service.is_empty() { "-" } else { d.service.as_str() };
         let consumer = if d.consumer_agency.is_empty() { "-" } else { d.consumer_agency.as_str() };
         self.metrics.requests.with_label_values(&[service, consumer, outcome]).inc();
@@ -235,16 +225,16 @@ impl Gateway {
             let upstream_us = upstream.map(|u| u64::try_from(u.as_micros()).unwrap_or(u64::MAX));
             let total_us = u64::try_from(total.as_micros()).unwrap_or(u64::MAX);
             log.record(AuditRecord {
-                txn_id: d.txn.clone(),
+                txn_id: d.txn,
                 at: d.at,
                 node: self.node.clone(),
-                consumer_agency: d.consumer_agency.clone(),
-                consumer_system: d.consumer_system.clone(),
-                service: d.service.clone(),
-                version: d.version.clone(),
-                environment: d.environment.clone(),
-                method: d.method.clone(),
-                path: d.path.clone(),
+                consumer_agency: d.consumer_agency,
+                consumer_system: d.consumer_system,
+                service: d.service,
+                version: d.version,
+                environment: d.environment,
+                method: d.method,
+                path: d.path,
                 status,
                 outcome: outcome.to_owned(),
                 gateway_us: total_us.saturating_sub(upstream_us.unwrap_or(0)),
@@ -253,7 +243,7 @@ impl Gateway {
                 response_bytes: resp.bytes,
                 request_sha256: req.sha256.map(hex::encode).unwrap_or_default(),
                 response_sha256: resp.sha256.map(hex::encode).unwrap_or_default(),
-                auth_method: if d.auth_method.is_empty() { "none".into() } else { d.auth_method.clone() },
+                auth_method: if d.auth_method.is_empty() { "none".into() } else { d.auth_method },
             });
         }
     }
@@ -516,7 +506,8 @@ impl Gateway {
             };
             let mut builder = Request::builder().method(parts.method.clone()).uri(uri.clone()).version(http::Version::HTTP_11);
             if let Some(h) = builder.headers_mut() {
-                *h = headers.clone();
+                // Only a retry needs the headers again: the last attempt takes them.
+                *h = if attempt + 1 < attempts { headers.clone() } else { std::mem::take(&mut headers) };
             }
             let Ok(up_req) = builder.body(body) else { return Err(Refusal::internal()) };
             match tokio::time::timeout(timeout, client.request(up_req)).await {
@@ -748,7 +739,7 @@ impl Gateway {
             (None, None) => "UPSTREAM_ERROR_STATUS",
             (Some(e), _) | (None, Some(e)) => e,
         };
-        self.finish(&ctx.draft, ctx.status, outcome, ctx.started, Some(ctx.upstream), req, resp);
+        self.finish(ctx.draft, ctx.status, outcome, ctx.started, Some(ctx.upstream), req, resp);
     }
 }
 
