@@ -206,6 +206,55 @@ pub enum RpcRequest {
     Join(JoinRequest),
     /// Gateway state every node must know (seen nonces, rate-limit usage).
     Share(SharedBatch),
+    /// A membership change, carried out by the leader.
+    Membership { op: MembershipOp },
+    /// The cluster as the receiver sees it (the leader knows every follower's progress).
+    Status,
+    /// Start an election now (the last step of a leadership transfer).
+    Elect,
+}
+
+/// Membership changes an operator asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum MembershipOp {
+    /// Make a caught-up learner a voter.
+    Promote { node_id: NodeId },
+    /// Take a node out of the cluster (voter or learner).
+    Remove { node_id: NodeId },
+    /// Hand leadership to another voter.
+    TransferLeader { to: NodeId },
+}
+
+/// One node as `lgsp cluster status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub id: NodeId,
+    #[serde(flatten)]
+    pub info: NodeInfo,
+    /// `leader`, `voter` or `learner`.
+    pub role: String,
+    /// Highest log index known to be on that node (from the leader's replication state).
+    pub matched_index: Option<u64>,
+    /// Entries the node is behind the leader's last log index.
+    pub lag: Option<u64>,
+}
+
+/// The cluster as one node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub cluster_id: String,
+    /// The node that produced this view (the leader when it could be reached).
+    pub reporter: NodeId,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub last_applied: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    pub purged_index: Option<u64>,
+    /// Milliseconds since the leader last heard from a quorum (leader only).
+    pub millis_since_quorum_ack: Option<u64>,
+    pub nodes: Vec<NodeStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -261,6 +310,7 @@ pub enum RpcResponse {
         index: u64,
     },
     Joined(JoinGrant),
+    Status(ClusterStatus),
     Ok,
     /// The appliance's refusal: a stable code, an operator-facing message, and the leader if
     /// the receiver knows it (`not_leader`).
