@@ -233,6 +233,11 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
         }),
     );
 
+    let health_node = cluster.clone();
+    let metrics = metrics.with_health(Arc::new(move || {
+        let quorum = health_node.has_quorum();
+        (quorum, serde_json::json!({ "node_id": health_node.id, "quorum": quorum, "leader": health_node.leader() }))
+    }));
     let initial = {
         let reg = store.read();
         View::build(&reg, &key, store.last_applied())

@@ -471,6 +471,11 @@ impl ClusterNode {
         }
     }
 
+    /// The leader this node knows of.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
     /// The cluster as seen from the leader when it answers, else from this node.
     pub async fn status(&self) -> ClusterStatus {
         if let (Some(l), Some(n)) = self.leader_and_node() {
