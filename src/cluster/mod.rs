@@ -9,6 +9,7 @@
 
 pub mod pki;
 pub mod store;
+pub mod transport;
 pub mod types;
 
 pub use store::{AuditEntry, Store, StoreError};
