@@ -407,7 +407,7 @@ impl ClusterNode {
                         Ok((RpcResponse::Error { message, .. }, _)) => return Err(ClusterError::Refused(message)),
                         Ok((other, _)) => return Err(ClusterError::Transport(format!("unexpected answer from the leader: {}", rpc_name(&other)))),
                         // Never sent: safe to try again (with whoever leads by then).
-                        Err(TransportError::Unreachable(_)) => {}
+                        Err(TransportError::Unreachable { .. }) => {}
                         Err(e) => return Err(ClusterError::Ambiguous(format!("the leader (node {l}) did not answer: {e}"))),
                     }
                 }
@@ -563,7 +563,7 @@ impl ClusterNode {
                         Ok((RpcResponse::Error { code, .. }, _)) if code == "not_leader" => {}
                         Ok((RpcResponse::Error { message, .. }, _)) => return Err(ClusterError::Refused(message)),
                         Ok((other, _)) => return Err(ClusterError::Transport(format!("unexpected answer: {}", rpc_name(&other)))),
-                        Err(TransportError::Unreachable(_)) => {}
+                        Err(TransportError::Unreachable { .. }) => {}
                         Err(e) => return Err(ClusterError::Ambiguous(e.to_string())),
                     }
                 }
@@ -671,7 +671,7 @@ impl ClusterNode {
         let cert_pem = ca.issue(self.id, &name, &pub_pem, &sans_for(&raft_addr), CERT_DAYS).map_err(|e| ClusterError::Storage(e.to_string()))?;
         let identity = NodeIdentity { node_id: self.id, ca_cert_pem: ca.cert_pem().to_owned(), cert_pem, key_pem };
         identity.save(&dir).map_err(|e| ClusterError::Storage(e.to_string()))?;
-        self.transport.rotate(identity).map_err(|e| ClusterError::Transport(e.to_string()))?;
+        self.transport.rotate(identity).await.map_err(|e| ClusterError::Transport(e.to_string()))?;
         tracing::info!(node = self.id, "cluster certificate rotated");
         Ok(())
     }
