@@ -17,7 +17,7 @@ use thiserror::Error;
 use crate::admin::{self, AdminState};
 use crate::audit::{self, AuditLog};
 use crate::cluster::node::{self, ClusterError, ClusterNode, NodeFile, StartOptions};
-use crate::cluster::types::{NodeInfo, FIRST_NODE};
+use crate::cluster::types::{NodeInfo, SharedBatch, FIRST_NODE};
 use crate::cluster::{Store, StoreError};
 use crate::config::Config;
 use crate::gateway::{self, Gateway, Proposer, View};
@@ -265,6 +265,22 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
         ed25519_dalek::SigningKey::from_bytes(&key.derive("lgsp upstream signature v1")),
         if gateway_tls.is_some() { "https" } else { "http" },
     ));
+
+    // Nonces, assertion ids and rate-limit usage travel between the gateways of all nodes.
+    let (outbox, inbox) = (gw.shared(), gw.shared());
+    cluster.start_sharing(
+        Arc::new(move || {
+            let o = outbox.take_outbox();
+            if o.is_empty() {
+                return None;
+            }
+            serde_json::to_value(&o).ok().map(|payload| SharedBatch { payload })
+        }),
+        Arc::new(move |from: &str, batch: SharedBatch| match serde_json::from_value::<gateway::Outbox>(batch.payload) {
+            Ok(o) => inbox.absorb(from, o),
+            Err(e) => tracing::warn!(peer = %from, error = %e, "ignored shared gateway state in an unknown format"),
+        }),
+    );
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(serve(admin_l, admin_app, tls.clone(), stop.clone()));

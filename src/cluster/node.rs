@@ -227,10 +227,10 @@ pub struct StartOptions {
     pub faults_enabled: bool,
 }
 
-/// Fed by the gateway: returns what accumulated since the last call.
-pub type ShareSource = Arc<dyn Fn() -> SharedBatch + Send + Sync>;
-/// Receives what another node's gateway accumulated.
-pub type ShareSink = Arc<dyn Fn(NodeId, SharedBatch) + Send + Sync>;
+/// Fed by the gateway: returns what accumulated since the last call (None: nothing).
+pub type ShareSource = Arc<dyn Fn() -> Option<SharedBatch> + Send + Sync>;
+/// Receives what another node's gateway accumulated, with that node's name.
+pub type ShareSink = Arc<dyn Fn(&str, SharedBatch) + Send + Sync>;
 
 pub struct ClusterNode {
     pub id: NodeId,
@@ -756,10 +756,15 @@ impl ClusterNode {
             }
             RpcRequest::Join(j) => self.admit(j).await,
             RpcRequest::Share(batch) => {
-                if let Some(sink) = self.share_sink.get() {
-                    sink(from, batch);
+                let name = self.raft.metrics().borrow().membership_config.membership().get_node(&from).map(|n| n.name.clone());
+                match (self.share_sink.get(), name) {
+                    (Some(sink), Some(name)) => {
+                        sink(&name, batch);
+                        RpcResponse::Ok
+                    }
+                    (None, _) => RpcResponse::Ok,
+                    (_, None) => error("forbidden", format!("node {from} is not a member"), None),
                 }
-                RpcResponse::Ok
             }
             RpcRequest::Membership { op } => {
                 if leader != Some(self.id) {
@@ -989,10 +994,7 @@ async fn share_loop(node: Weak<ClusterNode>, source: ShareSource, mut stop: toki
             _ = stop.changed() => return,
         }
         let Some(n) = node.upgrade() else { return };
-        let batch = source();
-        if batch.nonces.is_empty() && batch.usage.is_empty() {
-            continue;
-        }
+        let Some(batch) = source() else { continue };
         let m = n.raft.metrics().borrow().clone();
         let peers: Vec<(NodeId, String)> =
             m.membership_config.membership().nodes().filter(|(id, _)| **id != n.id).map(|(id, i)| (*id, i.raft_addr.clone())).collect();

@@ -289,15 +289,11 @@ pub struct JoinGrant {
     pub members: BTreeMap<NodeId, NodeInfo>,
 }
 
-/// Gateway state shared between nodes, batched.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+/// Gateway state shared between nodes, batched (seen nonces and assertion ids, rate-limit
+/// usage). Opaque here: the gateway defines its shape, `app` converts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct SharedBatch {
-    /// RFC 9421 nonces accepted by the sender: (key id, nonce, created).
-    #[serde(default)]
-    pub nonces: Vec<(String, String, i64)>,
-    /// Calls the sender let through since its previous batch: (subscription id, calls).
-    #[serde(default)]
-    pub usage: Vec<(String, u64)>,
+    pub payload: serde_json::Value,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
