@@ -13,6 +13,8 @@ pub mod snapshot;
 pub mod store;
 pub mod types;
 
+#[cfg(test)]
+mod storage_tests;
 
 pub use log_store::{LogReader, LogStore};
 pub use store::{open_storage, Applied, AuditEntry, SnapshotBuilder, StateMachine, Store, StoreError};
