@@ -290,11 +290,13 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
 
     if cfg.dev_mode {
         let info = write_dev_json(&dir, &admin_url, &gateway_url, &metrics_url, boot.as_ref(), cluster.id, &cluster.local_raft_addr().to_string())?;
+        let creds = if info.username.is_empty() {
+            format!("  credentials: those of the cluster's first node (accounts are replicated)\n  node      : {} in the cluster, listening on {}/udp", info.node_id, info.cluster_addr)
+        } else {
+            format!("  username  : {}\n  password  : {}\n  api token : {}", info.username, info.password, info.api_token)
+        };
         eprintln!(
-            "LGSP dev appliance ready (plain HTTP on loopback: for evaluation only)\n  admin API : {admin_url}/api/v1/  (OpenAPI: {admin_url}/api/v1/openapi.json)\n  gateway   : {gateway_url}\n  metrics   : {metrics_url}/metrics\n  username  : {}\n  password  : {}\n  api token : {}\n  (also in {})",
-            info.username,
-            info.password,
-            info.api_token,
+            "LGSP dev appliance ready (plain HTTP on loopback: for evaluation only)\n  admin API : {admin_url}/api/v1/  (OpenAPI: {admin_url}/api/v1/openapi.json)\n  gateway   : {gateway_url}\n  metrics   : {metrics_url}/metrics\n{creds}\n  (also in {})",
             dir.join("dev.json").display()
         );
     } else if let Some(b) = &boot {

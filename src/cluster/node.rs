@@ -32,7 +32,7 @@ use tokio::time::Instant;
 
 use super::pki::{self, ClusterCa, JoinTokenString, NodeIdentity};
 use super::store::{self, Applied, Store};
-use super::transport::{Peer, RpcHandler, Transport, TransportError};
+use super::transport::{response_kind, Peer, RpcHandler, Transport, TransportError};
 use super::types::{
     ClusterCommand, ClusterEnvelope, ClusterOutcome, ClusterStatus, JoinGrant, JoinRequest, MembershipOp, NodeId, NodeInfo, NodeStatus,
     Request, RpcRequest, RpcResponse, SharedBatch, TypeConfig, FIRST_NODE,
@@ -405,7 +405,7 @@ impl ClusterNode {
                         Ok((RpcResponse::Error { code, .. }, _)) if code == "not_leader" || code == "starting" => {}
                         Ok((RpcResponse::Error { code, message, .. }, _)) if code == "no_quorum" => return Err(ClusterError::Ambiguous(message)),
                         Ok((RpcResponse::Error { message, .. }, _)) => return Err(ClusterError::Refused(message)),
-                        Ok((other, _)) => return Err(ClusterError::Transport(format!("unexpected answer from the leader: {}", rpc_name(&other)))),
+                        Ok((other, _)) => return Err(ClusterError::Transport(format!("unexpected answer from the leader: {}", response_kind(&other)))),
                         // Never sent: safe to try again (with whoever leads by then).
                         Err(TransportError::Unreachable { .. }) => {}
                         Err(e) => return Err(ClusterError::Ambiguous(format!("the leader (node {l}) did not answer: {e}"))),
@@ -562,7 +562,7 @@ impl ClusterNode {
                         Ok((RpcResponse::Ok, _)) => return Ok(()),
                         Ok((RpcResponse::Error { code, .. }, _)) if code == "not_leader" => {}
                         Ok((RpcResponse::Error { message, .. }, _)) => return Err(ClusterError::Refused(message)),
-                        Ok((other, _)) => return Err(ClusterError::Transport(format!("unexpected answer: {}", rpc_name(&other)))),
+                        Ok((other, _)) => return Err(ClusterError::Transport(format!("unexpected answer: {}", response_kind(&other)))),
                         Err(TransportError::Unreachable { .. }) => {}
                         Err(e) => return Err(ClusterError::Ambiguous(e.to_string())),
                     }
@@ -865,20 +865,6 @@ impl ClusterNode {
             secrets_key_b64: self.secrets_b64.clone(),
             members,
         })
-    }
-}
-
-fn rpc_name(r: &RpcResponse) -> &'static str {
-    match r {
-        RpcResponse::AppendEntries(_) => "append_entries",
-        RpcResponse::Vote(_) => "vote",
-        RpcResponse::FullSnapshot(_) => "full_snapshot",
-        RpcResponse::Written { .. } => "written",
-        RpcResponse::ReadIndex { .. } => "read_index",
-        RpcResponse::Joined(_) => "joined",
-        RpcResponse::Status(_) => "status",
-        RpcResponse::Ok => "ok",
-        RpcResponse::Error { .. } => "error",
     }
 }
 

@@ -999,7 +999,8 @@ fn describe_connection_error(e: &ConnectionError) -> String {
     }
 }
 
-fn response_kind(resp: &RpcResponse) -> &'static str {
+/// The name of an answer, for error messages.
+pub fn response_kind(resp: &RpcResponse) -> &'static str {
     match resp {
         RpcResponse::AppendEntries(_) => "append_entries",
         RpcResponse::Vote(_) => "vote",
@@ -1007,6 +1008,7 @@ fn response_kind(resp: &RpcResponse) -> &'static str {
         RpcResponse::Written { .. } => "written",
         RpcResponse::ReadIndex { .. } => "read_index",
         RpcResponse::Joined(_) => "joined",
+        RpcResponse::Status(_) => "status",
         RpcResponse::Ok => "ok",
         RpcResponse::Error { .. } => "error",
     }

@@ -186,7 +186,9 @@ impl ClusterState {
 /// A message from one node to another over the cluster transport. Raft's own RPCs and the
 /// appliance's (forwarded writes, read barriers, joins, shared gateway state).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "rpc", rename_all = "snake_case")]
+// Externally tagged: an internally tagged enum buffers its content, and buffered maps lose
+// their integer keys (openraft's memberships are keyed by node id).
+#[serde(rename_all = "snake_case")]
 pub enum RpcRequest {
     AppendEntries(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<NodeId>),
@@ -298,7 +300,9 @@ pub struct SharedBatch {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "rpc", rename_all = "snake_case")]
+// Externally tagged: an internally tagged enum buffers its content, and buffered maps lose
+// their integer keys (openraft's memberships are keyed by node id).
+#[serde(rename_all = "snake_case")]
 pub enum RpcResponse {
     AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
