@@ -289,7 +289,15 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
     tasks.spawn(serve(metrics_l, metrics.router(), None, stop.clone()));
 
     if cfg.dev_mode {
-        let info = write_dev_json(&dir, &admin_url, &gateway_url, &metrics_url, boot.as_ref(), cluster.id, &cluster.local_raft_addr().to_string())?;
+        let info = write_dev_json(
+            &dir,
+            &admin_url,
+            &gateway_url,
+            &metrics_url,
+            boot.as_ref(),
+            cluster.id,
+            &cluster.local_raft_addr().to_string(),
+        )?;
         let creds = if info.username.is_empty() {
             format!("  credentials: those of the cluster's first node (accounts are replicated)\n  node      : {} in the cluster, listening on {}/udp", info.node_id, info.cluster_addr)
         } else {

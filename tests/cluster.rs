@@ -65,7 +65,7 @@ fn three_nodes_replicate_forward_and_read_linearizably() {
         assert!(n["admin_url"].as_str().is_some_and(|u| u.starts_with("http://127.0.0.1:")), "{st}");
     }
     // The CLI shows the same.
-    let out = c.node(other).cli(&["cluster", "status"], None);
+    let out = common::cluster::cli_on(&c, other, &["cluster", "status"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("leader") && text.contains("node-1") && text.contains("node-3") && text.contains("LAG"), "{text}");
@@ -73,7 +73,7 @@ fn three_nodes_replicate_forward_and_read_linearizably() {
     for k in 1..=3 {
         let (s, a) = c.api(k).get("/api/v1/audit/admin?limit=50");
         assert_eq!(s, 200, "{a}");
-        let n = a["items"].as_array().expect("items").iter().filter(|e| e["target"] == agency_code(1)).count();
+        let n = a["items"].as_array().expect("items").iter().filter(|e| e["target"] == format!("agency/{}", agency_code(1))).count();
         assert_eq!(n, 1, "node {k} audit: {a}");
     }
 }

@@ -105,7 +105,11 @@ fn hour() -> u64 {
     3600
 }
 
-async fn create_token(State(st): State<Shared>, p: Principal, ApiJson(b): ApiJson<TokenBody>) -> Result<(StatusCode, Json<Value>), ApiError> {
+async fn create_token(
+    State(st): State<Shared>,
+    p: Principal,
+    ApiJson(b): ApiJson<TokenBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     p.require_operator("create join tokens")?;
     if !(60..=7 * 24 * 3600).contains(&b.ttl_seconds) {
         let mut e = ApiError::new(StatusCode::BAD_REQUEST, "INVALID", "ttl_seconds: must be between 60 and 604800");
@@ -162,7 +166,11 @@ struct PartitionBody {
 async fn partition(State(st): State<Shared>, p: Principal, ApiJson(b): ApiJson<PartitionBody>) -> Result<Json<Value>, ApiError> {
     p.require_operator("inject faults")?;
     if !st.cluster.faults_enabled() {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "NO_SUCH_ENDPOINT", "no admin API endpoint at this path; see /api/v1/openapi.json"));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NO_SUCH_ENDPOINT",
+            "no admin API endpoint at this path; see /api/v1/openapi.json",
+        ));
     }
     st.cluster.set_partition(&b.blocked)?;
     Ok(Json(json!({ "blocked": b.blocked })))

@@ -60,7 +60,9 @@ pub enum ClusterError {
     NoQuorum(String),
     #[error("the leader did not confirm the change ({0}); it may or may not have been applied: read the object before retrying")]
     Ambiguous(String),
-    #[error("the change was committed, but this node no longer holds its outcome (it was replaced by a snapshot); read the object to check")]
+    #[error(
+        "the change was committed, but this node no longer holds its outcome (it was replaced by a snapshot); read the object to check"
+    )]
     OutcomeUnknown,
     #[error("{0}")]
     Refused(String),
@@ -157,7 +159,8 @@ pub fn init_offline(data_dir: &Path, raft_addr: &str) -> Result<NodeFile, Cluste
     let ca = ClusterCa::create(&cluster_id).map_err(|e| ClusterError::Storage(e.to_string()))?;
     ca.save(&dir).map_err(|e| ClusterError::Storage(e.to_string()))?;
     let (key_pem, pub_pem) = pki::generate_node_key().map_err(|e| ClusterError::Storage(e.to_string()))?;
-    let cert_pem = ca.issue(FIRST_NODE, &cluster_id, &pub_pem, &sans_for(raft_addr), CERT_DAYS).map_err(|e| ClusterError::Storage(e.to_string()))?;
+    let cert_pem =
+        ca.issue(FIRST_NODE, &cluster_id, &pub_pem, &sans_for(raft_addr), CERT_DAYS).map_err(|e| ClusterError::Storage(e.to_string()))?;
     let identity = NodeIdentity { node_id: FIRST_NODE, ca_cert_pem: ca.cert_pem().to_owned(), cert_pem, key_pem };
     identity.save(&dir).map_err(|e| ClusterError::Storage(e.to_string()))?;
     let nf = NodeFile { cluster_id, node_id: FIRST_NODE, raft_addr: raft_addr.to_owned(), initialize: true, seeds: BTreeMap::new() };
@@ -200,9 +203,16 @@ pub async fn join_offline(data_dir: &Path, token: &str, peer: &str, info: NodeIn
     SecretsKey::install(&data_dir.join("secrets.key"), &grant.secrets_key_b64).map_err(|e| ClusterError::Refused(e.to_string()))?;
     let ca = ClusterCa::from_pem(&grant.ca_cert_pem, &grant.ca_key_pem).map_err(|e| ClusterError::Storage(e.to_string()))?;
     ca.save(&dir).map_err(|e| ClusterError::Storage(e.to_string()))?;
-    let identity = NodeIdentity { node_id: grant.node_id, ca_cert_pem: grant.ca_cert_pem.clone(), cert_pem: grant.node_cert_pem.clone(), key_pem };
+    let identity =
+        NodeIdentity { node_id: grant.node_id, ca_cert_pem: grant.ca_cert_pem.clone(), cert_pem: grant.node_cert_pem.clone(), key_pem };
     identity.save(&dir).map_err(|e| ClusterError::Storage(e.to_string()))?;
-    let nf = NodeFile { cluster_id: grant.cluster_id, node_id: grant.node_id, raft_addr: info.raft_addr, initialize: false, seeds: grant.members };
+    let nf = NodeFile {
+        cluster_id: grant.cluster_id,
+        node_id: grant.node_id,
+        raft_addr: info.raft_addr,
+        initialize: false,
+        seeds: grant.members,
+    };
     nf.save(data_dir)?;
     Ok(nf)
 }
@@ -210,7 +220,8 @@ pub async fn join_offline(data_dir: &Path, token: &str, peer: &str, info: NodeIn
 /// Picks a free UDP port on `ip` (for a dev node started with ephemeral ports: the port is then
 /// kept in the node file, so the node keeps its address across restarts).
 pub fn pick_udp_port(ip: std::net::IpAddr) -> Result<u16, ClusterError> {
-    let s = std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).map_err(|e| ClusterError::Transport(format!("cannot pick a UDP port: {e}")))?;
+    let s =
+        std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).map_err(|e| ClusterError::Transport(format!("cannot pick a UDP port: {e}")))?;
     s.local_addr().map(|a| a.port()).map_err(|e| ClusterError::Transport(format!("cannot pick a UDP port: {e}")))
 }
 
@@ -259,7 +270,12 @@ struct Handler {
 }
 
 impl RpcHandler for Handler {
-    fn handle(&self, peer: Peer, req: RpcRequest, tail: Vec<u8>) -> std::pin::Pin<Box<dyn std::future::Future<Output = (RpcResponse, Vec<u8>)> + Send>> {
+    fn handle(
+        &self,
+        peer: Peer,
+        req: RpcRequest,
+        tail: Vec<u8>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = (RpcResponse, Vec<u8>)> + Send>> {
         let node = self.node.get().and_then(Weak::upgrade);
         Box::pin(async move {
             match node {
@@ -285,7 +301,11 @@ impl ClusterNode {
         let dir = cluster_dir(&opts.data_dir);
         let identity = NodeIdentity::load(&dir).map_err(|e| ClusterError::Storage(e.to_string()))?;
         if identity.node_id != nf.node_id {
-            return Err(file_err("inconsistent identity in", &dir, format!("node.pem is for node {} but node.json says {}", identity.node_id, nf.node_id)));
+            return Err(file_err(
+                "inconsistent identity in",
+                &dir,
+                format!("node.pem is for node {} but node.json says {}", identity.node_id, nf.node_id),
+            ));
         }
         let listen = if opts.listen.port() == 0 {
             let port = nf.raft_addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).unwrap_or(0);
@@ -316,7 +336,6 @@ impl ClusterNode {
         };
         // Registry imports make large entries: keep each AppendEntries message moderate.
         config.max_payload_entries = 64;
-        config.purge_batch_size = 256;
         config.replication_lag_threshold = t.snapshot_logs.saturating_mul(2);
         config.install_snapshot_timeout = 60_000;
         let config = Arc::new(config.validate().map_err(|e| ClusterError::Refused(format!("invalid Raft settings: {e}")))?);
@@ -393,19 +412,31 @@ impl ClusterNode {
             let remaining = deadline - now;
             match self.leader_and_node() {
                 (Some(l), _) if l == self.id => match tokio::time::timeout(remaining, self.raft.client_write(req.clone())).await {
-                    Err(_) => return Err(ClusterError::Ambiguous("this node is the leader but could not reach a quorum within 5 s".into())),
+                    Err(_) => {
+                        return Err(ClusterError::Ambiguous("this node is the leader but could not reach a quorum within 5 s".into()))
+                    }
                     Ok(Ok(resp)) => return Ok(resp.log_id.index),
                     Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {}
-                    Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => return Err(ClusterError::Refused(e.to_string())),
+                    Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                        return Err(ClusterError::Refused(e.to_string()))
+                    }
                     Ok(Err(RaftError::Fatal(e))) => return Err(ClusterError::Storage(e.to_string())),
                 },
                 (Some(l), Some(n)) => {
-                    match self.transport.call(l, &n.raft_addr, RpcRequest::ClientWrite { request: req.clone() }, Vec::new(), remaining).await {
+                    match self
+                        .transport
+                        .call(l, &n.raft_addr, RpcRequest::ClientWrite { request: req.clone() }, Vec::new(), remaining)
+                        .await
+                    {
                         Ok((RpcResponse::Written { index }, _)) => return Ok(index),
                         Ok((RpcResponse::Error { code, .. }, _)) if code == "not_leader" || code == "starting" => {}
-                        Ok((RpcResponse::Error { code, message, .. }, _)) if code == "no_quorum" => return Err(ClusterError::Ambiguous(message)),
+                        Ok((RpcResponse::Error { code, message, .. }, _)) if code == "no_quorum" => {
+                            return Err(ClusterError::Ambiguous(message))
+                        }
                         Ok((RpcResponse::Error { message, .. }, _)) => return Err(ClusterError::Refused(message)),
-                        Ok((other, _)) => return Err(ClusterError::Transport(format!("unexpected answer from the leader: {}", response_kind(&other)))),
+                        Ok((other, _)) => {
+                            return Err(ClusterError::Transport(format!("unexpected answer from the leader: {}", response_kind(&other))))
+                        }
                         // Never sent: safe to try again (with whoever leads by then).
                         Err(TransportError::Unreachable { .. }) => {}
                         Err(e) => return Err(ClusterError::Ambiguous(format!("the leader (node {l}) did not answer: {e}"))),
@@ -426,7 +457,9 @@ impl ClusterNode {
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return Err(ClusterError::Storage("the node is stopping".into())),
-                Err(_) => return Err(ClusterError::NoQuorum(format!("this node has not applied index {index} yet (it is behind the leader)"))),
+                Err(_) => {
+                    return Err(ClusterError::NoQuorum(format!("this node has not applied index {index} yet (it is behind the leader)")))
+                }
             }
         }
     }
@@ -445,13 +478,17 @@ impl ClusterNode {
                 (Some(l), _) if l == self.id => match tokio::time::timeout(remaining, self.raft.ensure_linearizable()).await {
                     Ok(Ok(_)) => return Ok(()),
                     Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => {}
-                    Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => return Err(ClusterError::NoQuorum(e.to_string())),
+                    Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
+                        return Err(ClusterError::NoQuorum(e.to_string()))
+                    }
                     Ok(Err(RaftError::Fatal(e))) => return Err(ClusterError::Storage(e.to_string())),
                     Err(_) => return Err(ClusterError::NoQuorum("this node leads but no quorum confirmed it within 3 s".into())),
                 },
                 (Some(l), Some(n)) => match self.transport.call(l, &n.raft_addr, RpcRequest::ReadIndex, Vec::new(), remaining).await {
                     Ok((RpcResponse::ReadIndex { index }, _)) => return self.wait_applied(index, deadline).await,
-                    Ok((RpcResponse::Error { code, message, .. }, _)) if code == "no_quorum" => return Err(ClusterError::NoQuorum(message)),
+                    Ok((RpcResponse::Error { code, message, .. }, _)) if code == "no_quorum" => {
+                        return Err(ClusterError::NoQuorum(message))
+                    }
                     _ => {}
                 },
                 _ => {}
@@ -480,7 +517,9 @@ impl ClusterNode {
     pub async fn status(&self) -> ClusterStatus {
         if let (Some(l), Some(n)) = self.leader_and_node() {
             if l != self.id {
-                if let Ok((RpcResponse::Status(s), _)) = self.transport.call(l, &n.raft_addr, RpcRequest::Status, Vec::new(), Duration::from_secs(2)).await {
+                if let Ok((RpcResponse::Status(s), _)) =
+                    self.transport.call(l, &n.raft_addr, RpcRequest::Status, Vec::new(), Duration::from_secs(2)).await
+                {
                     return s;
                 }
             }
@@ -496,11 +535,8 @@ impl ClusterNode {
         let nodes = membership
             .nodes()
             .map(|(id, info)| {
-                let matched = if *id == self.id {
-                    last
-                } else {
-                    m.replication.as_ref().and_then(|r| r.get(id).cloned().flatten()).map(|l| l.index)
-                };
+                let matched =
+                    if *id == self.id { last } else { m.replication.as_ref().and_then(|r| r.get(id).cloned().flatten()).map(|l| l.index) };
                 let role = if Some(*id) == m.current_leader {
                     "leader"
                 } else if voters.contains(id) {
@@ -532,7 +568,12 @@ impl ClusterNode {
 
     /// Creates a one-time join token (`lgsp cluster token create`). Returns the token string
     /// (shown once) and its expiry.
-    pub async fn create_join_token(&self, actor: Actor, voter: bool, ttl: Duration) -> Result<(String, chrono::DateTime<Utc>), ClusterError> {
+    pub async fn create_join_token(
+        &self,
+        actor: Actor,
+        voter: bool,
+        ttl: Duration,
+    ) -> Result<(String, chrono::DateTime<Utc>), ClusterError> {
         let id = secrets::new_id("jt");
         let secret = secrets::random_string(32);
         let expires_at = Utc::now() + chrono::Duration::from_std(ttl).map_err(|e| ClusterError::Refused(e.to_string()))?;
@@ -655,7 +696,9 @@ impl ClusterNode {
         let leader = self.raft.metrics().borrow().current_leader;
         match (waited, leader) {
             (Ok(()), Some(l)) if l == to => Ok(()),
-            (_, Some(l)) if l != self.id => Err(ClusterError::Refused(format!("leadership moved to node {l} instead of node {to}; try again"))),
+            (_, Some(l)) if l != self.id => {
+                Err(ClusterError::Refused(format!("leadership moved to node {l} instead of node {to}; try again")))
+            }
             _ => Err(ClusterError::Refused(format!("node {to} did not take over leadership; try again"))),
         }
     }
@@ -668,7 +711,8 @@ impl ClusterNode {
         let (key_pem, pub_pem) = pki::generate_node_key().map_err(|e| ClusterError::Storage(e.to_string()))?;
         let raft_addr = self.info.read().unwrap_or_else(|e| e.into_inner()).raft_addr.clone();
         let name = self.info.read().unwrap_or_else(|e| e.into_inner()).name.clone();
-        let cert_pem = ca.issue(self.id, &name, &pub_pem, &sans_for(&raft_addr), CERT_DAYS).map_err(|e| ClusterError::Storage(e.to_string()))?;
+        let cert_pem =
+            ca.issue(self.id, &name, &pub_pem, &sans_for(&raft_addr), CERT_DAYS).map_err(|e| ClusterError::Storage(e.to_string()))?;
         let identity = NodeIdentity { node_id: self.id, ca_cert_pem: ca.cert_pem().to_owned(), cert_pem, key_pem };
         identity.save(&dir).map_err(|e| ClusterError::Storage(e.to_string()))?;
         self.transport.rotate(identity).await.map_err(|e| ClusterError::Transport(e.to_string()))?;

@@ -214,7 +214,9 @@ pub enum RpcRequest {
     /// Gateway state every node must know (seen nonces, rate-limit usage).
     Share(SharedBatch),
     /// A membership change, carried out by the leader.
-    Membership { op: MembershipOp },
+    Membership {
+        op: MembershipOp,
+    },
     /// The cluster as the receiver sees it (the leader knows every follower's progress).
     Status,
     /// Start an election now (the last step of a leadership transfer).

@@ -137,11 +137,8 @@ impl Cluster {
     pub fn partition(&self, group: &[usize]) {
         let all: Vec<usize> = (1..=self.nodes.len()).filter(|k| self.nodes[k - 1].is_some()).collect();
         for &k in &all {
-            let blocked: Vec<usize> = if group.contains(&k) {
-                all.iter().copied().filter(|x| !group.contains(x)).collect()
-            } else {
-                group.to_vec()
-            };
+            let blocked: Vec<usize> =
+                if group.contains(&k) { all.iter().copied().filter(|x| !group.contains(x)).collect() } else { group.to_vec() };
             let (s, v) = self.api(k).put("/api/v1/cluster/test-partition", json!({ "blocked": blocked }));
             assert_eq!(s, 200, "partition on node {k}: {v}");
         }
@@ -164,10 +161,24 @@ impl Cluster {
 
     /// Starts a stopped node again on its data directory.
     pub fn restart(&mut self, k: usize) {
+        while self.nodes.len() < k {
+            self.nodes.push(None);
+        }
         assert!(self.nodes[k - 1].is_none(), "node {k} is running");
         let n = self.spawn(k);
         self.nodes[k - 1] = Some(n);
     }
+}
+
+/// Runs the CLI as the operator against node `k`'s admin API.
+pub fn cli_on(c: &Cluster, k: usize, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(super::BIN)
+        .args(args)
+        .env_remove("LGSP_DEV_DIR")
+        .env("LGSP_ADMIN_URL", c.node(k).admin_url())
+        .env("LGSP_TOKEN", &c.token)
+        .output()
+        .expect("run the CLI")
 }
 
 /// A valid, unique agency code for test writes (`000.NN.NN.H31`).

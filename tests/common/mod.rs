@@ -38,7 +38,8 @@ impl Node {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("data");
         let extra = args.iter().map(|a| a.to_string()).collect();
-        let mut n = Node { child: None, _tmp: Some(tmp), dir, info: Value::Null, log: PathBuf::new(), http: client(), extra, env: Vec::new() };
+        let mut n =
+            Node { child: None, _tmp: Some(tmp), dir, info: Value::Null, log: PathBuf::new(), http: client(), extra, env: Vec::new() };
         n.spawn();
         n
     }
