@@ -588,7 +588,7 @@ impl ClusterNode {
             _ => return Err(ClusterError::OutcomeUnknown),
         }
         let ca = ClusterCa::load(&cluster_dir(&self.data_dir)).map_err(|e| ClusterError::Storage(e.to_string()))?;
-        Ok((JoinTokenString::new(&id, &secret, &ca.fingerprint()).to_string(), expires_at))
+        Ok((JoinTokenString::new(&id, &secret, ca.fingerprint()).to_string(), expires_at))
     }
 
     /// Carries out a membership change on the leader (forwarded there from any node).

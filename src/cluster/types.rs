@@ -50,7 +50,6 @@ openraft::declare_raft_types!(
 )]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "body", rename_all = "snake_case")]
-#[allow(clippy::large_enum_variant, reason = "nearly every entry is a registry command; boxing it would only add an allocation")]
 pub enum Request {
     /// A registry change (admin API, gateway token revocation, import ...).
     Registry(Envelope),
