@@ -1050,7 +1050,12 @@ mod tests {
         fn handle(&self, peer: Peer, req: RpcRequest, tail: Vec<u8>) -> Pin<Box<dyn Future<Output = (RpcResponse, Vec<u8>)> + Send>> {
             let kind = match &req {
                 RpcRequest::Join(j) => format!("join:{}", j.token_id),
-                other => serde_json::to_value(other).ok().and_then(|v| v["rpc"].as_str().map(str::to_owned)).unwrap_or_default(),
+                // Externally tagged: a unit variant is a string, the others an object of one key.
+                other => match serde_json::to_value(other) {
+                    Ok(serde_json::Value::String(s)) => s,
+                    Ok(serde_json::Value::Object(m)) => m.keys().next().cloned().unwrap_or_default(),
+                    _ => String::new(),
+                },
             };
             lock(&self.seen).push((peer, kind));
             let ca_pem = self.ca_pem.clone();
