@@ -16,6 +16,8 @@ use thiserror::Error;
 
 use crate::admin::{self, AdminState};
 use crate::audit::{self, AuditLog};
+use crate::cluster::node::{self, ClusterError, ClusterNode, NodeFile, StartOptions};
+use crate::cluster::types::{NodeInfo, SharedBatch, FIRST_NODE};
 use crate::cluster::{Store, StoreError};
 use crate::config::Config;
 use crate::gateway::{self, Gateway, Proposer, View};
@@ -43,6 +45,18 @@ pub enum AppError {
     Audit(#[from] audit::AuditError),
     #[error("gateway: {0}")]
     Gateway(String),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+}
+
+/// A listener bound to every interface is announced under loopback; operators reach nodes by
+/// the addresses in their own inventory.
+fn advertised(a: SocketAddr) -> SocketAddr {
+    if a.ip().is_unspecified() {
+        SocketAddr::new(std::net::IpAddr::from([127, 0, 0, 1]), a.port())
+    } else {
+        a
+    }
 }
 
 /// Lets the gateway propose registry commands (token revocation, catalog entries) as the
@@ -93,9 +107,20 @@ pub struct DevInfo {
     pub admin_url: String,
     pub gateway_url: String,
     pub metrics_url: String,
+    /// The first operator's credentials; empty on a node that joined a cluster (use the first
+    /// node's: accounts are replicated).
+    #[serde(default)]
     pub username: String,
+    #[serde(default)]
     pub password: String,
+    #[serde(default)]
     pub api_token: String,
+    /// This node's id in its cluster.
+    #[serde(default)]
+    pub node_id: u64,
+    /// `host:port` of the node's cluster listener (what `lgsp cluster join --peer` takes).
+    #[serde(default)]
+    pub cluster_addr: String,
 }
 
 /// The first operator account, created on first start.
@@ -110,13 +135,60 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = cfg.node.data_dir.clone();
     create_private_dir(&dir)?;
+    // `lgsp dev` makes its data directory a one-node cluster on first start; `serve` needs
+    // `lgsp cluster init` or `lgsp cluster join` first.
+    if cfg.dev_mode && NodeFile::load(&dir)?.is_none() {
+        let ip = cfg.listen.cluster.ip();
+        let port = if cfg.listen.cluster.port() == 0 { node::pick_udp_port(ip)? } else { cfg.listen.cluster.port() };
+        node::init_offline(&dir, &SocketAddr::new(ip, port).to_string())?;
+    }
+    if NodeFile::load(&dir)?.is_none() {
+        return Err(ClusterError::NotInitialized.into());
+    }
     let key = SecretsKey::load_or_create(&dir.join("secrets.key"))?;
-    let store_path = dir.join("registry.redb");
-    let store =
-        Arc::new(tokio::task::spawn_blocking(move || Store::open(&store_path)).await.map_err(|e| AppError::Bootstrap(e.to_string()))??);
+
+    let tls = match (&cfg.tls, cfg.dev_mode) {
+        (Some(t), _) => Some(
+            axum_server::tls_rustls::RustlsConfig::from_pem_file(&t.cert, &t.key)
+                .await
+                .map_err(|e| AppError::Tls(format!("{}: {e}", t.cert.display())))?,
+        ),
+        (None, true) => None,
+        (None, false) => return Err(AppError::Tls("no [tls] section outside dev mode".into())),
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let admin_l = bind("admin", cfg.listen.admin)?;
+    let gateway_l = bind("gateway", cfg.listen.gateway)?;
+    let metrics_l = bind("metrics", cfg.listen.metrics)?;
+    let admin_addr = local(&admin_l, "admin", cfg.listen.admin)?;
+    let gateway_addr = local(&gateway_l, "gateway", cfg.listen.gateway)?;
+    let metrics_addr = local(&metrics_l, "metrics", cfg.listen.metrics)?;
+    let admin_url = format!("{scheme}://{}", advertised(admin_addr));
+    let gateway_url = format!("{scheme}://{}", advertised(gateway_addr));
+    let metrics_url = format!("http://{}", advertised(metrics_addr));
+
+    let cluster = ClusterNode::start(StartOptions {
+        data_dir: dir.clone(),
+        listen: cfg.listen.cluster,
+        info: NodeInfo {
+            name: cfg.node.name.clone(),
+            raft_addr: String::new(),
+            admin_url: admin_url.clone(),
+            gateway_url: gateway_url.clone(),
+            metrics_url: metrics_url.clone(),
+        },
+        tuning: cfg.cluster.clone(),
+        secrets: key.clone(),
+        faults_enabled: std::env::var("LGSP_TEST_FAULTS").is_ok_and(|v| v == "1"),
+    })
+    .await?;
+    let store = cluster.store().clone();
     {
         let reg = store.read();
         tracing::info!(
+            node = cluster.id,
+            cluster = %cluster.cluster_id,
+            raft = %cluster.local_raft_addr(),
             agencies = reg.agencies.len(),
             systems = reg.systems.len(),
             services = reg.services.len(),
@@ -135,12 +207,13 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
     let audit_task = tokio::spawn(audit_writer.run(audit_stop.wait()));
     let admin_state = Arc::new(AdminState {
         store: store.clone(),
+        cluster: cluster.clone(),
         key: key.clone(),
         cfg: cfg.admin.clone(),
         audit_dir: dir.join("audit"),
         audit: Some(audit_log.clone()),
     });
-    let boot = bootstrap(&admin_state).await?;
+    let boot = if cluster.id == FIRST_NODE { bootstrap(&admin_state).await? } else { None };
 
     let (trigger, stop) = shutdown::channel();
     let admin_app = admin::router(admin_state.clone());
@@ -160,6 +233,11 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
         }),
     );
 
+    let health_node = cluster.clone();
+    let metrics = metrics.with_health(Arc::new(move || {
+        let quorum = health_node.has_quorum();
+        (quorum, serde_json::json!({ "node_id": health_node.id, "quorum": quorum, "leader": health_node.leader() }))
+    }));
     let initial = {
         let reg = store.read();
         View::build(&reg, &key, store.last_applied())
@@ -188,23 +266,21 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
         if gateway_tls.is_some() { "https" } else { "http" },
     ));
 
-    let tls = match (&cfg.tls, cfg.dev_mode) {
-        (Some(t), _) => Some(
-            axum_server::tls_rustls::RustlsConfig::from_pem_file(&t.cert, &t.key)
-                .await
-                .map_err(|e| AppError::Tls(format!("{}: {e}", t.cert.display())))?,
-        ),
-        (None, true) => None,
-        (None, false) => return Err(AppError::Tls("no [tls] section outside dev mode".into())),
-    };
-    let scheme = if tls.is_some() { "https" } else { "http" };
-
-    let admin_l = bind("admin", cfg.listen.admin)?;
-    let gateway_l = bind("gateway", cfg.listen.gateway)?;
-    let metrics_l = bind("metrics", cfg.listen.metrics)?;
-    let admin_addr = local(&admin_l, "admin", cfg.listen.admin)?;
-    let gateway_addr = local(&gateway_l, "gateway", cfg.listen.gateway)?;
-    let metrics_addr = local(&metrics_l, "metrics", cfg.listen.metrics)?;
+    // Nonces, assertion ids and rate-limit usage travel between the gateways of all nodes.
+    let (outbox, inbox) = (gw.shared(), gw.shared());
+    cluster.start_sharing(
+        Arc::new(move || {
+            let o = outbox.take_outbox();
+            if o.is_empty() {
+                return None;
+            }
+            serde_json::to_value(&o).ok().map(|payload| SharedBatch { payload })
+        }),
+        Arc::new(move |from: &str, batch: SharedBatch| match serde_json::from_value::<gateway::Outbox>(batch.payload) {
+            Ok(o) => inbox.absorb(from, o),
+            Err(e) => tracing::warn!(peer = %from, error = %e, "ignored shared gateway state in an unknown format"),
+        }),
+    );
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(serve(admin_l, admin_app, tls.clone(), stop.clone()));
@@ -212,16 +288,15 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
     tokio::spawn(maintain_view(store.clone(), key.clone(), view_tx, stop.clone()));
     tasks.spawn(serve(metrics_l, metrics.router(), None, stop.clone()));
 
-    let admin_url = format!("{scheme}://{admin_addr}");
-    let gateway_url = format!("{scheme}://{gateway_addr}");
-    let metrics_url = format!("http://{metrics_addr}");
     if cfg.dev_mode {
-        let info = write_dev_json(&dir, &admin_url, &gateway_url, &metrics_url, boot.as_ref())?;
+        let info = write_dev_json(&dir, &admin_url, &gateway_url, &metrics_url, boot.as_ref(), cluster.id, &cluster.local_raft_addr().to_string())?;
+        let creds = if info.username.is_empty() {
+            format!("  credentials: those of the cluster's first node (accounts are replicated)\n  node      : {} in the cluster, listening on {}/udp", info.node_id, info.cluster_addr)
+        } else {
+            format!("  username  : {}\n  password  : {}\n  api token : {}", info.username, info.password, info.api_token)
+        };
         eprintln!(
-            "LGSP dev appliance ready (plain HTTP on loopback: for evaluation only)\n  admin API : {admin_url}/api/v1/  (OpenAPI: {admin_url}/api/v1/openapi.json)\n  gateway   : {gateway_url}\n  metrics   : {metrics_url}/metrics\n  username  : {}\n  password  : {}\n  api token : {}\n  (also in {})",
-            info.username,
-            info.password,
-            info.api_token,
+            "LGSP dev appliance ready (plain HTTP on loopback: for evaluation only)\n  admin API : {admin_url}/api/v1/  (OpenAPI: {admin_url}/api/v1/openapi.json)\n  gateway   : {gateway_url}\n  metrics   : {metrics_url}/metrics\n{creds}\n  (also in {})",
             dir.join("dev.json").display()
         );
     } else if let Some(b) = &boot {
@@ -254,6 +329,7 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
         Err(e) => tracing::error!(error = %e, "audit writer stopped abnormally"),
         Ok(Ok(())) => {}
     }
+    cluster.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -337,12 +413,15 @@ fn write_dev_json(
     gateway_url: &str,
     metrics_url: &str,
     boot: Option<&Bootstrap>,
+    node_id: u64,
+    cluster_addr: &str,
 ) -> Result<DevInfo, AppError> {
     let path: PathBuf = dir.join("dev.json");
     let (username, password, api_token) = match boot {
         Some(b) => (b.username.clone(), b.password.clone(), b.api_token.clone()),
         None => match std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<DevInfo>(&b).ok()) {
             Some(old) => (old.username, old.password, old.api_token),
+            None if node_id != FIRST_NODE => (String::new(), String::new(), String::new()),
             None => {
                 return Err(AppError::Bootstrap(format!(
                     "{} is missing or unreadable and the registry already has users; use a new --data-dir",
@@ -358,6 +437,8 @@ fn write_dev_json(
         username,
         password,
         api_token,
+        node_id,
+        cluster_addr: cluster_addr.into(),
     };
     let text = serde_json::to_vec_pretty(&info).map_err(|e| AppError::Bootstrap(e.to_string()))?;
     secrets::write_private(&path, &text).map_err(|source| AppError::Write { path: path.display().to_string(), source })?;

@@ -37,6 +37,8 @@ pub struct Config {
     pub audit: AuditConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub cluster: ClusterConfig,
     /// Set only by `lgsp dev`; a config file cannot turn TLS off.
     #[serde(skip)]
     pub dev_mode: bool,
@@ -218,6 +220,74 @@ impl Default for AuditConfig {
     }
 }
 
+/// Raft between the nodes (QUIC on `listen.cluster`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `host:port` the other nodes dial to reach this node's cluster listener. Defaults to
+    /// `listen.cluster` when that names a specific address.
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// The leader's heartbeat to each follower.
+    #[serde(default = "d_heartbeat")]
+    pub heartbeat_ms: u64,
+    /// A follower that hears no leader for this long (randomised up to twice as long) starts an
+    /// election. Leader failover takes about this long.
+    #[serde(default = "d_election")]
+    pub election_timeout_ms: u64,
+    /// Build a snapshot (and compact the log) after this many log entries.
+    #[serde(default = "d_snapshot_logs")]
+    pub snapshot_logs: u64,
+    /// Entries kept in the log behind the latest snapshot, so a briefly absent node catches up
+    /// without a whole snapshot.
+    #[serde(default = "d_keep_logs")]
+    pub keep_logs: u64,
+}
+
+fn d_heartbeat() -> u64 {
+    100
+}
+fn d_election() -> u64 {
+    400
+}
+fn d_snapshot_logs() -> u64 {
+    10_000
+}
+fn d_keep_logs() -> u64 {
+    1_000
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            advertise: None,
+            heartbeat_ms: d_heartbeat(),
+            election_timeout_ms: d_election(),
+            snapshot_logs: d_snapshot_logs(),
+            keep_logs: d_keep_logs(),
+        }
+    }
+}
+
+impl Config {
+    /// The address peers dial for this node's cluster listener.
+    pub fn cluster_advertise(&self, bound: SocketAddr) -> Result<String, ConfigError> {
+        if let Some(a) = &self.cluster.advertise {
+            return Ok(a.clone());
+        }
+        if bound.ip().is_unspecified() {
+            return Err(ConfigError::Invalid {
+                key: "cluster.advertise",
+                reason: format!(
+                    "listen.cluster is {bound}, which peers cannot dial; set cluster.advertise to this node's address, e.g. \"10.0.0.1:{}\"",
+                    bound.port()
+                ),
+            });
+        }
+        Ok(bound.to_string())
+    }
+}
+
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -274,6 +344,7 @@ impl Config {
             gateway: GatewayConfig::default(),
             audit: AuditConfig::default(),
             log: LogConfig::default(),
+            cluster: ClusterConfig::default(),
             dev_mode: true,
         }
     }
@@ -332,6 +403,28 @@ impl Config {
                 key: "log.level",
                 reason: format!("{:?} is not a log filter (try info, debug, or lgsp=debug,info)", self.log.level),
             });
+        }
+        let c = &self.cluster;
+        if !(20..=5_000).contains(&c.heartbeat_ms) {
+            return Err(ConfigError::Invalid { key: "cluster.heartbeat_ms", reason: "must be between 20 and 5000".into() });
+        }
+        if c.election_timeout_ms < 3 * c.heartbeat_ms || c.election_timeout_ms > 60_000 {
+            return Err(ConfigError::Invalid {
+                key: "cluster.election_timeout_ms",
+                reason: format!("must be at least 3 x cluster.heartbeat_ms ({}) and at most 60000", 3 * c.heartbeat_ms),
+            });
+        }
+        if !(10..=10_000_000).contains(&c.snapshot_logs) {
+            return Err(ConfigError::Invalid { key: "cluster.snapshot_logs", reason: "must be between 10 and 10000000".into() });
+        }
+        if c.keep_logs > 10_000_000 {
+            return Err(ConfigError::Invalid { key: "cluster.keep_logs", reason: "must be at most 10000000".into() });
+        }
+        if let Some(a) = &c.advertise {
+            let ok = a.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0));
+            if !ok {
+                return Err(ConfigError::Invalid { key: "cluster.advertise", reason: format!("{a:?} is not host:port") });
+            }
         }
         let l = &self.listen;
         let addrs =

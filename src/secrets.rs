@@ -29,6 +29,8 @@ pub enum SecretsError {
     Write { path: String, source: std::io::Error },
     #[error("the secrets key {path} is damaged (expected 32 bytes, base64); restore it from backup")]
     Damaged { path: String },
+    #[error("{path} already holds a different secrets key: this data directory belongs to another node or cluster; join with an empty data directory")]
+    Conflict { path: String },
     #[error("password hashing failed: {0}")]
     Hash(String),
 }
@@ -142,6 +144,31 @@ impl SecretsKey {
             }
             Err(source) => Err(SecretsError::Read { path: show, source }),
         }
+    }
+
+    /// The key as written in `secrets.key` (base64), for handing to a joining node over the
+    /// cluster's authenticated channel. Never log it.
+    pub fn to_base64(&self) -> String {
+        STANDARD.encode(self.0.as_slice())
+    }
+
+    /// Writes a key received from the cluster to `path` (mode 0600). Refuses to replace a
+    /// different key already there: the node's sealed secrets would become unreadable.
+    pub fn install(path: &Path, b64: &str) -> Result<Self, SecretsError> {
+        let show = path.display().to_string();
+        let bytes = STANDARD.decode(b64.trim()).map_err(|_| SecretsError::Damaged { path: show.clone() })?;
+        if bytes.len() != 32 {
+            return Err(SecretsError::Damaged { path: show });
+        }
+        let key = SecretsKey(*chacha20poly1305::Key::from_slice(&bytes));
+        match std::fs::read_to_string(path) {
+            Ok(existing) if existing.trim() == b64.trim() => return Ok(key),
+            Ok(_) => return Err(SecretsError::Conflict { path: show }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(SecretsError::Read { path: show, source }),
+        }
+        write_private(path, STANDARD.encode(&bytes).as_bytes()).map_err(|source| SecretsError::Write { path: show, source })?;
+        Ok(key)
     }
 
     /// A 32-byte key for one purpose, derived from this key (HMAC-SHA256 over the label), so

@@ -108,6 +108,12 @@ fn serve_refuses_bad_values_naming_the_key() {
     );
     // A missing required key.
     assert_config_refused(&format!("[node]\nname = 'n1'\n{LISTEN}{TLS}"), "data_dir");
+    assert_config_refused(&format!("[node]\ndata_dir = 'DIR/data'\n{LISTEN}{TLS}[cluster]\nheartbeat_ms = 5\n"), "cluster.heartbeat_ms");
+    assert_config_refused(
+        &format!("[node]\ndata_dir = 'DIR/data'\n{LISTEN}{TLS}[cluster]\nheartbeat_ms = 100\nelection_timeout_ms = 150\n"),
+        "cluster.election_timeout_ms",
+    );
+    assert_config_refused(&format!("[node]\ndata_dir = 'DIR/data'\n{LISTEN}{TLS}[cluster]\nadvertise = 'nohost'\n"), "cluster.advertise");
 }
 
 #[test]

@@ -26,11 +26,22 @@ fn serve_speaks_tls_and_writes_initial_credentials() {
     std::fs::write(dir.join("server.crt"), cert.pem()).expect("write");
     std::fs::write(dir.join("server.key"), key.serialize_pem()).expect("write");
     let (admin, gateway, metrics) = (free_port(), free_port(), free_port());
+    let cluster = std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("udp port");
     let config = format!(
-        "[node]\ndata_dir = '{d}/data'\nname = 'tls-test'\n[listen]\nadmin = '127.0.0.1:{admin}'\ngateway = '127.0.0.1:{gateway}'\nmetrics = '127.0.0.1:{metrics}'\ncluster = '127.0.0.1:0'\n[tls]\ncert = '{d}/server.crt'\nkey = '{d}/server.key'\n",
+        "[node]\ndata_dir = '{d}/data'\nname = 'tls-test'\n[listen]\nadmin = '127.0.0.1:{admin}'\ngateway = '127.0.0.1:{gateway}'\nmetrics = '127.0.0.1:{metrics}'\ncluster = '127.0.0.1:{cluster}'\n[tls]\ncert = '{d}/server.crt'\nkey = '{d}/server.key'\n",
         d = dir.display()
     );
     std::fs::write(dir.join("lgsp.toml"), config).expect("write");
+    // Before `cluster init`, serve refuses and says what to do.
+    let out = Command::new(BIN).args(["serve", "--config"]).arg(dir.join("lgsp.toml")).output().expect("serve");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("lgsp cluster init"), "{err}");
+    let out = Command::new(BIN).args(["cluster", "init", "--config"]).arg(dir.join("lgsp.toml")).output().expect("init");
+    assert!(out.status.success(), "cluster init: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("lgsp cluster token create"));
+    // A second init on the same data directory is refused.
+    let out = Command::new(BIN).args(["cluster", "init", "--config"]).arg(dir.join("lgsp.toml")).output().expect("init");
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("already belongs to cluster"));
     let log = std::fs::File::create(dir.join("log")).expect("log");
     let mut child =
         Command::new(BIN).args(["serve", "--config"]).arg(dir.join("lgsp.toml")).stdout(Stdio::null()).stderr(log).spawn().expect("spawn");

@@ -3,6 +3,7 @@
 //! Invariants: `code` values are stable (clients and tests match on them); a message says what
 //! failed and what to do; storage details never reach the client beyond a generic message.
 
+use crate::cluster::node::ClusterError;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -70,6 +71,25 @@ impl From<StoreError> for ApiError {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "STORAGE_UNAVAILABLE", "the registry could not be saved; nothing was changed. Try again; if it persists, the operator should check the node's disk")
             }
         }
+    }
+}
+
+impl From<ClusterError> for ApiError {
+    fn from(e: ClusterError) -> Self {
+        let status = match &e {
+            ClusterError::NoQuorum(_) | ClusterError::NotInitialized => StatusCode::SERVICE_UNAVAILABLE,
+            ClusterError::Ambiguous(_) | ClusterError::OutcomeUnknown => StatusCode::GATEWAY_TIMEOUT,
+            ClusterError::Refused(_) => StatusCode::CONFLICT,
+            ClusterError::Storage(_) | ClusterError::Transport(_) | ClusterError::File { .. } => {
+                tracing::error!(error = %e, "cluster failure");
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        };
+        let mut out = ApiError::new(status, e.code(), e.to_string());
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            out.retry_after = Some(1);
+        }
+        out
     }
 }
 

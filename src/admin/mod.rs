@@ -9,6 +9,7 @@
 pub mod access;
 pub mod auth;
 pub mod catalogs;
+pub mod cluster_api;
 pub mod error;
 pub mod openapi;
 pub mod registry_api;
@@ -20,6 +21,9 @@ use axum::routing::MethodRouter;
 use axum::Router;
 use chrono::Utc;
 
+use crate::cluster::node::ClusterNode;
+use crate::cluster::store::Applied;
+use crate::cluster::types::Request;
 use crate::cluster::Store;
 use crate::config::AdminConfig;
 use crate::registry::{Actor, Command, Envelope, Outcome};
@@ -33,6 +37,8 @@ pub const LARGE_BODY: usize = 512 << 20;
 
 pub struct AdminState {
     pub store: Arc<Store>,
+    /// Where writes go (committed through Raft) and read barriers come from.
+    pub cluster: Arc<ClusterNode>,
     pub key: SecretsKey,
     pub cfg: AdminConfig,
     /// Where the transaction audit segments live (read by search, verify, reconciliation).
@@ -44,16 +50,14 @@ pub struct AdminState {
 pub type Shared = Arc<AdminState>;
 
 impl AdminState {
-    /// Proposes a command as `actor` and waits until it is durable.
+    /// Proposes a command as `actor` and waits until it is committed by the cluster and
+    /// applied on this node (so this node's next read sees it).
     pub async fn propose(&self, actor: Actor, command: Command) -> Result<Outcome, ApiError> {
         let env = Envelope::new(Utc::now(), actor, command);
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.propose(&env))
-            .await
-            .map_err(|e| {
-                ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", format!("the request was interrupted: {e}"))
-            })?
-            .map_err(ApiError::from)
+        match self.cluster.write(Request::Registry(env)).await? {
+            Applied::Registry(result) => result.map_err(ApiError::from),
+            _ => Err(ApiError::from(crate::cluster::node::ClusterError::OutcomeUnknown)),
+        }
     }
 }
 
@@ -74,7 +78,34 @@ pub fn endpoints() -> Vec<Endpoint> {
     v.extend(access::endpoints());
     v.extend(catalogs::endpoints());
     v.extend(transactions::endpoints());
+    v.extend(cluster_api::endpoints());
     v
+}
+
+/// Reads see every write acknowledged before them, on any node: a GET first waits for the
+/// leader's confirmation (`?consistency=local` skips it and reads this node's state, which may
+/// lag by a few milliseconds, or more when the node has lost its quorum).
+async fn read_barrier(
+    axum::extract::State(st): axum::extract::State<Shared>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let local = req.uri().query().is_some_and(|q| q.split('&').any(|kv| kv == "consistency=local"));
+    if local {
+        // Handlers refuse unknown query parameters: take this one out.
+        let rest: Vec<&str> = req.uri().query().unwrap_or("").split('&').filter(|kv| *kv != "consistency=local").collect();
+        let pq = if rest.is_empty() { req.uri().path().to_owned() } else { format!("{}?{}", req.uri().path(), rest.join("&")) };
+        if let Ok(uri) = pq.parse() {
+            *req.uri_mut() = uri;
+        }
+    }
+    if req.method() == axum::http::Method::GET && !local && req.uri().path() != "/api/v1/openapi.json" {
+        if let Err(e) = st.cluster.read_barrier().await {
+            return ApiError::from(e).into_response();
+        }
+    }
+    next.run(req).await
 }
 
 pub fn router(state: Shared) -> Router {
@@ -92,6 +123,7 @@ pub fn router(state: Shared) -> Router {
         r = r.route(path, mr);
     }
     r.route("/api/v1/openapi.json", axum::routing::get(openapi::serve))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), read_barrier))
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .method_not_allowed_fallback(|| async {
             ApiError::new(

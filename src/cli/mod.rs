@@ -78,6 +78,9 @@ pub enum Cmd {
     /// Declarative registry import and export (TOML or JSON)
     #[command(subcommand)]
     Registry(RegistryCmd),
+    /// The cluster: create it, join nodes, membership, status
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
     /// Print shell completions
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff)
@@ -100,6 +103,82 @@ pub struct DevArgs {
     /// Extra CA certificates (PEM) to trust for HTTPS providers
     #[arg(long)]
     pub upstream_ca: Option<PathBuf>,
+    /// This node's name in the cluster
+    #[arg(long, default_value = "dev")]
+    pub name: String,
+    /// The cluster (QUIC) listener; with --ephemeral-ports a free port is chosen once and kept
+    #[arg(long, default_value = "127.0.0.1:7443")]
+    pub cluster_addr: std::net::SocketAddr,
+    /// Snapshot and compact the Raft log every this many entries
+    #[arg(long)]
+    pub snapshot_logs: Option<u64>,
+    /// Entries kept behind a snapshot
+    #[arg(long)]
+    pub keep_logs: Option<u64>,
+    /// Raft heartbeat (ms)
+    #[arg(long)]
+    pub heartbeat_ms: Option<u64>,
+    /// Raft election timeout (ms)
+    #[arg(long)]
+    pub election_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCmd {
+    /// Make this node the first of a new cluster (creates the cluster CA); run once, offline
+    Init {
+        #[arg(long, default_value = "/etc/lgsp/lgsp.toml")]
+        config: PathBuf,
+    },
+    /// Join an existing cluster with a one-time token; run offline on the new node, then start it
+    Join {
+        /// From `lgsp cluster token create` (or set LGSP_JOIN_TOKEN)
+        #[arg(long, env = "LGSP_JOIN_TOKEN", hide_env_values = true)]
+        token: String,
+        /// host:port of any member's cluster listener
+        #[arg(long)]
+        peer: String,
+        /// The node's configuration file
+        #[arg(long, conflicts_with = "data_dir")]
+        config: Option<PathBuf>,
+        /// For a dev node: its data directory (instead of --config)
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// For a dev node: its name
+        #[arg(long, default_value = "dev")]
+        name: String,
+        /// For a dev node: its cluster listener (port 0 picks a free one)
+        #[arg(long, default_value = "127.0.0.1:0")]
+        cluster_addr: std::net::SocketAddr,
+    },
+    /// Leader, term, log indices, and each node's role and lag
+    Status,
+    /// Join tokens
+    #[command(subcommand)]
+    Token(JoinTokenCmd),
+    /// Make a caught-up learner a voter
+    Promote { node_id: u64 },
+    /// Remove a node from the cluster
+    Remove { node_id: u64 },
+    /// Hand leadership to another voter
+    TransferLeader { node_id: u64 },
+    /// Take the node you are connected to out of the cluster
+    Leave,
+    /// Give the node you are connected to a new cluster certificate (no downtime)
+    RotateCert,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JoinTokenCmd {
+    /// Create a one-time join token (printed once)
+    Create {
+        /// Keep the node a learner (non-voting) instead of promoting it once caught up
+        #[arg(long)]
+        learner: bool,
+        /// Validity in seconds
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -481,11 +560,29 @@ pub fn main() -> ExitCode {
             };
             let mut cfg = Config::dev(d.data_dir, any(d.gateway_addr), any(d.admin_addr), any(d.metrics_addr));
             cfg.gateway.upstream_ca_file = d.upstream_ca;
+            cfg.node.name = d.name;
+            cfg.listen.cluster = any(d.cluster_addr);
+            if let Some(v) = d.snapshot_logs {
+                cfg.cluster.snapshot_logs = v;
+            }
+            if let Some(v) = d.keep_logs {
+                cfg.cluster.keep_logs = v;
+            }
+            if let Some(v) = d.heartbeat_ms {
+                cfg.cluster.heartbeat_ms = v;
+            }
+            if let Some(v) = d.election_timeout_ms {
+                cfg.cluster.election_timeout_ms = v;
+            }
             if let Err(e) = cfg.validate() {
                 eprintln!("lgsp: invalid configuration: {e}");
                 return ExitCode::from(EXIT_USAGE);
             }
             run_app(cfg)
+        }
+        Cmd::Cluster(ClusterCmd::Init { config }) => offline(cluster_init(&config)),
+        Cmd::Cluster(ClusterCmd::Join { token, peer, config, data_dir, name, cluster_addr }) => {
+            offline(cluster_join(token, peer, config, data_dir, name, cluster_addr))
         }
         Cmd::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "lgsp", &mut std::io::stdout());
@@ -515,6 +612,68 @@ pub fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Runs an offline command (no admin API involved).
+fn offline(f: impl std::future::Future<Output = Result<()>>) -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("lgsp: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(f) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn cluster_init(config: &std::path::Path) -> Result<()> {
+    let cfg = Config::load(config).map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    let advertise = cfg.cluster_advertise(cfg.listen.cluster).map_err(|e| anyhow::anyhow!("{e}"))?;
+    std::fs::create_dir_all(&cfg.node.data_dir).with_context(|| format!("cannot create {}", cfg.node.data_dir.display()))?;
+    let nf = crate::cluster::node::init_offline(&cfg.node.data_dir, &advertise)?;
+    println!(
+        "initialised cluster {} with this node ({}, id {}) as its first member at {advertise}.\nStart it (systemctl start lgsp), then create join tokens for the other nodes: lgsp cluster token create",
+        nf.cluster_id, cfg.node.name, nf.node_id
+    );
+    Ok(())
+}
+
+async fn cluster_join(
+    token: String,
+    peer: String,
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    name: String,
+    cluster_addr: std::net::SocketAddr,
+) -> Result<()> {
+    use crate::cluster::node;
+    let (dir, info) = match (config, data_dir) {
+        (Some(path), _) => {
+            let cfg = Config::load(&path).map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+            let advertise = cfg.cluster_advertise(cfg.listen.cluster).map_err(|e| anyhow::anyhow!("{e}"))?;
+            (cfg.node.data_dir, crate::cluster::types::NodeInfo { name: cfg.node.name, raft_addr: advertise, ..Default::default() })
+        }
+        (None, Some(dir)) => {
+            let port = if cluster_addr.port() == 0 { node::pick_udp_port(cluster_addr.ip())? } else { cluster_addr.port() };
+            let addr = std::net::SocketAddr::new(cluster_addr.ip(), port).to_string();
+            (dir, crate::cluster::types::NodeInfo { name, raft_addr: addr, ..Default::default() })
+        }
+        (None, None) => bail!("give --config FILE (a production node) or --data-dir DIR (a dev node)"),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let nf = node::join_offline(&dir, &token, &peer, info.clone()).await?;
+    println!(
+        "joined cluster {} as node {} ({}) at {}. Start the node now; it is added as a learner and, if the token allows, promoted to voter once it has caught up.",
+        nf.cluster_id, nf.node_id, info.name, nf.raft_addr
+    );
+    Ok(())
 }
 
 fn run_app(cfg: Config) -> ExitCode {
@@ -571,6 +730,38 @@ fn urlencode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// `lgsp cluster status` as a table.
+fn print_cluster(v: &Value) {
+    let opt = |x: &Value| if x.is_null() { "-".to_owned() } else { x.to_string() };
+    println!(
+        "cluster {}  leader {}  term {}  last log {}  applied {}  snapshot {}  (seen from node {}; quorum: {})",
+        v["cluster_id"].as_str().unwrap_or("?"),
+        opt(&v["leader"]),
+        opt(&v["term"]),
+        opt(&v["last_log_index"]),
+        opt(&v["last_applied"]),
+        opt(&v["snapshot_index"]),
+        opt(&v["reporter"]),
+        opt(&v["quorum"]),
+    );
+    let mut rows = vec![["ID", "NAME", "ROLE", "MATCHED", "LAG", "RAFT", "ADMIN"].map(str::to_owned).to_vec()];
+    for n in v["nodes"].as_array().into_iter().flatten() {
+        rows.push(vec![
+            opt(&n["id"]),
+            n["name"].as_str().unwrap_or("").to_owned(),
+            n["role"].as_str().unwrap_or("").to_owned(),
+            opt(&n["matched_index"]),
+            opt(&n["lag"]),
+            n["raft_addr"].as_str().unwrap_or("").to_owned(),
+            n["admin_url"].as_str().unwrap_or("").to_owned(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..7).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    for r in rows {
+        println!("{}", r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ").trim_end());
+    }
 }
 
 /// Prints a list as columns, or an object as indented JSON.
@@ -777,6 +968,31 @@ async fn remote(cmd: Cmd, conn: &Connection, j: bool) -> Result<()> {
             UserCmd::Disable { username } => show(&c.call(reqwest::Method::PATCH, &format!("/api/v1/users/{username}"), Some(&json!({"disabled": true}))).await?, j, &[]),
             UserCmd::Enable { username } => show(&c.call(reqwest::Method::PATCH, &format!("/api/v1/users/{username}"), Some(&json!({"disabled": false}))).await?, j, &[]),
             UserCmd::Unlock { username } => show(&c.post(&format!("/api/v1/users/{username}/unlock"), json!({})).await?, j, &[]),
+        },
+        Cmd::Cluster(cc) => match cc {
+            ClusterCmd::Init { .. } | ClusterCmd::Join { .. } => bail!("init and join run offline on the node itself"),
+            ClusterCmd::Status => {
+                let v = c.get("/api/v1/cluster").await?;
+                if j {
+                    show(&v, true, &[]);
+                } else {
+                    print_cluster(&v);
+                }
+            }
+            ClusterCmd::Token(JoinTokenCmd::Create { learner, ttl }) => {
+                let v = c.post("/api/v1/cluster/join-tokens", json!({"voter": !learner, "ttl_seconds": ttl})).await?;
+                if j {
+                    show(&v, true, &[]);
+                } else {
+                    println!("{}", v["token"].as_str().unwrap_or_default());
+                    eprintln!("one-time join token, valid until {}; on the new node: lgsp cluster join --token TOKEN --peer HOST:7443", v["expires_at"]);
+                }
+            }
+            ClusterCmd::Promote { node_id } => show(&c.post(&format!("/api/v1/cluster/nodes/{node_id}/promote"), json!({})).await?, j, &[]),
+            ClusterCmd::Remove { node_id } => show(&c.call(reqwest::Method::DELETE, &format!("/api/v1/cluster/nodes/{node_id}"), None).await?, j, &[]),
+            ClusterCmd::TransferLeader { node_id } => show(&c.post("/api/v1/cluster/leader", json!({"node_id": node_id})).await?, j, &[]),
+            ClusterCmd::Leave => show(&c.post("/api/v1/cluster/leave", json!({})).await?, j, &[]),
+            ClusterCmd::RotateCert => show(&c.post("/api/v1/cluster/certificate/rotate", json!({})).await?, j, &[]),
         },
         Cmd::Token(t) => match t {
             TokenCmd::List => show(&c.get("/api/v1/tokens").await?, j, &["id", "username", "name", "expires_at", "session"]),

@@ -1,11 +1,26 @@
 //! Replication and storage of the registry. The only module that knows redb, openraft and
 //! quinn.
 //!
-//! [`store::Store`] applies each committed [`crate::registry::Envelope`] and commits the changed
-//! rows, the applied log id and the admin-audit entry in one fsynced redb transaction.
-//! May import `registry` only.
+//! [`store::Store`] holds the replicated state (registry, cluster bookkeeping, admin audit) in
+//! redb and is the Raft state machine ([`store::StateMachine`]): each batch of committed
+//! entries, their effects, the applied log id and the membership are committed in one fsynced
+//! transaction. [`log_store::LogStore`] keeps the Raft log and vote in a second redb file;
+//! [`snapshot`] owns the snapshot format and files. [`store::open_storage`] opens all three.
+//! [`pki`] runs the cluster CA and node identities; [`transport`] carries RPCs between nodes
+//! over QUIC with mutual TLS and implements openraft's network on top. [`node`] is one member:
+//! Raft, write forwarding, read barriers, joins and membership.
+//! May import `registry` and `secrets` only.
 
+pub mod log_store;
+pub mod node;
+pub mod pki;
+pub mod snapshot;
 pub mod store;
+pub mod transport;
 pub mod types;
 
-pub use store::{AuditEntry, Store, StoreError};
+#[cfg(test)]
+mod storage_tests;
+
+pub use log_store::{LogReader, LogStore};
+pub use store::{open_storage, Applied, AuditEntry, SnapshotBuilder, StateMachine, Store, StoreError};

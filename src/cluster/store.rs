@@ -1,26 +1,69 @@
-//! Durable registry storage in one redb file.
+//! The replicated state and its durable storage: the registry, the cluster's bookkeeping, the
+//! admin audit trail and the Raft state machine over them, in one redb file
+//! (`DATA_DIR/registry.redb`), with the current snapshot's bytes in `DATA_DIR/snapshots/`.
 //!
-//! Tables: one per entity kind (key -> JSON row), `settings`, `meta` (last applied index) and
-//! `admin_audit` (index -> [`AuditEntry`]). Invariants: a command's rows, its audit entry and the
-//! new applied index are committed in a single fsynced transaction, so a crash leaves either all
-//! of it or none; the in-memory [`State`] is rolled back if the commit fails; commands are
-//! applied one at a time in index order.
+//! Tables: one per registry entity kind (key -> JSON row), `settings`, `admin_audit` (log index
+//! -> [`AuditEntry`]), `cluster` (the [`ClusterState`], JSON), `meta` (the last applied index,
+//! u64, kept for older readers) and `raft_meta` (applied log id, last membership, current
+//! snapshot's meta, JSON).
+//!
+//! Invariants:
+//! - One `apply` call (a batch of committed entries) is one fsynced redb transaction holding
+//!   every changed row, the audit entries, the cluster state, the applied log id and the
+//!   membership, so a crash leaves all of the batch or none of it. If the commit fails, the
+//!   in-memory registry and cluster state are rolled back to before the batch.
+//! - Applying is deterministic: a refused command is an outcome (kept in memory for
+//!   [`Store::outcome`]), the state is unchanged, and every node computes the same.
+//! - Changes are serialised by one writer lock (lock order: writer -> snapshot lock -> redb
+//!   write transaction); readers use the in-memory state and never wait for disk except while
+//!   a batch is being committed.
+//! - Snapshots are taken from a redb read transaction (MVCC), so they are consistent with
+//!   exactly the applied log id they name, without blocking writers.
+//!
+//! May import `registry` only (and the other `cluster` files); openraft and redb.
 
+use std::collections::BTreeMap;
+use std::io::Cursor;
 use std::path::Path;
-use std::sync::{Mutex, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
-use redb::{Database, ReadableTable, TableDefinition};
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    CommittedLeaderId, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError,
+    StoredMembership,
+};
+use redb::{Database, ReadTransaction, ReadableTable, Table, TableDefinition};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use thiserror::Error;
 
+use super::log_store::LogStore;
+use super::snapshot::{new_snapshot_id, CurrentSnapshot, SnapshotDir, SnapshotDoc, SNAPSHOT_FORMAT, SNAPSHOT_VERSION};
+use super::types::{ClusterCommand, ClusterEnvelope, ClusterOutcome, ClusterRefusal, ClusterState, NodeId, NodeInfo, Request, TypeConfig};
 use crate::registry::{self, Envelope, Outcome, RegistryError, State, Timestamp};
+
+/// The registry file inside the data directory.
+pub const REGISTRY_FILE: &str = "registry.redb";
+/// The Raft log file inside the data directory.
+pub const LOG_FILE: &str = "raft-log.redb";
+/// The directory, beside the registry file, that holds the current snapshot.
+pub const SNAPSHOT_DIR: &str = "snapshots";
+/// How many recent outcomes [`Store::outcome`] remembers (by log index).
+pub const OUTCOMES_KEPT: usize = 65_536;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("settings");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("admin_audit");
+const CLUSTER: TableDefinition<&str, &[u8]> = TableDefinition::new("cluster");
+const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 const LAST_APPLIED: &str = "last_applied";
+const APPLIED_LOG_ID: &str = "applied_log_id";
+const MEMBERSHIP: &str = "membership";
+const CURRENT_SNAPSHOT: &str = "current_snapshot";
+const CLUSTER_STATE: &str = "state";
 
-fn rows(name: &'static str) -> TableDefinition<'static, &'static str, &'static [u8]> {
+fn rows(name: &str) -> TableDefinition<'_, &'static str, &'static [u8]> {
     TableDefinition::new(name)
 }
 
@@ -29,10 +72,13 @@ pub enum StoreError {
     /// The registry refused the command; nothing changed.
     #[error(transparent)]
     Rejected(#[from] RegistryError),
-    #[error("registry storage failed: {0}; check the data directory's disk and permissions")]
+    #[error("storage failed: {0}; check the data directory's disk space and permissions")]
     Storage(String),
-    #[error("registry storage holds a row that cannot be read ({table}/{key}): {reason}; restore from backup")]
+    #[error("storage holds a record that cannot be read ({table}/{key}): {reason}; restore from backup")]
     Corrupt { table: String, key: String, reason: String },
+    /// A snapshot was refused (other version, damaged, inconsistent); nothing changed.
+    #[error("snapshot refused: {0}")]
+    Snapshot(String),
 }
 
 fn storage<E: std::fmt::Display>(e: E) -> StoreError {
@@ -54,11 +100,39 @@ pub struct AuditEntry {
     pub reason: Option<String>,
 }
 
+/// What applying one log entry produced. Apply is deterministic, so every node computes the
+/// same value for the same index; the node that proposed an entry reads it with
+/// [`Store::outcome`] once its applied index has reached the entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    Registry(Result<Outcome, RegistryError>),
+    Cluster(Result<ClusterOutcome, ClusterRefusal>),
+    /// A blank or membership entry.
+    Other,
+}
+
+/// Where the state machine stands.
+#[derive(Debug, Clone, Default)]
+struct Position {
+    log_id: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, NodeInfo>,
+}
+
+/// The replicated state (registry, cluster bookkeeping, admin audit) and its storage. Shared
+/// (`Arc`) by the Raft state machine, the admin API and the gateway's view builder.
 pub struct Store {
     db: Database,
+    snapshots: SnapshotDir,
     state: RwLock<State>,
-    /// Serialises proposals; holds the last applied index.
-    writer: Mutex<u64>,
+    cluster: RwLock<ClusterState>,
+    /// Serialises every change (apply, snapshot install, the single-node `propose`).
+    writer: Mutex<()>,
+    /// Updated after each commit; read without waiting for disk.
+    position: RwLock<Position>,
+    /// Serialises saving/reading the current snapshot (file + meta).
+    snapshot_lock: Mutex<()>,
+    /// The outcome of each recently applied entry, by log index (at most [`OUTCOMES_KEPT`]).
+    outcomes: Mutex<BTreeMap<u64, Applied>>,
     /// Announces each newly applied index (read views rebuild from it).
     applied_tx: tokio::sync::watch::Sender<u64>,
 }
@@ -69,9 +143,29 @@ impl std::fmt::Debug for Store {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Opens everything a node stores in `data_dir`: the registry store ([`REGISTRY_FILE`] and
+/// [`SNAPSHOT_DIR`]), the Raft log ([`LOG_FILE`]) and the state machine over the store. The
+/// `Arc<Store>` is for the rest of the node (reads, outcomes, the applied-index watch); the log
+/// store and the state machine go to `openraft::Raft::new`. Blocking: call from a blocking
+/// context at start-up.
+pub fn open_storage(data_dir: &Path) -> Result<(Arc<Store>, LogStore, StateMachine), StoreError> {
+    let store = Arc::new(Store::open_registry(&data_dir.join(REGISTRY_FILE))?);
+    let log = LogStore::open_at(&data_dir.join(LOG_FILE))?;
+    Ok((store.clone(), log, StateMachine::new(store)))
+}
+
 impl Store {
-    /// Opens (or creates) the registry file and loads the whole state into memory.
+    /// Opens (or creates) the registry file at `path` and loads the whole state into memory;
+    /// the snapshot directory is [`SNAPSHOT_DIR`] beside it.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Self::open_registry(path)
+    }
+
+    fn open_registry(path: &Path) -> Result<Store, StoreError> {
         // The whole registry lives in memory as `State`; redb's page cache only needs to hold
         // what a write transaction touches, so it is kept small (its default would cache the
         // whole file a second time).
@@ -84,112 +178,343 @@ impl Store {
             tx.open_table(META).map_err(storage)?;
             tx.open_table(SETTINGS).map_err(storage)?;
             tx.open_table(AUDIT).map_err(storage)?;
+            tx.open_table(CLUSTER).map_err(storage)?;
+            tx.open_table(RAFT_META).map_err(storage)?;
             for t in State::TABLES {
                 tx.open_table(rows(t)).map_err(storage)?;
             }
         }
         tx.commit().map_err(storage)?;
+        let snapshots = SnapshotDir::open(&path.parent().unwrap_or(Path::new("")).join(SNAPSHOT_DIR))?;
 
-        // Decoded on one thread on purpose: parallel decoding used no less CPU and raised peak
-        // memory (per-thread allocator arenas), see BENCHMARKS.md.
-        let mut state = State::default();
         let rtx = db.begin_read().map_err(storage)?;
-        for t in State::TABLES {
-            let table = rtx.open_table(rows(t)).map_err(storage)?;
-            for row in table.iter().map_err(storage)? {
-                let (k, v) = row.map_err(storage)?;
-                state.load_row(t, v.value()).map_err(|e| StoreError::Corrupt {
-                    table: t.into(),
-                    key: k.value().into(),
-                    reason: e.to_string(),
-                })?;
+        let state = load_state(&rtx)?;
+        let cluster: ClusterState = get_json(&rtx.open_table(CLUSTER).map_err(storage)?, "cluster", CLUSTER_STATE)?.unwrap_or_default();
+        let position = read_position(&rtx)?;
+        let current: Option<CurrentSnapshot> = get_json(&rtx.open_table(RAFT_META).map_err(storage)?, "raft_meta", CURRENT_SNAPSHOT)?;
+        drop(rtx);
+
+        let keep = match current {
+            Some(c) if snapshots.exists(&c.file) => Some(c.file),
+            Some(c) => {
+                // Without its file the snapshot is useless; forgetting it lets openraft build a
+                // new one instead of failing when a follower needs it.
+                tracing::warn!(file = %snapshots.path().join(&c.file).display(), "the current snapshot's file is missing; a new snapshot will be built");
+                let tx = db.begin_write().map_err(storage)?;
+                tx.open_table(RAFT_META).map_err(storage)?.remove(CURRENT_SNAPSHOT).map_err(storage)?;
+                tx.commit().map_err(storage)?;
+                None
             }
-        }
-        let settings = rtx.open_table(SETTINGS).map_err(storage)?;
-        if let Some(v) = settings.get("settings").map_err(storage)? {
-            state.load_settings(v.value()).map_err(|e| StoreError::Corrupt {
-                table: "settings".into(),
-                key: "settings".into(),
-                reason: e.to_string(),
-            })?;
-        }
-        let last = rtx.open_table(META).map_err(storage)?.get(LAST_APPLIED).map_err(storage)?.map(|v| v.value()).unwrap_or(0);
-        state.rebuild_indexes();
-        let (applied_tx, _) = tokio::sync::watch::channel(last);
-        Ok(Store { db, state: RwLock::new(state), writer: Mutex::new(last), applied_tx })
+            None => None,
+        };
+        snapshots.remove_others(keep.as_deref());
+
+        let index = position.log_id.map_or(0, |l| l.index);
+        let (applied_tx, _) = tokio::sync::watch::channel(index);
+        Ok(Store {
+            db,
+            snapshots,
+            state: RwLock::new(state),
+            cluster: RwLock::new(cluster),
+            writer: Mutex::new(()),
+            position: RwLock::new(position),
+            snapshot_lock: Mutex::new(()),
+            outcomes: Mutex::new(BTreeMap::new()),
+            applied_tx,
+        })
     }
 
-    /// Applies a command and makes it durable. Blocking (fsync): call from a blocking context.
-    pub fn propose(&self, env: &Envelope) -> Result<Outcome, StoreError> {
-        let mut last = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
-        let cp = state.checkpoint();
-        let outcome = registry::apply(&mut state, env)?;
-        let index = *last + 1;
-        match self.persist(&mut state, env, &outcome, index) {
-            Ok(()) => {
-                *last = index;
-                drop(state);
-                self.applied_tx.send_replace(index);
-                Ok(outcome)
-            }
-            Err(e) => {
-                state.rollback(cp);
-                let _ = state.drain_changes();
-                Err(e)
-            }
-        }
-    }
-
-    fn persist(&self, state: &mut State, env: &Envelope, outcome: &Outcome, index: u64) -> Result<(), StoreError> {
-        let changes = state.drain_changes();
-        let tx = self.db.begin_write().map_err(storage)?;
-        {
-            for (table, key, value) in &changes.rows {
-                let mut t = tx.open_table(rows(table)).map_err(storage)?;
-                match value {
-                    Some(bytes) => {
-                        t.insert(key.as_str(), bytes.as_slice()).map_err(storage)?;
-                    }
-                    None => {
-                        t.remove(key.as_str()).map_err(storage)?;
-                    }
-                }
-            }
-            if let Some(s) = &changes.settings {
-                tx.open_table(SETTINGS).map_err(storage)?.insert("settings", s.as_slice()).map_err(storage)?;
-            }
-            tx.open_table(META).map_err(storage)?.insert(LAST_APPLIED, index).map_err(storage)?;
-            if !env.command.is_bookkeeping() {
-                let entry = AuditEntry {
-                    index,
-                    at: env.at,
-                    user: env.actor.user.clone(),
-                    role: env.actor.role.as_str().into(),
-                    agency: env.actor.agency.clone(),
-                    action: outcome.kind.into(),
-                    target: outcome.target.clone(),
-                    reason: env.command.reason().map(str::to_owned),
-                };
-                let bytes = serde_json::to_vec(&entry).map_err(storage)?;
-                tx.open_table(AUDIT).map_err(storage)?.insert(index, bytes.as_slice()).map_err(storage)?;
-            }
-        }
-        tx.commit().map_err(storage)
-    }
-
-    /// The applied state, for reading. Do not hold across an `.await`.
+    /// The applied registry, for reading. Do not hold across an `.await`.
     pub fn read(&self) -> RwLockReadGuard<'_, State> {
         self.state.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Changes whenever a command has been applied and made durable.
+    /// The applied cluster bookkeeping (join tokens, admitted nodes).
+    pub fn cluster_state(&self) -> ClusterState {
+        self.cluster.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Changes whenever entries have been applied and made durable (or a snapshot installed).
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.applied_tx.subscribe()
     }
 
+    /// The index of the last applied entry; 0 if none.
     pub fn last_applied(&self) -> u64 {
-        *self.writer.lock().unwrap_or_else(|e| e.into_inner())
+        self.applied_log_id().map_or(0, |l| l.index)
+    }
+
+    /// The id of the last applied entry.
+    pub fn applied_log_id(&self) -> Option<LogId<NodeId>> {
+        self.position().log_id
+    }
+
+    /// The last membership applied (from a membership entry or a snapshot).
+    pub fn membership(&self) -> StoredMembership<NodeId, NodeInfo> {
+        self.position().membership
+    }
+
+    /// What applying the entry at `index` produced, if it was applied by this process recently
+    /// (the last [`OUTCOMES_KEPT`] entries; not entries covered by an installed snapshot).
+    pub fn outcome(&self, index: u64) -> Option<Applied> {
+        lock(&self.outcomes).get(&index).cloned()
+    }
+
+    fn position(&self) -> Position {
+        self.position.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Applies one registry command at the next index and makes it durable. Blocking (fsync):
+    /// call from a blocking context. A refused command still takes its index, as it will in the
+    /// Raft log.
+    #[doc(hidden)]
+    pub fn propose(&self, env: &Envelope) -> Result<Outcome, StoreError> {
+        // single-node path, removed when the Raft node is wired in
+        let w = lock(&self.writer);
+        let log_id = LogId::new(CommittedLeaderId::new(0, 0), self.last_applied() + 1);
+        let entry = Entry { log_id, payload: EntryPayload::Normal(Request::Registry(env.clone())) };
+        match self.apply_locked(&w, vec![entry])?.pop() {
+            Some((_, Applied::Registry(r))) => r.map_err(StoreError::Rejected),
+            _ => Err(StoreError::Storage("the command was applied but its outcome was lost (internal error)".into())),
+        }
+    }
+
+    /// Applies committed entries in one transaction; returns each entry's index and outcome.
+    pub fn apply(&self, entries: impl IntoIterator<Item = Entry<TypeConfig>>) -> Result<Vec<(u64, Applied)>, StoreError> {
+        let w = lock(&self.writer);
+        self.apply_locked(&w, entries.into_iter().collect())
+    }
+
+    fn apply_locked(&self, _writer: &MutexGuard<'_, ()>, entries: Vec<Entry<TypeConfig>>) -> Result<Vec<(u64, Applied)>, StoreError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pos = self.position();
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let mut cluster = self.cluster.write().unwrap_or_else(|e| e.into_inner());
+        let cp = state.checkpoint();
+        let mut cluster_before = None;
+        let mut applied = Vec::with_capacity(entries.len());
+        let result = self.apply_and_commit(&mut state, &mut cluster, &mut cluster_before, &mut pos, entries, &mut applied);
+        if let Err(e) = result {
+            state.rollback(cp);
+            state.clear_journal();
+            if let Some(before) = cluster_before {
+                *cluster = before;
+            }
+            return Err(e);
+        }
+        state.clear_journal();
+        drop(cluster);
+        drop(state);
+        let index = pos.log_id.map_or(0, |l| l.index);
+        *self.position.write().unwrap_or_else(|e| e.into_inner()) = pos;
+        {
+            let mut outcomes = lock(&self.outcomes);
+            outcomes.extend(applied.iter().cloned());
+            while outcomes.len() > OUTCOMES_KEPT {
+                outcomes.pop_first();
+            }
+        }
+        self.applied_tx.send_replace(index);
+        Ok(applied)
+    }
+
+    /// Applies `entries` to the in-memory state and commits their effects in one transaction.
+    /// On error the caller rolls the in-memory state back.
+    fn apply_and_commit(
+        &self,
+        state: &mut State,
+        cluster: &mut ClusterState,
+        cluster_before: &mut Option<ClusterState>,
+        pos: &mut Position,
+        entries: Vec<Entry<TypeConfig>>,
+        applied: &mut Vec<(u64, Applied)>,
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(storage)?;
+        let mut cluster_changed = false;
+        {
+            let mut audit = tx.open_table(AUDIT).map_err(storage)?;
+            for entry in entries {
+                let log_id = entry.log_id;
+                let index = log_id.index;
+                let outcome = match entry.payload {
+                    EntryPayload::Blank => Applied::Other,
+                    EntryPayload::Membership(m) => {
+                        pos.membership = StoredMembership::new(Some(log_id), m);
+                        Applied::Other
+                    }
+                    EntryPayload::Normal(Request::Registry(env)) => {
+                        let r = registry::apply(state, &env);
+                        if let Ok(o) = &r {
+                            if !env.command.is_bookkeeping() {
+                                put_audit(&mut audit, &registry_audit(index, &env, o))?;
+                            }
+                        }
+                        Applied::Registry(r)
+                    }
+                    EntryPayload::Normal(Request::Cluster(env)) => {
+                        if cluster_before.is_none() {
+                            *cluster_before = Some(cluster.clone());
+                        }
+                        let r = cluster.apply(&env);
+                        if let Ok(o) = &r {
+                            cluster_changed = true;
+                            put_audit(&mut audit, &cluster_audit(index, &env, o))?;
+                        }
+                        Applied::Cluster(r)
+                    }
+                };
+                pos.log_id = Some(log_id);
+                applied.push((index, outcome));
+            }
+        }
+        let changes = state.pending_changes();
+        for (table, key, value) in &changes.rows {
+            let mut t = tx.open_table(rows(table)).map_err(storage)?;
+            match value {
+                Some(bytes) => {
+                    t.insert(key.as_str(), bytes.as_slice()).map_err(storage)?;
+                }
+                None => {
+                    t.remove(key.as_str()).map_err(storage)?;
+                }
+            }
+        }
+        if let Some(s) = &changes.settings {
+            tx.open_table(SETTINGS).map_err(storage)?.insert("settings", s.as_slice()).map_err(storage)?;
+        }
+        if cluster_changed {
+            put_json(&mut tx.open_table(CLUSTER).map_err(storage)?, CLUSTER_STATE, &*cluster)?;
+        }
+        tx.open_table(META).map_err(storage)?.insert(LAST_APPLIED, pos.log_id.map_or(0, |l| l.index)).map_err(storage)?;
+        {
+            let mut meta = tx.open_table(RAFT_META).map_err(storage)?;
+            put_json(&mut meta, APPLIED_LOG_ID, &pos.log_id)?;
+            put_json(&mut meta, MEMBERSHIP, &pos.membership)?;
+        }
+        tx.commit().map_err(storage)
+    }
+
+    /// Builds a snapshot of the applied state, keeps it as the current snapshot and returns it.
+    pub fn build_snapshot(&self) -> Result<Snapshot<TypeConfig>, StoreError> {
+        let doc = {
+            let rtx = self.db.begin_read().map_err(storage)?;
+            dump(&rtx)?
+        };
+        let bytes = doc.encode()?;
+        let meta = SnapshotMeta {
+            last_log_id: doc.last_applied,
+            snapshot_id: new_snapshot_id(doc.last_applied.as_ref()),
+            last_membership: doc.membership,
+        };
+        let _s = lock(&self.snapshot_lock);
+        let file = self.snapshots.write(meta.last_log_id.map_or(0, |l| l.index), &bytes)?;
+        match self.record_snapshot(&meta, &file) {
+            Ok(true) => self.snapshots.remove_others(Some(&file)),
+            // A newer snapshot was installed meanwhile: it stays current.
+            Ok(false) => self.snapshots.discard(&file),
+            Err(e) => {
+                self.snapshots.discard(&file);
+                return Err(e);
+            }
+        }
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
+    }
+
+    /// Makes `file` the current snapshot unless the current one is newer. Under `snapshot_lock`.
+    fn record_snapshot(&self, meta: &SnapshotMeta<NodeId, NodeInfo>, file: &str) -> Result<bool, StoreError> {
+        let tx = self.db.begin_write().map_err(storage)?;
+        let newer = {
+            let mut t = tx.open_table(RAFT_META).map_err(storage)?;
+            let current: Option<CurrentSnapshot> = get_json(&t, "raft_meta", CURRENT_SNAPSHOT)?;
+            let newer = current.is_some_and(|c| c.meta.last_log_id > meta.last_log_id);
+            if !newer {
+                put_json(&mut t, CURRENT_SNAPSHOT, &CurrentSnapshot { meta: meta.clone(), file: file.to_owned() })?;
+            }
+            newer
+        };
+        if newer {
+            tx.abort().map_err(storage)?;
+            return Ok(false);
+        }
+        tx.commit().map_err(storage)?;
+        Ok(true)
+    }
+
+    /// The last snapshot built or installed, with its meta exactly as it was then.
+    pub fn current_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, StoreError> {
+        let _s = lock(&self.snapshot_lock);
+        let current: Option<CurrentSnapshot> = {
+            let rtx = self.db.begin_read().map_err(storage)?;
+            get_json(&rtx.open_table(RAFT_META).map_err(storage)?, "raft_meta", CURRENT_SNAPSHOT)?
+        };
+        let Some(c) = current else { return Ok(None) };
+        let bytes = self.snapshots.read(&c.file)?;
+        Ok(Some(Snapshot { meta: c.meta, snapshot: Box::new(Cursor::new(bytes)) }))
+    }
+
+    /// Replaces the whole replicated state with a snapshot's and keeps the snapshot as current.
+    /// A snapshot of another version, a damaged one, or one whose contents do not match `meta`
+    /// is refused before anything changes.
+    pub fn install_snapshot(&self, meta: &SnapshotMeta<NodeId, NodeInfo>, bytes: Vec<u8>) -> Result<(), StoreError> {
+        let doc = SnapshotDoc::decode(&bytes)?;
+        if doc.last_applied != meta.last_log_id || doc.membership != meta.last_membership {
+            return Err(StoreError::Snapshot(format!(
+                "snapshot {} says it holds the state at {:?} with membership {}, but its contents are at {:?} with \
+                 membership {}; it is damaged or mislabelled. Let the leader build a new snapshot",
+                meta.snapshot_id, meta.last_log_id, meta.last_membership, doc.last_applied, doc.membership
+            )));
+        }
+        let state = state_from(&doc)?;
+        let index = doc.last_applied.map_or(0, |l| l.index);
+
+        let _w = lock(&self.writer);
+        let _s = lock(&self.snapshot_lock);
+        let file = self.snapshots.write(index, &bytes)?;
+        if let Err(e) = self.replace_all(&doc, meta, &file) {
+            self.snapshots.discard(&file);
+            return Err(e);
+        }
+        *self.state.write().unwrap_or_else(|e| e.into_inner()) = state;
+        *self.cluster.write().unwrap_or_else(|e| e.into_inner()) = doc.cluster;
+        *self.position.write().unwrap_or_else(|e| e.into_inner()) = Position { log_id: doc.last_applied, membership: doc.membership };
+        // Outcomes of entries this node never applied are unknown; older ones are meaningless.
+        lock(&self.outcomes).clear();
+        self.snapshots.remove_others(Some(&file));
+        self.applied_tx.send_replace(index);
+        Ok(())
+    }
+
+    /// One transaction: every replicated table replaced by the snapshot's, plus its meta.
+    fn replace_all(&self, doc: &SnapshotDoc, meta: &SnapshotMeta<NodeId, NodeInfo>, file: &str) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(storage)?;
+        {
+            for name in State::TABLES {
+                tx.delete_table(rows(name)).map_err(storage)?;
+                let mut t = tx.open_table(rows(name)).map_err(storage)?;
+                for (key, row) in doc.tables.get(name).into_iter().flatten() {
+                    t.insert(key.as_str(), row.get().as_bytes()).map_err(storage)?;
+                }
+            }
+            tx.delete_table(SETTINGS).map_err(storage)?;
+            let mut settings = tx.open_table(SETTINGS).map_err(storage)?;
+            if let Some(s) = &doc.settings {
+                settings.insert("settings", s.get().as_bytes()).map_err(storage)?;
+            }
+            tx.delete_table(AUDIT).map_err(storage)?;
+            let mut audit = tx.open_table(AUDIT).map_err(storage)?;
+            for (index, entry) in &doc.admin_audit {
+                audit.insert(*index, entry.get().as_bytes()).map_err(storage)?;
+            }
+            put_json(&mut tx.open_table(CLUSTER).map_err(storage)?, CLUSTER_STATE, &doc.cluster)?;
+            tx.open_table(META).map_err(storage)?.insert(LAST_APPLIED, doc.last_applied.map_or(0, |l| l.index)).map_err(storage)?;
+            let mut raft = tx.open_table(RAFT_META).map_err(storage)?;
+            put_json(&mut raft, APPLIED_LOG_ID, &doc.last_applied)?;
+            put_json(&mut raft, MEMBERSHIP, &doc.membership)?;
+            put_json(&mut raft, CURRENT_SNAPSHOT, &CurrentSnapshot { meta: meta.clone(), file: file.to_owned() })?;
+        }
+        tx.commit().map_err(storage)
     }
 
     /// Admin audit entries, newest first, that pass `keep`, at most `limit`.
@@ -215,5 +540,241 @@ impl Store {
             }
         }
         Ok(out)
+    }
+}
+
+fn registry_audit(index: u64, env: &Envelope, outcome: &Outcome) -> AuditEntry {
+    AuditEntry {
+        index,
+        at: env.at,
+        user: env.actor.user.clone(),
+        role: env.actor.role.as_str().into(),
+        agency: env.actor.agency.clone(),
+        action: outcome.kind.into(),
+        target: outcome.target.clone(),
+        reason: env.command.reason().map(str::to_owned),
+    }
+}
+
+fn cluster_audit(index: u64, env: &ClusterEnvelope, outcome: &ClusterOutcome) -> AuditEntry {
+    let (action, target) = match (&env.command, outcome) {
+        (ClusterCommand::CreateJoinToken { id, .. }, _) => ("cluster.join_token.create", id.clone()),
+        (_, ClusterOutcome::Joined { node_id }) => ("cluster.join", node_id.to_string()),
+        (ClusterCommand::ForgetNode { node_id }, _) => ("cluster.forget_node", node_id.to_string()),
+        (ClusterCommand::ConsumeJoinToken { id, .. }, _) => ("cluster.join", id.clone()),
+    };
+    AuditEntry {
+        index,
+        at: env.at,
+        user: env.actor.user.clone(),
+        role: env.actor.role.as_str().into(),
+        agency: env.actor.agency.clone(),
+        action: action.into(),
+        target,
+        reason: None,
+    }
+}
+
+fn put_audit(t: &mut Table<'_, u64, &'static [u8]>, entry: &AuditEntry) -> Result<(), StoreError> {
+    let bytes = serde_json::to_vec(entry).map_err(storage)?;
+    t.insert(entry.index, bytes.as_slice()).map_err(storage)?;
+    Ok(())
+}
+
+fn get_json<T: DeserializeOwned>(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+    table: &str,
+    key: &str,
+) -> Result<Option<T>, StoreError> {
+    let Some(v) = t.get(key).map_err(storage)? else { return Ok(None) };
+    serde_json::from_slice(v.value()).map(Some).map_err(|e| StoreError::Corrupt {
+        table: table.into(),
+        key: key.into(),
+        reason: e.to_string(),
+    })
+}
+
+fn put_json<T: Serialize>(t: &mut Table<'_, &'static str, &'static [u8]>, key: &str, value: &T) -> Result<(), StoreError> {
+    let bytes = serde_json::to_vec(value).map_err(storage)?;
+    t.insert(key, bytes.as_slice()).map_err(storage)?;
+    Ok(())
+}
+
+/// Loads the registry from its tables (on one thread on purpose: parallel decoding used no
+/// less CPU and raised peak memory through per-thread allocator arenas, see BENCHMARKS.md).
+fn load_state(rtx: &ReadTransaction) -> Result<State, StoreError> {
+    let mut state = State::default();
+    for t in State::TABLES {
+        let table = rtx.open_table(rows(t)).map_err(storage)?;
+        for row in table.iter().map_err(storage)? {
+            let (k, v) = row.map_err(storage)?;
+            state.load_row(t, v.value()).map_err(|e| StoreError::Corrupt {
+                table: t.into(),
+                key: k.value().into(),
+                reason: e.to_string(),
+            })?;
+        }
+    }
+    let settings = rtx.open_table(SETTINGS).map_err(storage)?;
+    if let Some(v) = settings.get("settings").map_err(storage)? {
+        state.load_settings(v.value()).map_err(|e| StoreError::Corrupt {
+            table: "settings".into(),
+            key: "settings".into(),
+            reason: e.to_string(),
+        })?;
+    }
+    state.rebuild_indexes();
+    Ok(state)
+}
+
+fn read_position(rtx: &ReadTransaction) -> Result<Position, StoreError> {
+    let raft = rtx.open_table(RAFT_META).map_err(storage)?;
+    let log_id = match get_json::<Option<LogId<NodeId>>>(&raft, "raft_meta", APPLIED_LOG_ID)? {
+        Some(id) => id,
+        // A store written before Raft kept only the index: its entries count as term 0.
+        None => {
+            let index = rtx.open_table(META).map_err(storage)?.get(LAST_APPLIED).map_err(storage)?.map(|v| v.value()).unwrap_or(0);
+            (index > 0).then(|| LogId::new(CommittedLeaderId::new(0, 0), index))
+        }
+    };
+    let membership = get_json(&raft, "raft_meta", MEMBERSHIP)?.unwrap_or_default();
+    Ok(Position { log_id, membership })
+}
+
+fn raw(table: &str, key: &str, bytes: &[u8]) -> Result<Box<RawValue>, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt { table: table.into(), key: key.into(), reason };
+    let text = String::from_utf8(bytes.to_vec()).map_err(|e| corrupt(e.to_string()))?;
+    RawValue::from_string(text).map_err(|e| corrupt(e.to_string()))
+}
+
+/// Everything replicated, as of the read transaction.
+fn dump(rtx: &ReadTransaction) -> Result<SnapshotDoc, StoreError> {
+    let mut tables = BTreeMap::new();
+    for name in State::TABLES {
+        let t = rtx.open_table(rows(name)).map_err(storage)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(storage)? {
+            let (k, v) = row.map_err(storage)?;
+            out.push((k.value().to_owned(), raw(name, k.value(), v.value())?));
+        }
+        tables.insert(name.to_owned(), out);
+    }
+    let settings = match rtx.open_table(SETTINGS).map_err(storage)?.get("settings").map_err(storage)? {
+        Some(v) => Some(raw("settings", "settings", v.value())?),
+        None => None,
+    };
+    let mut admin_audit = Vec::new();
+    for row in rtx.open_table(AUDIT).map_err(storage)?.iter().map_err(storage)? {
+        let (k, v) = row.map_err(storage)?;
+        admin_audit.push((k.value(), raw("admin_audit", &k.value().to_string(), v.value())?));
+    }
+    let cluster = get_json(&rtx.open_table(CLUSTER).map_err(storage)?, "cluster", CLUSTER_STATE)?.unwrap_or_default();
+    let position = read_position(rtx)?;
+    Ok(SnapshotDoc {
+        format: SNAPSHOT_FORMAT.into(),
+        version: SNAPSHOT_VERSION,
+        last_applied: position.log_id,
+        membership: position.membership,
+        tables,
+        settings,
+        admin_audit,
+        cluster,
+    })
+}
+
+/// The in-memory registry a snapshot describes; refuses rows that do not decode.
+fn state_from(doc: &SnapshotDoc) -> Result<State, StoreError> {
+    let mut state = State::default();
+    for (name, rows) in &doc.tables {
+        if !State::TABLES.contains(&name.as_str()) {
+            return Err(StoreError::Snapshot(format!(
+                "the snapshot holds a table {name:?} this node does not know; run the same lgsp version on every node"
+            )));
+        }
+        for (key, row) in rows {
+            state.load_row(name, row.get().as_bytes()).map_err(|e| {
+                StoreError::Snapshot(format!("row {name}/{key} cannot be read ({e}); the snapshot is damaged or from another version"))
+            })?;
+        }
+    }
+    if let Some(s) = &doc.settings {
+        state.load_settings(s.get().as_bytes()).map_err(|e| {
+            StoreError::Snapshot(format!("its settings cannot be read ({e}); the snapshot is damaged or from another version"))
+        })?;
+    }
+    for (index, entry) in &doc.admin_audit {
+        serde_json::from_str::<AuditEntry>(entry.get())
+            .map_err(|e| StoreError::Snapshot(format!("admin audit entry {index} cannot be read ({e}); the snapshot is damaged")))?;
+    }
+    state.rebuild_indexes();
+    Ok(state)
+}
+
+/// The Raft state machine: what `openraft::Raft::new` takes as its `state_machine`. A handle
+/// on the shared [`Store`].
+#[derive(Debug, Clone)]
+pub struct StateMachine {
+    store: Arc<Store>,
+}
+
+impl StateMachine {
+    pub fn new(store: Arc<Store>) -> StateMachine {
+        StateMachine { store }
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+}
+
+/// Builds snapshots for openraft (possibly while entries are being applied).
+#[derive(Debug, Clone)]
+pub struct SnapshotBuilder {
+    store: Arc<Store>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        self.store.build_snapshot().map_err(|e| StorageIOError::write_snapshot(None, &e).into())
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, NodeInfo>), StorageError<NodeId>> {
+        let p = self.store.position();
+        Ok((p.log_id, p.membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<()>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let applied = self.store.apply(entries).map_err(|e| StorageIOError::write_state_machine(&e))?;
+        Ok(vec![(); applied.len()])
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder { store: self.store.clone() }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, NodeInfo>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        self.store
+            .install_snapshot(meta, snapshot.into_inner())
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e).into())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        self.store.current_snapshot().map_err(|e| StorageIOError::read_snapshot(None, &e).into())
     }
 }

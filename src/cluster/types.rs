@@ -44,8 +44,13 @@ openraft::declare_raft_types!(
 );
 
 /// What one Raft log entry carries.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "an entry is built once per proposal and moved a few times; boxing would change every constructor"
+)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "body", rename_all = "snake_case")]
+#[allow(clippy::large_enum_variant, reason = "nearly every entry is a registry command; boxing it would only add an allocation")]
 pub enum Request {
     /// A registry change (admin API, gateway token revocation, import ...).
     Registry(Envelope),
@@ -181,7 +186,9 @@ impl ClusterState {
 /// A message from one node to another over the cluster transport. Raft's own RPCs and the
 /// appliance's (forwarded writes, read barriers, joins, shared gateway state).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "rpc", rename_all = "snake_case")]
+// Externally tagged: an internally tagged enum buffers its content, and buffered maps lose
+// their integer keys (openraft's memberships are keyed by node id).
+#[serde(rename_all = "snake_case")]
 pub enum RpcRequest {
     AppendEntries(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<NodeId>),
@@ -206,6 +213,55 @@ pub enum RpcRequest {
     Join(JoinRequest),
     /// Gateway state every node must know (seen nonces, rate-limit usage).
     Share(SharedBatch),
+    /// A membership change, carried out by the leader.
+    Membership { op: MembershipOp },
+    /// The cluster as the receiver sees it (the leader knows every follower's progress).
+    Status,
+    /// Start an election now (the last step of a leadership transfer).
+    Elect,
+}
+
+/// Membership changes an operator asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum MembershipOp {
+    /// Make a caught-up learner a voter.
+    Promote { node_id: NodeId },
+    /// Take a node out of the cluster (voter or learner).
+    Remove { node_id: NodeId },
+    /// Hand leadership to another voter.
+    TransferLeader { to: NodeId },
+}
+
+/// One node as `lgsp cluster status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub id: NodeId,
+    #[serde(flatten)]
+    pub info: NodeInfo,
+    /// `leader`, `voter` or `learner`.
+    pub role: String,
+    /// Highest log index known to be on that node (from the leader's replication state).
+    pub matched_index: Option<u64>,
+    /// Entries the node is behind the leader's last log index.
+    pub lag: Option<u64>,
+}
+
+/// The cluster as one node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub cluster_id: String,
+    /// The node that produced this view (the leader when it could be reached).
+    pub reporter: NodeId,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub last_applied: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    pub purged_index: Option<u64>,
+    /// Milliseconds since the leader last heard from a quorum (leader only).
+    pub millis_since_quorum_ack: Option<u64>,
+    pub nodes: Vec<NodeStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -236,19 +292,17 @@ pub struct JoinGrant {
     pub members: BTreeMap<NodeId, NodeInfo>,
 }
 
-/// Gateway state shared between nodes, batched.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+/// Gateway state shared between nodes, batched (seen nonces and assertion ids, rate-limit
+/// usage). Opaque here: the gateway defines its shape, `app` converts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct SharedBatch {
-    /// RFC 9421 nonces accepted by the sender: (key id, nonce, created).
-    #[serde(default)]
-    pub nonces: Vec<(String, String, i64)>,
-    /// Calls the sender let through since its previous batch: (subscription id, calls).
-    #[serde(default)]
-    pub usage: Vec<(String, u64)>,
+    pub payload: serde_json::Value,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "rpc", rename_all = "snake_case")]
+// Externally tagged: an internally tagged enum buffers its content, and buffered maps lose
+// their integer keys (openraft's memberships are keyed by node id).
+#[serde(rename_all = "snake_case")]
 pub enum RpcResponse {
     AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
@@ -261,6 +315,7 @@ pub enum RpcResponse {
         index: u64,
     },
     Joined(JoinGrant),
+    Status(ClusterStatus),
     Ok,
     /// The appliance's refusal: a stable code, an operator-facing message, and the leader if
     /// the receiver knows it (`not_leader`).

@@ -795,7 +795,7 @@ fn field_kind(name: &str, identifier: &str, params: &Parameters) -> Result<Kind,
     Ok(Kind::Field(header, mode))
 }
 
-/// Replay protection for signature nonces, per node.
+/// Replay protection for signature nonces.
 ///
 /// A nonce is remembered per `keyid` until its signature's `created` leaves the window
 /// (`created + window`); after that the signature is refused by the `created` check anyway, so
@@ -804,7 +804,9 @@ fn field_kind(name: &str, identifier: &str, params: &Parameters) -> Result<Kind,
 /// ([`HttpSigError::NonceCacheFull`], HTTP 503) rather than older ones forgotten, because
 /// forgetting would re-open replays. Entries are SHA-256 digests of (keyid, nonce), so each costs
 /// a fixed few dozen bytes whatever the caller sends. The window must be at least the window
-/// given to [`verify`]. A cache is per node: replays sent to another node are not seen here.
+/// given to [`verify`]. A cache lives in one node; nonces other nodes admitted are added with
+/// [`NonceCache::remember`] when their gossip arrives (`shared`), so a replay sent to another
+/// node is refused from then on. The capacity is therefore shared by the whole cluster's traffic.
 pub struct NonceCache {
     shards: Vec<Mutex<Shard>>,
     window: i64,
@@ -841,6 +843,21 @@ impl NonceCache {
     /// [`HttpSigError::NonceReplayed`], [`HttpSigError::NonceCacheFull`] or
     /// [`HttpSigError::CreatedOutOfWindow`].
     pub fn admit(&self, key_id: &str, nonce: &str, created: i64, now: i64) -> Result<(), HttpSigError> {
+        self.insert(key_id, nonce, created, now, true)
+    }
+
+    /// Remembers a nonce another node admitted, so that a replay here is refused. Already known
+    /// is fine; a nonce whose `created` is outside the window is skipped (its signature would be
+    /// refused anyway). Errs only with [`HttpSigError::NonceCacheFull`]: then it is not
+    /// remembered, and the caller counts the loss.
+    pub fn remember(&self, key_id: &str, nonce: &str, created: i64, now: i64) -> Result<(), HttpSigError> {
+        match self.insert(key_id, nonce, created, now, false) {
+            Err(HttpSigError::CreatedOutOfWindow { .. }) => Ok(()),
+            other => other,
+        }
+    }
+
+    fn insert(&self, key_id: &str, nonce: &str, created: i64, now: i64, refuse_known: bool) -> Result<(), HttpSigError> {
         if now.saturating_sub(created).unsigned_abs() > self.window.unsigned_abs() {
             return Err(HttpSigError::CreatedOutOfWindow { created, now, window: self.window });
         }
@@ -853,7 +870,7 @@ impl NonceCache {
         let mut shard = self.shard(id[0]);
         shard.evict(now);
         if shard.seen.contains_key(&id) {
-            return Err(HttpSigError::NonceReplayed);
+            return if refuse_known { Err(HttpSigError::NonceReplayed) } else { Ok(()) };
         }
         if shard.seen.len() >= self.per_shard {
             return Err(HttpSigError::NonceCacheFull);
@@ -1975,6 +1992,28 @@ MC4CAQAwBQYDK2VwBCIEIJ+DYvh6SEqVTm50DFtMDoQikTmiCqirVv9mWG9qfSnF
             .collect();
         let total: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
         assert_eq!(total, 500);
+    }
+
+    #[test]
+    fn remembered_nonces_are_refused_as_replays() {
+        // Two caches stand for two nodes: what A admitted, B remembers from A's gossip.
+        let a = NonceCache::new(WINDOW, 10_000);
+        let b = NonceCache::new(WINDOW, 10_000);
+        assert_eq!(a.admit("k1", "n1", NOW, NOW), Ok(()));
+        assert_eq!(b.remember("k1", "n1", NOW, NOW + 1), Ok(()));
+        assert_eq!(b.admit("k1", "n1", NOW, NOW + 1), Err(HttpSigError::NonceReplayed));
+        // Remembering twice, or a nonce B admitted itself, is not an error.
+        assert_eq!(b.remember("k1", "n1", NOW, NOW + 1), Ok(()));
+        assert_eq!(b.admit("k1", "n2", NOW, NOW + 1), Ok(()));
+        assert_eq!(b.remember("k1", "n2", NOW, NOW + 1), Ok(()));
+        // Outside the window there is nothing to remember: the signature is refused anyway.
+        assert_eq!(b.remember("k1", "old", NOW - WINDOW - 1, NOW), Ok(()));
+        assert_eq!(b.len(), 2);
+        // A full cache says so, and nothing is forgotten to make room.
+        let full = NonceCache::new(WINDOW, NONCE_SHARDS);
+        let lost = (0..100).filter(|i| full.remember("k", &format!("n{i}"), NOW, NOW).is_err()).count();
+        assert_eq!(lost, 100 - NONCE_SHARDS);
+        assert_eq!(full.len(), NONCE_SHARDS);
     }
 
     #[test]

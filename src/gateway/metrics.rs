@@ -15,6 +15,9 @@ pub struct GatewayMetrics {
     pub response_bytes: IntCounterVec,
     pub auth_failures: IntCounterVec,
     pub view_index: IntGauge,
+    /// Nonces and jtis that did not reach the peers (outbox full) or were not remembered from
+    /// them (replay cache full); labelled `kind` (nonce, jti) and `stage` (outbox, absorb).
+    pub shared_dropped: IntCounterVec,
 }
 
 const BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -49,6 +52,13 @@ impl GatewayMetrics {
                 &["reason"],
             )?,
             view_index: IntGauge::new("lgsp_gateway_registry_index", "Registry index of the view the gateway is serving from")?,
+            shared_dropped: IntCounterVec::new(
+                Opts::new(
+                    "lgsp_gateway_shared_dropped_total",
+                    "Nonces and assertion jtis not shared with the other nodes, by kind and stage (outbox full, or peer's entry not remembered)",
+                ),
+                &["kind", "stage"],
+            )?,
         };
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.duration.clone()))?;
@@ -57,6 +67,7 @@ impl GatewayMetrics {
         registry.register(Box::new(m.response_bytes.clone()))?;
         registry.register(Box::new(m.auth_failures.clone()))?;
         registry.register(Box::new(m.view_index.clone()))?;
+        registry.register(Box::new(m.shared_dropped.clone()))?;
         Ok(m)
     }
 }

@@ -4,7 +4,9 @@
 //!
 //! Access tokens are HS256 JWTs signed with a key derived from the cluster's secrets key, so
 //! any node validates them locally without a lookup. A revoked token's `jti` is replicated as a
-//! registry command and refused by every node until the token would have expired anyway.
+//! registry command and refused by every node until the token would have expired anyway. An
+//! assertion's `jti` is remembered in `shared::SharedState`, which tells the other nodes, so a
+//! replayed assertion is refused cluster-wide (once the gossip has arrived).
 //! Invariants: secrets are compared in constant time; nothing here logs a secret or a token.
 
 use std::collections::HashMap;
@@ -17,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::shared::{JtiRefused, SharedState};
 use super::view::{CredView, View};
 use crate::registry::{SecretHash, SigAlg};
 use crate::secrets;
@@ -73,8 +76,6 @@ pub struct TokenAuthority {
     /// credential id -> SHA-256 of a secret already verified by argon2 (imported secrets), so
     /// that only the first token request pays for argon2.
     verified: Mutex<HashMap<String, [u8; 32]>>,
-    /// Assertion `jti`s seen recently (RFC 7523 §3 replay protection): jti -> exp.
-    assertions: Mutex<HashMap<String, i64>>,
 }
 
 impl TokenAuthority {
@@ -90,7 +91,6 @@ impl TokenAuthority {
             validation,
             ttl_seconds,
             verified: Mutex::new(HashMap::new()),
-            assertions: Mutex::new(HashMap::new()),
         }
     }
 
@@ -124,8 +124,9 @@ impl TokenAuthority {
         jsonwebtoken::decode::<Claims>(token, &self.decoding, &v).ok().map(|d| d.claims)
     }
 
-    /// Authenticates the client of a token or revoke request.
-    pub fn authenticate(&self, view: &View, req: &TokenRequest, now: i64) -> Result<Arc<CredView>, OAuthError> {
+    /// Authenticates the client of a token or revoke request. A `private_key_jwt` assertion's
+    /// `jti` is admitted in `shared` (RFC 7523 §3 replay protection, cluster-wide).
+    pub fn authenticate(&self, view: &View, req: &TokenRequest, now: i64, shared: &SharedState) -> Result<Arc<CredView>, OAuthError> {
         match &req.client {
             ClientAuth::Secret { client_id, secret } => {
                 let cred = view.credential_by_consumer_key(client_id).ok_or_else(OAuthError::invalid_client)?;
@@ -135,7 +136,7 @@ impl TokenAuthority {
                     Err(OAuthError::invalid_client())
                 }
             }
-            ClientAuth::Assertion { assertion } => self.check_assertion(view, assertion, now),
+            ClientAuth::Assertion { assertion } => self.check_assertion(view, assertion, now, shared),
             ClientAuth::None => Err(OAuthError::new(
                 401,
                 "invalid_client",
@@ -162,7 +163,7 @@ impl TokenAuthority {
         }
     }
 
-    fn check_assertion(&self, view: &View, assertion: &str, now: i64) -> Result<Arc<CredView>, OAuthError> {
+    fn check_assertion(&self, view: &View, assertion: &str, now: i64, shared: &SharedState) -> Result<Arc<CredView>, OAuthError> {
         #[derive(Deserialize)]
         struct Peek {
             iss: String,
@@ -218,16 +219,15 @@ impl TokenAuthority {
         if c.iss != c.sub || c.iss != cred.consumer_key || !aud_ok || c.exp > now + MAX_ASSERTION_LIFETIME || c.jti.is_empty() {
             return Err(bad());
         }
-        let mut seen = self.assertions.lock().unwrap_or_else(|e| e.into_inner());
-        seen.retain(|_, exp| *exp + 60 > now);
-        if seen.len() > 100_000 || seen.insert(format!("{}:{}", cred.id, c.jti), c.exp).is_some() {
-            return Err(OAuthError::new(
+        match shared.admit_jti(&cred.id, &c.jti, c.exp, now) {
+            Ok(()) => Ok(cred),
+            // A full cache is refused like a replay, as before: forgetting would re-open replays.
+            Err(JtiRefused::Replayed | JtiRefused::Full) => Err(OAuthError::new(
                 400,
                 "invalid_client",
                 "Assertion đã được dùng (jti lặp lại). / The assertion was already used (replayed jti).",
-            ));
+            )),
         }
-        Ok(cred)
     }
 }
 

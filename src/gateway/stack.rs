@@ -33,11 +33,12 @@ use tokio::sync::watch;
 
 use super::body::{full, GwBody, Meter, Metered, Sink, StreamCheck};
 use super::digest::{DigestCheck, ExpectedDigest};
-use super::httpsig::{self, NonceCache, RequestView};
+use super::httpsig::{self, RequestView};
 use super::metrics::GatewayMetrics;
 use super::oauth::{self, TokenAuthority};
-use super::rate_limit::{Limited as RateLimited, RateLimiter};
+use super::rate_limit::Limited as RateLimited;
 use super::rescue::Refusal;
+use super::shared::SharedState;
 use super::upstream::Upstreams;
 use super::view::{CredView, RouteService, RouteVersion, UpstreamAuthMaterial, View};
 use crate::audit::{AuditLog, AuditRecord};
@@ -55,8 +56,8 @@ pub struct Gateway {
     pub node: String,
     pub view: watch::Receiver<Arc<View>>,
     pub tokens: TokenAuthority,
-    pub nonces: NonceCache,
-    pub limiter: RateLimiter,
+    /// Nonce and jti replay caches and rate limits, shared with the other nodes by gossip.
+    shared: Arc<SharedState>,
     pub upstreams: Upstreams,
     pub audit: Option<AuditLog>,
     pub metrics: GatewayMetrics,
@@ -135,8 +136,7 @@ impl Gateway {
             node: node.to_owned(),
             view,
             tokens,
-            nonces: NonceCache::new(window, 1_000_000),
-            limiter: RateLimiter::default(),
+            shared: Arc::new(SharedState::new(node, window, metrics.shared_dropped.clone())),
             upstreams,
             audit,
             metrics,
@@ -148,6 +148,12 @@ impl Gateway {
             txn_prefix: hex::encode(crate::secrets::random_bytes::<6>()),
             txn_counter: AtomicU64::new(0),
         }
+    }
+
+    /// The cluster-wide gateway state, for the cluster's gossip task to take this node's outbox
+    /// and absorb the peers' batches.
+    pub fn shared(&self) -> Arc<SharedState> {
+        Arc::clone(&self.shared)
     }
 
     /// A unique, cheap transaction id: a random per-process prefix and a counter, shaped as a UUID.
@@ -292,7 +298,7 @@ impl Gateway {
         let window = i64::try_from(self.cfg.signature_window_seconds).unwrap_or(300);
         let verified = httpsig::verify(&sig, &rv, &key.key, key.alg, now, window).map_err(sig_err)?;
         match &verified.nonce {
-            Some(n) => self.nonces.admit(&verified.key_id, n, verified.created, now).map_err(sig_err)?,
+            Some(n) => self.shared.admit_nonce(&verified.key_id, n, verified.created, now).map_err(sig_err)?,
             None if self.cfg.require_nonce => {
                 return Err(Refusal::unauthenticated(
                     "SIGNATURE_NONCE_REQUIRED",
@@ -368,7 +374,7 @@ impl Gateway {
             )
         })?;
         let today = rules::local_date(Utc::now());
-        if let Err(l) = self.limiter.check(&sub.id, &sub.rate_limit, Instant::now(), today, secs_to_local_midnight()) {
+        if let Err(l) = self.shared.check_rate(&sub.id, &sub.rate_limit, Instant::now(), today, secs_to_local_midnight()) {
             return Err(match l {
                 RateLimited::PerSecond { retry_after } => Refusal::new(
                     StatusCode::TOO_MANY_REQUESTS,
@@ -592,7 +598,7 @@ impl Gateway {
             };
             return Ok(Reply::Local(oauth_error(&e)));
         }
-        let cred = match self.tokens.authenticate(view, &tr, now) {
+        let cred = match self.tokens.authenticate(view, &tr, now, &self.shared) {
             Ok(c) => c,
             Err(e) => {
                 self.metrics.auth_failures.with_label_values(&["INVALID_CLIENT"]).inc();
@@ -623,7 +629,7 @@ impl Gateway {
             Ok(t) => t,
             Err(e) => return Ok(Reply::Local(oauth_error(&e))),
         };
-        let cred = match self.tokens.authenticate(view, &tr, Utc::now().timestamp()) {
+        let cred = match self.tokens.authenticate(view, &tr, Utc::now().timestamp(), &self.shared) {
             Ok(c) => c,
             Err(e) => return Ok(Reply::Local(oauth_error(&e))),
         };

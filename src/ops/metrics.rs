@@ -14,6 +14,8 @@ use prometheus::{Encoder, IntGaugeVec, Opts, Registry, TextEncoder};
 
 /// Counts of registry objects, refreshed by `app` on every scrape.
 pub type CountsFn = Arc<dyn Fn() -> Vec<(&'static str, i64)> + Send + Sync>;
+/// The node's health for `/status`: whether it is fully up (not degraded) and details.
+pub type HealthFn = Arc<dyn Fn() -> (bool, serde_json::Value) + Send + Sync>;
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -21,6 +23,7 @@ pub struct Metrics {
     objects: IntGaugeVec,
     counts: CountsFn,
     node: String,
+    health: Option<HealthFn>,
 }
 
 impl Metrics {
@@ -34,7 +37,13 @@ impl Metrics {
             info.with_label_values(&[env!("CARGO_PKG_VERSION"), node]).set(1);
             let _ = registry.register(Box::new(info));
         }
-        Metrics { registry, objects, counts, node: node.to_owned() }
+        Metrics { registry, objects, counts, node: node.to_owned(), health: None }
+    }
+
+    /// Adds the cluster's view to `/status`: `degraded` (still serving) when it is not healthy.
+    pub fn with_health(mut self, health: HealthFn) -> Metrics {
+        self.health = Some(health);
+        self
     }
 
     /// The Prometheus registry other modules register their metrics in.
@@ -56,6 +65,16 @@ async fn metrics(State(m): State<Metrics>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], buf)
 }
 
+/// Level 1: answers at once. `degraded` means the node still proxies traffic (from the last
+/// replicated state) but cannot change the registry (no quorum): keep it in the load balancer.
 async fn status(State(m): State<Metrics>) -> impl IntoResponse {
-    Json(serde_json::json!({ "status": "up", "node": m.node, "version": env!("CARGO_PKG_VERSION") }))
+    let mut body = serde_json::json!({ "status": "up", "node": m.node, "version": env!("CARGO_PKG_VERSION") });
+    if let Some(h) = &m.health {
+        let (ok, details) = h();
+        if !ok {
+            body["status"] = "degraded".into();
+        }
+        body["cluster"] = details;
+    }
+    Json(body)
 }

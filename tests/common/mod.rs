@@ -2,6 +2,7 @@
 //! waits for its ready line, and talks to it over real HTTP.
 #![allow(dead_code, clippy::disallowed_methods)]
 
+pub mod cluster;
 pub mod upstream;
 
 use std::io::Write;
@@ -23,6 +24,8 @@ pub struct Node {
     pub http: reqwest::blocking::Client,
     /// Extra `lgsp dev` arguments, kept for restarts.
     extra: Vec<String>,
+    /// Extra environment variables, kept for restarts.
+    env: Vec<(String, String)>,
 }
 
 impl Node {
@@ -35,13 +38,18 @@ impl Node {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("data");
         let extra = args.iter().map(|a| a.to_string()).collect();
-        let mut n = Node { child: None, _tmp: Some(tmp), dir, info: Value::Null, log: PathBuf::new(), http: client(), extra };
+        let mut n = Node { child: None, _tmp: Some(tmp), dir, info: Value::Null, log: PathBuf::new(), http: client(), extra, env: Vec::new() };
         n.spawn();
         n
     }
 
     /// Starts on an existing data directory (not removed on drop).
     pub fn start_in(dir: &Path) -> Node {
+        Node::start_in_with(dir, &[], &[])
+    }
+
+    /// Starts on an existing data directory with extra `lgsp dev` arguments and environment.
+    pub fn start_in_with(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Node {
         let mut n = Node {
             child: None,
             _tmp: None,
@@ -49,10 +57,16 @@ impl Node {
             info: Value::Null,
             log: PathBuf::new(),
             http: client(),
-            extra: Vec::new(),
+            extra: args.iter().map(|a| a.to_string()).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         n.spawn();
         n
+    }
+
+    /// Whether the process is still alive.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
     fn spawn(&mut self) {
@@ -65,6 +79,7 @@ impl Node {
             .arg(&self.dir)
             .arg("--ephemeral-ports")
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("LGSP_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)

@@ -1,0 +1,306 @@
+//! Tests of the Raft storage: openraft's conformance suite against [`LogStore`] and
+//! [`StateMachine`], then what openraft does not check: everything survives a restart, a
+//! refused command is an outcome that changes nothing, a snapshot installed on a fresh node
+//! reproduces the registry and the audit trail, and a foreign or damaged snapshot is refused.
+
+use std::collections::BTreeSet;
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::Arc;
+
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine, Snapshot};
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::{
+    CommittedLeaderId, Entry, EntryPayload, LogId, Membership, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership, Vote,
+};
+use serde_json::json;
+use tempfile::TempDir;
+
+use super::log_store::LogStore;
+use super::store::{open_storage, Applied, StateMachine, Store, StoreError};
+use super::types::{ClusterCommand, ClusterEnvelope, ClusterOutcome, ClusterRefusal, NodeId, NodeInfo, Request, TypeConfig};
+use crate::registry::{Actor, Command, Envelope, Outcome, RegistryError, SecurityClearance, State, Timestamp};
+
+struct RedbBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for RedbBuilder {
+    async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError<NodeId>> {
+        let dir = TempDir::new().map_err(|e| StorageIOError::write(&e))?;
+        let (_store, log, sm) = open_storage(dir.path()).map_err(|e| StorageIOError::write(&e))?;
+        Ok((dir, log, sm))
+    }
+}
+
+/// openraft's own storage conformance suite (a plain test: it makes its own runtimes).
+#[test]
+fn openraft_conformance_suite() {
+    if let Err(e) = Suite::test_all(RedbBuilder) {
+        panic!("openraft's storage suite failed: {e}");
+    }
+}
+
+fn at() -> Timestamp {
+    "2026-01-05T02:00:00Z".parse().expect("instant")
+}
+
+fn lid(term: u64, index: u64) -> LogId<NodeId> {
+    LogId::new(CommittedLeaderId::new(term, 1), index)
+}
+
+fn registry(term: u64, index: u64, command: Command) -> Entry<TypeConfig> {
+    Entry { log_id: lid(term, index), payload: EntryPayload::Normal(Request::Registry(Envelope::new(at(), Actor::system(), command))) }
+}
+
+fn cluster(term: u64, index: u64, command: ClusterCommand) -> Entry<TypeConfig> {
+    let env = ClusterEnvelope { at: at(), actor: Actor::system(), command };
+    Entry { log_id: lid(term, index), payload: EntryPayload::Normal(Request::Cluster(env)) }
+}
+
+fn members(term: u64, index: u64, ids: &[NodeId]) -> Entry<TypeConfig> {
+    let set: BTreeSet<NodeId> = ids.iter().copied().collect();
+    Entry { log_id: lid(term, index), payload: EntryPayload::Membership(Membership::new(vec![set], ())) }
+}
+
+fn agency(code: &str) -> Command {
+    Command::CreateAgency { code: code.into(), name: format!("Agency {code}"), parent: None, contacts: vec![] }
+}
+
+fn system(id: &str, agency: &str) -> Command {
+    Command::CreateSystem {
+        id: id.into(),
+        agency: agency.into(),
+        name: id.into(),
+        description: String::new(),
+        security: SecurityClearance::Level { level: 3, decision: String::new() },
+        contacts: vec![],
+    }
+}
+
+fn token(id: &str) -> ClusterCommand {
+    ClusterCommand::CreateJoinToken {
+        id: id.into(),
+        secret_sha256: "aa".into(),
+        expires_at: "2026-01-05T03:00:00Z".parse().expect("instant"),
+        voter: true,
+    }
+}
+
+/// A workload touching every kind of replicated data: registry rows, settings, the admin
+/// audit trail, cluster bookkeeping and the membership.
+fn workload() -> Vec<Entry<TypeConfig>> {
+    vec![
+        members(1, 1, &[1]),
+        registry(1, 2, agency("000.00.00.H31")),
+        registry(1, 3, agency("000.00.01.H31")),
+        registry(1, 4, system("prov", "000.00.00.H31")),
+        registry(1, 5, Command::SetHolidays { holidays: vec!["2026-04-30".parse().expect("date")] }),
+        cluster(1, 6, token("t1")),
+        cluster(1, 7, ClusterCommand::ConsumeJoinToken { id: "t1".into(), secret_sha256: "aa".into(), name: "n2".into() }),
+        members(1, 8, &[1, 2]),
+        Entry { log_id: lid(2, 9), payload: EntryPayload::Blank },
+    ]
+}
+
+/// The whole registry as comparable JSON.
+fn registry_json(s: &State) -> serde_json::Value {
+    json!({
+        "agencies": s.agencies.values().collect::<Vec<_>>(),
+        "systems": s.systems.values().collect::<Vec<_>>(),
+        "services": s.services.values().collect::<Vec<_>>(),
+        "subscriptions": s.subscriptions.values().collect::<Vec<_>>(),
+        "credentials": s.credentials.values().collect::<Vec<_>>(),
+        "catalogs": s.catalogs.values().collect::<Vec<_>>(),
+        "users": s.users.values().collect::<Vec<_>>(),
+        "tokens": s.tokens.values().collect::<Vec<_>>(),
+        "revoked_tokens": s.revoked_tokens.values().collect::<Vec<_>>(),
+        "settings": s.settings,
+    })
+}
+
+/// Everything a node's replicated state consists of, for comparing two stores.
+fn everything(store: &Store) -> serde_json::Value {
+    let audit = store.audit(usize::MAX, |_| true).expect("audit");
+    json!({
+        "registry": registry_json(&store.read()),
+        "audit": audit,
+        "cluster": store.cluster_state(),
+        "applied": store.applied_log_id(),
+        "membership": store.membership(),
+    })
+}
+
+fn open(dir: &Path) -> (Arc<Store>, LogStore, StateMachine) {
+    open_storage(dir).expect("open storage")
+}
+
+#[tokio::test]
+async fn everything_survives_a_restart() {
+    let dir = TempDir::new().expect("temp dir");
+    let entries = workload();
+    let (before, snap_meta) = {
+        let (store, mut log, mut sm) = open(dir.path());
+        log.save_vote(&Vote::new(2, 1)).await.expect("vote");
+        log.blocking_append(entries.clone()).await.expect("append");
+        let replies = sm.apply(entries[..8].to_vec()).await.expect("apply");
+        assert_eq!(replies.len(), 8, "one reply per entry");
+        let snap = sm.get_snapshot_builder().await.build_snapshot().await.expect("build");
+        assert_eq!(snap.meta.last_log_id, Some(lid(1, 8)));
+        sm.apply(entries[8..].to_vec()).await.expect("apply the rest");
+        assert_eq!(store.last_applied(), 9);
+        assert_eq!(store.outcome(7), Some(Applied::Cluster(Ok(ClusterOutcome::Joined { node_id: 2 }))));
+        (everything(&store), snap.meta)
+    };
+
+    let (store, mut log, mut sm) = open(dir.path());
+    assert_eq!(everything(&store), before, "registry, audit, cluster state, applied id and membership survive");
+    assert_eq!(store.last_applied(), 9);
+    assert_eq!(*store.subscribe().borrow(), 9);
+    assert_eq!(store.read().agencies.len(), 2);
+    assert_eq!(store.read().settings.holidays.len(), 1);
+    assert!(store.cluster_state().nodes.contains_key(&2));
+    assert_eq!(store.membership().log_id(), &Some(lid(1, 8)));
+    let actions: Vec<String> = store.audit(10, |_| true).expect("audit").into_iter().map(|e| e.action).collect();
+    assert!(actions.contains(&"cluster.join".to_owned()) && actions.contains(&"cluster.join_token.create".to_owned()), "{actions:?}");
+    assert_eq!(sm.applied_state().await.expect("applied"), (Some(lid(2, 9)), store.membership()));
+    assert_eq!(log.read_vote().await.expect("vote"), Some(Vote::new(2, 1)));
+    assert_eq!(log.try_get_log_entries(0..100).await.expect("log"), entries);
+    assert_eq!(log.get_log_state().await.expect("state").last_log_id, Some(lid(2, 9)));
+    let current = sm.get_current_snapshot().await.expect("snapshot").expect("a current snapshot");
+    assert_eq!(current.meta, snap_meta, "the current snapshot keeps its meta across a restart");
+}
+
+#[tokio::test]
+async fn a_refused_command_is_an_outcome_and_changes_nothing() {
+    let dir = TempDir::new().expect("temp dir");
+    {
+        let (store, _log, mut sm) = open(dir.path());
+        sm.apply(vec![
+            registry(1, 1, agency("000.00.00.H31")),
+            registry(1, 2, agency("000.00.00.H31")),
+            cluster(1, 3, ClusterCommand::ConsumeJoinToken { id: "nope".into(), secret_sha256: "x".into(), name: "n".into() }),
+        ])
+        .await
+        .expect("apply");
+        assert!(matches!(store.outcome(1), Some(Applied::Registry(Ok(Outcome { kind: "create_agency", .. })))), "{:?}", store.outcome(1));
+        assert!(matches!(store.outcome(2), Some(Applied::Registry(Err(RegistryError::AlreadyExists { .. })))), "{:?}", store.outcome(2));
+        assert_eq!(store.outcome(3), Some(Applied::Cluster(Err(ClusterRefusal::BadJoinToken))));
+        assert_eq!(store.last_applied(), 3, "a refusal still takes its index");
+        assert_eq!(store.audit(10, |_| true).expect("audit").len(), 1, "only the accepted command is audited");
+
+        // The single-node path reports the refusal as an error, as the admin API expects.
+        let again = Envelope::new(at(), Actor::system(), agency("000.00.00.H31"));
+        assert!(matches!(store.propose(&again), Err(StoreError::Rejected(RegistryError::AlreadyExists { .. }))));
+        let other = Envelope::new(at(), Actor::system(), agency("000.00.01.H31"));
+        assert_eq!(store.propose(&other).expect("accepted").kind, "create_agency");
+        assert_eq!(store.last_applied(), 5);
+    }
+    let (store, _log, _sm) = open(dir.path());
+    assert_eq!(store.read().agencies.len(), 2);
+    assert_eq!(store.last_applied(), 5);
+    assert_eq!(store.audit(10, |_| true).expect("audit").iter().map(|e| e.index).collect::<Vec<_>>(), vec![5, 1]);
+}
+
+#[test]
+fn pending_changes_can_still_be_rolled_back() {
+    // The store persists `pending_changes` and rolls back if the commit fails: the journal
+    // must survive reading the changes.
+    let mut s = State::default();
+    let cp = s.checkpoint();
+    crate::registry::apply(&mut s, &Envelope::new(at(), Actor::system(), agency("000.00.00.H31"))).expect("apply");
+    assert_eq!(s.pending_changes().rows.len(), 1);
+    s.rollback(cp);
+    s.clear_journal();
+    assert!(s.agencies.is_empty(), "rolled back after the changes were read");
+    assert!(s.pending_changes().rows.is_empty());
+}
+
+async fn transfer(from: &mut StateMachine, to: &mut StateMachine) -> Snapshot<TypeConfig> {
+    let snap = from.get_snapshot_builder().await.build_snapshot().await.expect("build");
+    let current = from.get_current_snapshot().await.expect("current").expect("a current snapshot");
+    assert_eq!(current.meta, snap.meta);
+    let mut rx = to.begin_receiving_snapshot().await.expect("begin");
+    *rx = *current.snapshot;
+    to.install_snapshot(&snap.meta, rx).await.expect("install");
+    snap
+}
+
+#[tokio::test]
+async fn a_snapshot_installed_on_a_fresh_node_reproduces_everything() {
+    let (dir_a, dir_b) = (TempDir::new().expect("temp dir"), TempDir::new().expect("temp dir"));
+    let (store_a, _log_a, mut sm_a) = open(dir_a.path());
+    sm_a.apply(workload()).await.expect("apply");
+    let expected = everything(&store_a);
+    let snap_meta = {
+        let (store_b, _log_b, mut sm_b) = open(dir_b.path());
+        sm_b.apply(vec![registry(1, 1, agency("000.00.09.H31"))]).await.expect("state to be replaced");
+        let changes = store_b.subscribe();
+        let snap = transfer(&mut sm_a, &mut sm_b).await;
+        assert!(changes.has_changed().expect("watch"), "installing announces the new applied index");
+        assert_eq!(everything(&store_b), expected, "registry, audit trail, cluster state and membership are identical");
+        assert_eq!(store_b.outcome(1), None, "outcomes from before the snapshot are forgotten");
+        assert_eq!(sm_b.applied_state().await.expect("applied"), (snap.meta.last_log_id, snap.meta.last_membership.clone()));
+        snap.meta
+    };
+    // ... and it stays that way after a restart.
+    let (store_b, _log_b, mut sm_b) = open(dir_b.path());
+    assert_eq!(everything(&store_b), expected);
+    assert_eq!(sm_b.get_current_snapshot().await.expect("current").expect("snapshot").meta, snap_meta);
+    assert_eq!(std::fs::read_dir(dir_b.path().join("snapshots")).expect("dir").count(), 1, "older snapshots are deleted");
+}
+
+#[tokio::test]
+async fn a_purged_log_and_its_snapshot_survive_a_restart() {
+    let dir = TempDir::new().expect("temp dir");
+    let entries = workload();
+    let meta = {
+        let (_store, mut log, mut sm) = open(dir.path());
+        log.blocking_append(entries.clone()).await.expect("append");
+        sm.apply(entries.clone()).await.expect("apply");
+        let snap = sm.get_snapshot_builder().await.build_snapshot().await.expect("build");
+        log.purge(lid(1, 6)).await.expect("purge");
+        snap.meta
+    };
+    let (_store, mut log, mut sm) = open(dir.path());
+    let state = log.get_log_state().await.expect("log state");
+    assert_eq!((state.last_purged_log_id, state.last_log_id), (Some(lid(1, 6)), Some(lid(2, 9))));
+    assert_eq!(log.try_get_log_entries(0..100).await.expect("log"), entries[6..].to_vec());
+    assert_eq!(sm.get_current_snapshot().await.expect("current").expect("snapshot").meta, meta);
+    assert_eq!(sm.applied_state().await.expect("applied").0, Some(lid(2, 9)));
+}
+
+#[tokio::test]
+async fn a_foreign_or_damaged_snapshot_is_refused() {
+    let (dir_a, dir_b) = (TempDir::new().expect("temp dir"), TempDir::new().expect("temp dir"));
+    let (_store_a, _log_a, mut sm_a) = open(dir_a.path());
+    sm_a.apply(workload()).await.expect("apply");
+    let snap = sm_a.get_snapshot_builder().await.build_snapshot().await.expect("build");
+    let bytes = snap.snapshot.into_inner();
+    let (store_b, _log_b, mut sm_b) = open(dir_b.path());
+
+    let mut doc: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+    doc["version"] = json!(99);
+    let newer = serde_json::to_vec(&doc).expect("encode");
+    doc["version"] = json!(1);
+    doc["format"] = json!("something-else");
+    let foreign = serde_json::to_vec(&doc).expect("encode");
+    let mut wrong_meta = snap.meta.clone();
+    wrong_meta.last_log_id = Some(lid(7, 70));
+    let cases: Vec<(SnapshotMeta<NodeId, NodeInfo>, Vec<u8>, &str)> = vec![
+        (snap.meta.clone(), newer, "format version 99, but this node reads only version 1; run the same lgsp version"),
+        (snap.meta.clone(), foreign, "not \"lgsp-state-snapshot\""),
+        (snap.meta.clone(), b"\x00not a snapshot".to_vec(), "damaged or is not an lgsp snapshot"),
+        (snap.meta.clone(), bytes[..bytes.len() / 2].to_vec(), "damaged"),
+        (wrong_meta, bytes.clone(), "damaged or mislabelled"),
+    ];
+    for (meta, data, why) in cases {
+        let err = sm_b.install_snapshot(&meta, Box::new(Cursor::new(data))).await.expect_err("refused");
+        assert!(err.to_string().contains(why), "{err} should say {why:?}");
+        assert_eq!(store_b.last_applied(), 0, "nothing changed");
+        assert!(sm_b.get_current_snapshot().await.expect("current").is_none(), "nothing changed");
+    }
+    assert_eq!(store_b.membership(), StoredMembership::default());
+    // The genuine one is accepted.
+    sm_b.install_snapshot(&snap.meta, Box::new(Cursor::new(bytes))).await.expect("install");
+    assert_eq!(store_b.last_applied(), 9);
+}

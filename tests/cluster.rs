@@ -1,0 +1,338 @@
+//! The cluster with real nodes over real QUIC: replication, forwarding, linearizable reads,
+//! leader failure, catch-up by snapshot, membership under load, minority partitions, 5 nodes,
+//! join tokens and certificate rotation.
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::cluster::{agency_code, create_agency, Cluster};
+use serde_json::json;
+
+fn retry_write(c: &Cluster, nodes: &[usize], i: usize, within: Duration) -> (usize, Duration) {
+    let start = Instant::now();
+    let mut attempt = 0;
+    loop {
+        let k = nodes[attempt % nodes.len()];
+        let (s, b) = create_agency(&c.api(k), i);
+        if s == 201 {
+            return (k, start.elapsed());
+        }
+        // A retried write that was in fact applied the first time answers 409.
+        if s == 409 && b["code"] == "ALREADY_EXISTS" {
+            return (k, start.elapsed());
+        }
+        assert!(start.elapsed() < within, "write {i} not accepted within {within:?}: last answer {s} {b}");
+        attempt += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn has_agency(c: &Cluster, k: usize, i: usize, local: bool) -> bool {
+    let q = if local { "?consistency=local" } else { "" };
+    c.api(k).get(&format!("/api/v1/agencies/{}{q}", agency_code(i))).0 == 200
+}
+
+#[test]
+fn three_nodes_replicate_forward_and_read_linearizably() {
+    let c = Cluster::start(3, &[]);
+    let leader = c.leader_seen_by(1) as usize;
+    let follower = (1..=3).find(|k| *k != leader).expect("a follower");
+    let other = (1..=3).find(|k| *k != leader && *k != follower).expect("another follower");
+
+    // A write through a follower is forwarded to the leader and acknowledged.
+    let (s, b) = create_agency(&c.api(follower), 1);
+    assert_eq!(s, 201, "{b}");
+    // Read-your-write on the node that took it, and a linearizable read on another follower.
+    assert!(has_agency(&c, follower, 1, true), "the writing node applied it before answering");
+    assert!(has_agency(&c, other, 1, false), "a linearizable read on another follower sees it");
+    // A refused write is refused the same way through a follower.
+    let (s, b) = create_agency(&c.api(other), 1);
+    assert_eq!((s, b["code"].as_str()), (409, Some("ALREADY_EXISTS")), "{b}");
+
+    // Status: leader, term, indices and every node's lag, from any node.
+    let st = c.status(other);
+    assert_eq!(st["leader"].as_u64(), Some(leader as u64), "{st}");
+    assert!(st["term"].as_u64().unwrap_or(0) >= 1, "{st}");
+    assert!(st["last_log_index"].as_u64().unwrap_or(0) >= 1, "{st}");
+    let nodes = st["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 3, "{st}");
+    for n in nodes {
+        assert!(n["lag"].is_u64(), "the leader reports each node's lag: {st}");
+        assert!(n["admin_url"].as_str().is_some_and(|u| u.starts_with("http://127.0.0.1:")), "{st}");
+    }
+    // The CLI shows the same.
+    let out = c.node(other).cli(&["cluster", "status"], None);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("leader") && text.contains("node-1") && text.contains("node-3") && text.contains("LAG"), "{text}");
+    // The admin audit trail of every node records the change once.
+    for k in 1..=3 {
+        let (s, a) = c.api(k).get("/api/v1/audit/admin?limit=50");
+        assert_eq!(s, 200, "{a}");
+        let n = a["items"].as_array().expect("items").iter().filter(|e| e["target"] == agency_code(1)).count();
+        assert_eq!(n, 1, "node {k} audit: {a}");
+    }
+}
+
+#[test]
+fn leader_killed_then_restarted_keeps_every_acknowledged_write() {
+    let mut c = Cluster::start(3, &[]);
+    for i in 0..20 {
+        let (s, b) = create_agency(&c.any(), i);
+        assert_eq!(s, 201, "{b}");
+    }
+    let leader = c.leader_seen_by(1) as usize;
+    c.kill(leader);
+    let rest: Vec<usize> = (1..=3).filter(|k| *k != leader).collect();
+    // The survivors elect a new leader and take writes again.
+    let (_, took) = retry_write(&c, &rest, 20, Duration::from_secs(30));
+    eprintln!("first write after killing the leader accepted after {took:?}");
+    let new_leader = c.leader_seen_by(rest[0]) as usize;
+    assert_ne!(new_leader, leader);
+    for i in 21..30 {
+        let (s, b) = create_agency(&c.api(rest[1]), i);
+        assert_eq!(s, 201, "{b}");
+    }
+    // The old leader restarts on its data, rejoins as a follower and catches up.
+    c.restart(leader);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(has_agency(&c, leader, 29, true) && has_agency(&c, leader, 0, true)) {
+        assert!(Instant::now() < deadline, "restarted node did not catch up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for i in 0..30 {
+        assert!(has_agency(&c, leader, i, true), "agency {i} missing on the restarted node");
+    }
+    c.wait_voters(3);
+}
+
+#[test]
+fn lagging_node_catches_up_by_snapshot_after_compaction() {
+    let mut c = Cluster::start(3, &["--snapshot-logs", "20", "--keep-logs", "0"]);
+    c.kill(3);
+    let before = c.status(1)["last_log_index"].as_u64().expect("index");
+    for i in 0..80 {
+        let (s, b) = create_agency(&c.api(1 + (i % 2)), i);
+        assert_eq!(s, 201, "{b}");
+    }
+    // The log behind node 3's position has been compacted away.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = c.status(1);
+        if st["purged_index"].as_u64().unwrap_or(0) > before + 20 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "leader did not snapshot and purge: {st}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.restart(3);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !has_agency(&c, 3, 79, true) {
+        assert!(Instant::now() < deadline, "node 3 did not catch up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for i in 0..80 {
+        assert!(has_agency(&c, 3, i, true), "agency {i} missing on node 3");
+    }
+    let log = std::fs::read_to_string(&c.node(3).log).unwrap_or_default();
+    let st = c.status(3);
+    assert!(st["snapshot_index"].as_u64().is_some() || log.contains("snapshot"), "node 3 caught up through a snapshot: {st}");
+}
+
+#[test]
+fn membership_changes_under_write_load_lose_nothing() {
+    let mut c = Cluster::start(3, &[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let next = Arc::new(AtomicUsize::new(0));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let failed = Arc::new(Mutex::new(Vec::new()));
+    let api = c.api(1);
+    let writer = {
+        let (stop, next, acked, failed) = (stop.clone(), next.clone(), acked.clone(), failed.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let (s, b) = create_agency(&api, i);
+                if s == 201 {
+                    acked.lock().expect("lock").push(i);
+                } else {
+                    failed.lock().expect("lock").push((i, s, b.to_string()));
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    c.add_node(4);
+    c.wait_voters(4);
+    // Remove a follower that is not the node taking the writes.
+    let leader = c.leader_seen_by(1) as usize;
+    let victim = (2..=3).find(|k| *k != leader).expect("a follower to remove");
+    let (s, b) = c.api(1).delete(&format!("/api/v1/cluster/nodes/{victim}"));
+    assert_eq!(s, 200, "{b}");
+    c.kill(victim);
+    c.wait_voters(3);
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::SeqCst);
+    writer.join().expect("writer");
+    let acked = acked.lock().expect("lock").clone();
+    let failed = failed.lock().expect("lock").clone();
+    assert!(acked.len() > 20, "the writer made progress: {} acked", acked.len());
+    assert!(failed.is_empty(), "writes failed during membership changes: {failed:?}");
+    // Every acknowledged write is on the new node.
+    let last = *acked.last().expect("acked");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !has_agency(&c, 4, last, true) {
+        assert!(Instant::now() < deadline, "node 4 did not catch up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for i in acked {
+        assert!(has_agency(&c, 4, i, true), "acknowledged agency {i} missing on node 4");
+    }
+    let st = c.status(1);
+    assert!(st["nodes"].as_array().expect("nodes").iter().all(|n| n["id"].as_u64() != Some(victim as u64)), "{st}");
+}
+
+#[test]
+fn minority_partition_never_accepts_a_write_and_keeps_proxying() {
+    let c = Cluster::start(3, &[]);
+    let op = c.api(1);
+    common::seed(&op);
+    let leader = c.leader_seen_by(1) as usize;
+    // Cut the leader off: it is the minority side.
+    c.partition(&[leader]);
+    let majority: Vec<usize> = (1..=3).filter(|k| *k != leader).collect();
+
+    let (s, b) = create_agency(&c.api(leader), 500);
+    assert!(s == 503 || s == 504, "a write on the minority side must not be acknowledged: {s} {b}");
+    let (s, b) = c.api(leader).get("/api/v1/agencies");
+    assert_eq!(s, 503, "a linearizable read on the minority side is refused: {b}");
+    assert_eq!(b["code"], "NO_QUORUM", "{b}");
+    // ... while a stale read is still possible on request.
+    let (s, _) = c.api(leader).get("/api/v1/agencies?consistency=local");
+    assert_eq!(s, 200);
+
+    // The majority elects a leader and goes on.
+    let (k, took) = retry_write(&c, &majority, 501, Duration::from_secs(30));
+    eprintln!("majority accepted a write via node {k} after {took:?}");
+
+    // The minority node reports degraded (still serving) on /status.
+    let metrics = c.node(leader).info["metrics_url"].as_str().expect("metrics_url").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st: serde_json::Value = reqwest::blocking::get(format!("{metrics}/status")).expect("status").json().expect("json");
+        if st["status"] == "degraded" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "minority node never reported degraded: {st}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Its gateway still proxies with the last replicated view: the seeded consumer still gets a
+    // token and the catalog service still answers (no upstream needed for /dmdc).
+    let gw = c.node(leader).info["gateway_url"].as_str().expect("gateway_url").to_owned();
+    let r = reqwest::blocking::Client::new().get(format!("{gw}/dmdc/Category/nothing")).send().expect("gateway reachable");
+    assert!(r.headers().contains_key("x-transaction-id"), "the minority gateway answers");
+
+    c.heal();
+    // After healing, the write refused on the minority side never appears anywhere.
+    c.wait_voters(3);
+    for k in 1..=3 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !has_agency(&c, k, 501, false) {
+            assert!(Instant::now() < deadline, "node {k} did not catch up after healing");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(!has_agency(&c, k, 500, false), "the unacknowledged minority write appeared on node {k}");
+    }
+}
+
+#[test]
+fn five_nodes_survive_two_failures() {
+    let mut c = Cluster::start(5, &[]);
+    for i in 0..5 {
+        assert_eq!(create_agency(&c.api(1 + i), i).0, 201);
+    }
+    let leader = c.leader_seen_by(1) as usize;
+    let other = (1..=5).find(|k| *k != leader).expect("another");
+    c.kill(leader);
+    c.kill(other);
+    let rest: Vec<usize> = (1..=5).filter(|k| *k != leader && *k != other).collect();
+    retry_write(&c, &rest, 5, Duration::from_secs(30));
+    for &k in &rest {
+        for i in 0..6 {
+            assert!(has_agency(&c, k, i, false), "agency {i} on node {k}");
+        }
+    }
+}
+
+#[test]
+fn join_tokens_are_one_time_and_certificates_rotate() {
+    let mut c = Cluster::start(2, &[]);
+    let (s, b) = c.api(1).post("/api/v1/cluster/join-tokens", json!({"ttl_seconds": 600}));
+    assert_eq!(s, 201, "{b}");
+    let token = b["token"].as_str().expect("token").to_owned();
+    let peer = c.node(1).info["cluster_addr"].as_str().expect("cluster_addr").to_owned();
+    let join = |dir: &std::path::Path, name: &str, token: &str| {
+        common::cli_in(
+            dir,
+            &["cluster", "join", "--data-dir", dir.to_str().expect("path"), "--name", name, "--peer", &peer, "--token", token],
+            None,
+        )
+    };
+    let d3 = c.root.join("n3").join("data");
+    std::fs::create_dir_all(&d3).expect("dir");
+    assert!(join(&d3, "node-3", &token).status.success());
+    // The same token a second time is refused, with a message that says what to do.
+    let d4 = c.root.join("x4");
+    std::fs::create_dir_all(&d4).expect("dir");
+    let out = join(&d4, "node-4", &token);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("join token") && err.contains("lgsp cluster token create"), "{err}");
+    // A malformed token and a token for another cluster (wrong CA fingerprint) are refused.
+    let out = join(&d4, "node-4", "nonsense");
+    assert!(!out.status.success());
+    let forged = format!("{}{}", &token[..token.len() - 4], "0000");
+    let out = join(&d4, "node-4", &forged);
+    assert!(!out.status.success(), "a token whose CA fingerprint does not match must not connect");
+    assert!(!d4.join("cluster").join("node.pem").exists());
+
+    c.restart(3);
+    c.wait_voters(3);
+
+    // Rotate node 2's certificate: it keeps replicating and forwarding without a restart.
+    let cert = std::fs::read(c.root.join("n2").join("data").join("cluster").join("node.pem")).expect("node.pem");
+    let (s, b) = c.api(2).post("/api/v1/cluster/certificate/rotate", json!({}));
+    assert_eq!(s, 200, "{b}");
+    let cert2 = std::fs::read(c.root.join("n2").join("data").join("cluster").join("node.pem")).expect("node.pem");
+    assert_ne!(cert, cert2, "a new certificate was written");
+    for i in 0..5 {
+        assert_eq!(create_agency(&c.api(2), i).0, 201);
+        assert_eq!(create_agency(&c.api(3), 100 + i).0, 201);
+    }
+    assert!(has_agency(&c, 2, 104, false));
+    c.node_mut(2).restart();
+    c.wait_voters(3);
+    assert!(has_agency(&c, 2, 104, false), "the rotated certificate is used after a restart too");
+}
+
+#[test]
+fn leadership_can_be_transferred() {
+    let c = Cluster::start(3, &[]);
+    let leader = c.leader_seen_by(1);
+    let target = (1..=3u64).find(|k| *k != leader).expect("target");
+    let mut moved = false;
+    for _ in 0..3 {
+        let (s, b) = c.api(1).post("/api/v1/cluster/leader", json!({ "node_id": target }));
+        if s == 200 {
+            moved = true;
+            break;
+        }
+        eprintln!("transfer attempt: {s} {b}");
+    }
+    assert!(moved, "leadership did not move to node {target} in 3 attempts");
+    assert_eq!(c.leader_seen_by(1), target);
+    assert_eq!(create_agency(&c.api(1), 1).0, 201);
+}
