@@ -231,8 +231,9 @@ pub struct ClusterConfig {
     /// The leader's heartbeat to each follower.
     #[serde(default = "d_heartbeat")]
     pub heartbeat_ms: u64,
-    /// A follower that hears no leader for this long (randomised up to twice as long) starts an
-    /// election. Leader failover takes about this long.
+    /// A follower that hears no leader for this long (randomised up to 1.5 times as long) starts
+    /// an election, once the old leader's lease (1.5 times this) has run out: leader failover
+    /// takes about 2.5 to 3 times this.
     #[serde(default = "d_election")]
     pub election_timeout_ms: u64,
     /// Build a snapshot (and compact the log) after this many log entries.
@@ -245,10 +246,10 @@ pub struct ClusterConfig {
 }
 
 fn d_heartbeat() -> u64 {
-    100
+    50
 }
 fn d_election() -> u64 {
-    400
+    250
 }
 fn d_snapshot_logs() -> u64 {
     10_000

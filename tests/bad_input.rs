@@ -310,6 +310,9 @@ fn json_endpoints(fx: &Fx, cred: &str, sub_req: &str, sub_pa: &str) -> Vec<(&'st
         ("POST", "/api/v1/catalogs/dm-test/versions".into()),
         ("POST", "/api/v1/registry/import".into()),
         ("PUT", "/api/v1/settings/holidays".into()),
+        ("POST", "/api/v1/cluster/join-tokens".into()),
+        ("POST", "/api/v1/cluster/leader".into()),
+        ("PUT", "/api/v1/cluster/test-partition".into()),
     ]
 }
 
@@ -340,7 +343,16 @@ fn malformed_bodies_wrong_content_types_and_unknown_fields() {
     // The list covers every documented write that takes a body.
     let (_, doc) = fx.op.get("/api/v1/openapi.json");
     // No body, or not JSON (the reconciliation comparison takes the provider's CSV).
-    let no_body = ["/publish", "/unlock", "/auth/logout", "/audit/verify", "/audit/reconciliation/compare"];
+    let no_body = [
+        "/publish",
+        "/unlock",
+        "/auth/logout",
+        "/audit/verify",
+        "/audit/reconciliation/compare",
+        "/promote",
+        "/cluster/leave",
+        "/certificate/rotate",
+    ];
     for (path, ops) in doc["paths"].as_object().unwrap() {
         for method in ops.as_object().unwrap().keys() {
             let m = method.to_uppercase();

@@ -1065,6 +1065,13 @@ fn valid_body(method: &str, template: &str) -> Option<Value> {
         ("POST", "/api/v1/catalogs/{code}/versions") => json!({"entries": [{"code": "9"}], "append": true}),
         ("POST", "/api/v1/registry/import") => json!({"agency": [{"code": "000.00.08.H31", "name": "x"}]}),
         ("PUT", "/api/v1/settings/holidays") => json!({"holidays": ["2027-01-01"]}),
+        ("POST", "/api/v1/cluster/join-tokens") => json!({}),
+        ("POST", "/api/v1/cluster/nodes/{id}/promote") => NB,
+        ("DELETE", "/api/v1/cluster/nodes/{id}") => NB,
+        ("POST", "/api/v1/cluster/leader") => json!({"node_id": 1}),
+        ("POST", "/api/v1/cluster/leave") => NB,
+        ("POST", "/api/v1/cluster/certificate/rotate") => NB,
+        ("PUT", "/api/v1/cluster/test-partition") => json!({"blocked": []}),
         _ => return None,
     };
     Some(b)

@@ -120,14 +120,26 @@ async fn create_token(
     Ok((StatusCode::CREATED, Json(json!({ "token": token, "expires_at": expires_at, "voter": b.voter }))))
 }
 
-async fn promote(State(st): State<Shared>, p: Principal, Path(id): Path<NodeId>) -> Result<Json<Value>, ApiError> {
+/// Node ids are numbers; checked after the role, so a refusal never depends on the path.
+fn node_id(raw: &str) -> Result<NodeId, ApiError> {
+    raw.parse().map_err(|_| {
+        let mut e =
+            ApiError::new(StatusCode::BAD_REQUEST, "INVALID", format!("{raw:?} is not a node id (a number, see `lgsp cluster status`)"));
+        e.details = Some(json!({ "field": "id" }));
+        e
+    })
+}
+
+async fn promote(State(st): State<Shared>, p: Principal, Path(raw): Path<String>) -> Result<Json<Value>, ApiError> {
     p.require_operator("change the cluster membership")?;
+    let id = node_id(&raw)?;
     st.cluster.membership(MembershipOp::Promote { node_id: id }).await?;
     Ok(Json(json!({ "promoted": id })))
 }
 
-async fn remove(State(st): State<Shared>, p: Principal, Path(id): Path<NodeId>) -> Result<Json<Value>, ApiError> {
+async fn remove(State(st): State<Shared>, p: Principal, Path(raw): Path<String>) -> Result<Json<Value>, ApiError> {
     p.require_operator("change the cluster membership")?;
+    let id = node_id(&raw)?;
     st.cluster.membership(MembershipOp::Remove { node_id: id }).await?;
     Ok(Json(json!({ "removed": id })))
 }

@@ -4,22 +4,26 @@
 //! `committed`, `last_purged` -> JSON). It is a separate file from the registry so that log
 //! appends never wait for a state-machine transaction (redb has one writer per file).
 //!
-//! Invariants: every write is one redb transaction committed with the default
-//! `Durability::Immediate` (fsynced) before the call returns; an append batch is one
-//! transaction, committed before the append callback fires; a truncation is one transaction; a
-//! purge deletes the entries and records `last_purged` in the same transaction, so a crash never
-//! leaves a hole in the log or purged entries without their marker. Blocking redb calls are made
-//! inline (they are short) and no transaction is ever held across an `.await`.
+//! Invariants: an append batch is one redb transaction, committed at once without an fsync (so
+//! the entries are readable) and made durable by the *group flusher* thread, which fsyncs once
+//! for every append that arrived meanwhile and only then completes their callbacks: openraft
+//! counts an entry as persisted (for voting and for commitment) only after that. The vote is
+//! committed durably before `save_vote` returns; truncation and purge are one transaction each
+//! (durable); a purge deletes the entries and records `last_purged` in the same transaction, so
+//! a crash never leaves a hole in the log or purged entries without their marker. The committed
+//! marker is advisory (openraft re-learns it from the leader) and is written without an fsync.
+//! Blocking redb calls are made inline (they are short) and no transaction is ever held across
+//! an `.await`.
 //! May import `cluster::types` and `cluster::store` (its error type) only; openraft and redb.
 
 use std::fmt::Debug;
 use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -31,12 +35,81 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_log_meta")
 const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 const LAST_PURGED: &str = "last_purged";
+const FLUSHED: &str = "flushed";
+
+/// Appends waiting for their fsync.
+#[derive(Default)]
+struct Pending {
+    callbacks: Vec<LogFlushed<TypeConfig>>,
+    stop: bool,
+}
+
+/// The group flusher: one fsync for every append that arrived while the previous one ran.
+struct Flusher {
+    pending: Mutex<Pending>,
+    wake: Condvar,
+}
+
+impl std::fmt::Debug for Flusher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Flusher")
+    }
+}
+
+impl Flusher {
+    fn run(&self, db: &Database) {
+        let mut flushes: u64 = 0;
+        loop {
+            let batch = {
+                let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                while p.callbacks.is_empty() && !p.stop {
+                    p = self.wake.wait(p).unwrap_or_else(|e| e.into_inner());
+                }
+                if p.callbacks.is_empty() && p.stop {
+                    return;
+                }
+                std::mem::take(&mut p.callbacks)
+            };
+            flushes += 1;
+            // A durable commit makes every earlier non-durable commit durable too.
+            let result = (|| -> Result<(), String> {
+                let tx = db.begin_write().map_err(|e| e.to_string())?;
+                tx.open_table(META)
+                    .map_err(|e| e.to_string())?
+                    .insert(FLUSHED, flushes.to_be_bytes().as_slice())
+                    .map_err(|e| e.to_string())?;
+                tx.commit().map_err(|e| e.to_string())
+            })();
+            for cb in batch {
+                match &result {
+                    Ok(()) => cb.log_io_completed(Ok(())),
+                    Err(e) => cb.log_io_completed(Err(std::io::Error::other(format!("Raft log fsync failed: {e}")))),
+                }
+            }
+        }
+    }
+}
 
 /// The Raft log store: what [`openraft::Raft::new`] takes as its `log_store`.
 #[derive(Debug)]
 pub struct LogStore {
     db: Arc<Database>,
+    flusher: Arc<Flusher>,
+    flusher_thread: Option<std::thread::JoinHandle<()>>,
     path: PathBuf,
+}
+
+impl Drop for LogStore {
+    fn drop(&mut self) {
+        let mut p = self.flusher.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.stop = true;
+        drop(p);
+        self.flusher.wake.notify_one();
+        // Pending appends are flushed first; then the file is closed (it can be reopened).
+        if let Some(t) = self.flusher_thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// A read-only handle on the same log, for openraft's replication tasks. Cheap to clone.
@@ -62,7 +135,14 @@ impl LogStore {
             tx.open_table(META).map_err(storage("create its tables"))?;
         }
         tx.commit().map_err(storage("create its tables"))?;
-        Ok(LogStore { db: Arc::new(db), path: path.to_path_buf() })
+        let db = Arc::new(db);
+        let flusher = Arc::new(Flusher { pending: Mutex::new(Pending::default()), wake: Condvar::new() });
+        let (f, fdb) = (flusher.clone(), db.clone());
+        let thread = std::thread::Builder::new()
+            .name("lgsp-raft-flush".into())
+            .spawn(move || f.run(&fdb))
+            .map_err(|e| StoreError::Storage(format!("cannot start the Raft log flusher: {e}")))?;
+        Ok(LogStore { db, flusher, flusher_thread: Some(thread), path: path.to_path_buf() })
     }
 
     /// The file this log lives in.
@@ -85,8 +165,10 @@ impl LogStore {
         Ok(LogState { last_purged_log_id: last_purged, last_log_id: last.or(last_purged) })
     }
 
+    /// Writes the entries, readable at once; durable only after the next group flush.
     fn append_batch(&self, entries: impl IntoIterator<Item = Entry<TypeConfig>>) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(storage("append entries"))?;
+        let mut tx = self.db.begin_write().map_err(storage("append entries"))?;
+        tx.set_durability(Durability::None);
         {
             let mut t = tx.open_table(LOG).map_err(storage("append entries"))?;
             for e in entries {
@@ -143,8 +225,13 @@ fn read_meta<T: DeserializeOwned>(db: &Database, key: &str) -> Result<Option<T>,
 }
 
 fn write_meta<T: Serialize>(db: &Database, key: &str, value: &T) -> Result<(), StoreError> {
+    write_meta_with(db, key, value, Durability::Immediate)
+}
+
+fn write_meta_with<T: Serialize>(db: &Database, key: &str, value: &T, durability: Durability) -> Result<(), StoreError> {
     let bytes = serde_json::to_vec(value).map_err(storage("encode the log's metadata"))?;
-    let tx = db.begin_write().map_err(storage("write the log's metadata"))?;
+    let mut tx = db.begin_write().map_err(storage("write the log's metadata"))?;
+    tx.set_durability(durability);
     tx.open_table(META)
         .map_err(storage("write the log's metadata"))?
         .insert(key, bytes.as_slice())
@@ -209,7 +296,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StorageError<NodeId>> {
-        write_meta(&self.db, COMMITTED, &committed).map_err(write_err)
+        write_meta_with(&self.db, COMMITTED, &committed, Durability::None).map_err(write_err)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
@@ -221,10 +308,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        // Committed with Durability::Immediate: on disk once commit returns, so the callback
-        // can be completed at once.
         self.append_batch(entries).map_err(write_err)?;
-        callback.log_io_completed(Ok(()));
+        let mut p = self.flusher.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.callbacks.push(callback);
+        drop(p);
+        self.flusher.wake.notify_one();
         Ok(())
     }
 

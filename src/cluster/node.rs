@@ -25,7 +25,7 @@ use std::sync::{Arc, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use chrono::Utc;
-use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
 use openraft::{ChangeMembers, Raft, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -320,16 +320,30 @@ impl ClusterNode {
             .map_err(|e| ClusterError::Storage(e.to_string()))?;
 
         let cell: Arc<OnceLock<Weak<ClusterNode>>> = Arc::new(OnceLock::new());
-        let transport = Transport::bind(listen, identity, Arc::new(Handler { node: cell.clone() }))
-            .await
-            .map_err(|e| ClusterError::Transport(format!("cannot listen on {listen}/udp: {e}")))?;
+        let transport = match Transport::bind(listen, identity.clone(), Arc::new(Handler { node: cell.clone() })).await {
+            Ok(t) => t,
+            // A dev node on ephemeral ports whose remembered port was taken meanwhile (or a
+            // copied data directory): take a new port and tell the cluster (see `announce`).
+            Err(_) if opts.listen.port() == 0 => {
+                let port = pick_udp_port(opts.listen.ip())?;
+                let fresh = SocketAddr::new(opts.listen.ip(), port);
+                let t = Transport::bind(fresh, identity, Arc::new(Handler { node: cell.clone() }))
+                    .await
+                    .map_err(|e| ClusterError::Transport(format!("cannot listen on {fresh}/udp: {e}")))?;
+                tracing::warn!(old = %nf.raft_addr, new = %fresh, "the remembered cluster port was taken; moved to a new one");
+                nf.raft_addr = fresh.to_string();
+                nf.save(&opts.data_dir)?;
+                t
+            }
+            Err(e) => return Err(ClusterError::Transport(format!("cannot listen on {listen}/udp: {e}"))),
+        };
 
         let t = &opts.tuning;
         let mut config = openraft::Config {
             cluster_name: nf.cluster_id.clone(),
             heartbeat_interval: t.heartbeat_ms,
             election_timeout_min: t.election_timeout_ms,
-            election_timeout_max: t.election_timeout_ms * 2,
+            election_timeout_max: t.election_timeout_ms * 3 / 2,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(t.snapshot_logs),
             max_in_snapshot_log_to_keep: t.keep_logs,
             ..Default::default()
@@ -355,7 +369,7 @@ impl ClusterNode {
             data_dir: opts.data_dir.clone(),
             info: RwLock::new(info.clone()),
             secrets_b64: opts.secrets.to_base64(),
-            election_max: Duration::from_millis(t.election_timeout_ms * 2),
+            election_max: Duration::from_millis(t.election_timeout_ms * 3 / 2),
             faults_enabled: opts.faults_enabled,
             share_sink: OnceLock::new(),
             stop,
@@ -658,11 +672,22 @@ impl ClusterNode {
         }
     }
 
+    /// One membership change; waits (up to 10 s) for a change already in progress (e.g. an
+    /// automatic promotion) to finish first.
     async fn change(&self, change: ChangeMembers<NodeId, NodeInfo>) -> Result<(), ClusterError> {
-        match tokio::time::timeout(WRITE_TIMEOUT * 2, self.raft.change_membership(change, false)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(ClusterError::Refused(format!("membership change refused: {e}"))),
-            Err(_) => Err(ClusterError::Ambiguous("the membership change was not confirmed within 10 s".into())),
+        let deadline = Instant::now() + WRITE_TIMEOUT * 2;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(remaining, self.raft.change_membership(change.clone(), false)).await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(_)))))
+                    if Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Ok(Err(e)) => return Err(ClusterError::Refused(format!("membership change refused: {e}"))),
+                Err(_) => return Err(ClusterError::Ambiguous("the membership change was not confirmed within 10 s".into())),
+            }
         }
     }
 

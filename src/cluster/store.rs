@@ -135,7 +135,13 @@ pub struct Store {
     outcomes: Mutex<BTreeMap<u64, Applied>>,
     /// Announces each newly applied index (read views rebuild from it).
     applied_tx: tokio::sync::watch::Sender<u64>,
+    /// Applied batches committed without an fsync since the last durable commit.
+    lazy_commits: std::sync::atomic::AtomicU32,
 }
+
+/// Every this many applied batches one is committed durably (the others are made durable by
+/// it, by a snapshot, or re-applied from the Raft log after a crash).
+const DURABLE_EVERY: u32 = 64;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -220,6 +226,7 @@ impl Store {
             position: RwLock::new(position),
             snapshot_lock: Mutex::new(()),
             outcomes: Mutex::new(BTreeMap::new()),
+            lazy_commits: std::sync::atomic::AtomicU32::new(0),
             applied_tx,
         })
     }
@@ -331,7 +338,15 @@ impl Store {
         entries: Vec<Entry<TypeConfig>>,
         applied: &mut Vec<(u64, Applied)>,
     ) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(storage)?;
+        let mut tx = self.db.begin_write().map_err(storage)?;
+        // The Raft log is the durable record of committed entries: a batch lost here in a crash
+        // is applied again from the log at start-up (openraft re-applies from the last applied
+        // id it reads back). Snapshots commit durably before the log behind them is purged.
+        if self.lazy_commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 >= DURABLE_EVERY {
+            self.lazy_commits.store(0, std::sync::atomic::Ordering::Relaxed);
+        } else {
+            tx.set_durability(redb::Durability::None);
+        }
         let mut cluster_changed = false;
         {
             let mut audit = tx.open_table(AUDIT).map_err(storage)?;
