@@ -8,10 +8,12 @@
 //! snapshot's meta, JSON).
 //!
 //! Invariants:
-//! - One `apply` call (a batch of committed entries) is one fsynced redb transaction holding
-//!   every changed row, the audit entries, the cluster state, the applied log id and the
-//!   membership, so a crash leaves all of the batch or none of it. If the commit fails, the
-//!   in-memory registry and cluster state are rolled back to before the batch.
+//! - One `apply` call (a batch of committed entries) is one redb transaction holding every
+//!   changed row, the audit entries, the cluster state, the applied log id and the membership,
+//!   so a crash leaves all of the batch or none of it. Every 64th batch, and every snapshot, is
+//!   fsynced; the others are made durable by the next fsynced one (redb), and a batch lost in a
+//!   crash is applied again from the Raft log at start-up. If the commit fails, the in-memory
+//!   registry and cluster state are rolled back to before the batch.
 //! - Applying is deterministic: a refused command is an outcome (kept in memory for
 //!   [`Store::outcome`]), the state is unchanged, and every node computes the same.
 //! - Changes are serialised by one writer lock (lock order: writer -> snapshot lock -> redb
