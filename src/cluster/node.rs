@@ -817,7 +817,9 @@ impl ClusterNode {
                 }
             }
             RpcRequest::AddLearner { node_id, info } => {
-                if node_id != from {
+                // A node registers itself, directly or through any member (which forwards).
+                let member = self.raft.metrics().borrow().membership_config.membership().get_node(&from).is_some();
+                if node_id != from && !member {
                     error("forbidden", format!("node {from} cannot register node {node_id}"), None)
                 } else {
                     self.add_learner(node_id, info).await
