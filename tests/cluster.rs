@@ -359,3 +359,46 @@ fn leadership_can_be_transferred() {
     assert_eq!(c.leader_seen_by(1), target);
     assert_eq!(create_agency(&c.api(1), 1).0, 201);
 }
+
+#[test]
+fn a_learner_token_keeps_the_node_a_learner_until_promoted() {
+    let mut c = Cluster::start(2, &[]);
+    let (s, b) = c.api(1).post("/api/v1/cluster/join-tokens", json!({"voter": false}));
+    assert_eq!(s, 201, "{b}");
+    let token = b["token"].as_str().expect("token").to_owned();
+    let peer = c.node(1).info["cluster_addr"].as_str().expect("cluster_addr").to_owned();
+    let d3 = c.root.join("n3").join("data");
+    std::fs::create_dir_all(&d3).expect("dir");
+    let out = common::cli_in(
+        &d3,
+        &["cluster", "join", "--data-dir", d3.to_str().expect("path"), "--name", "node-3", "--peer", &peer, "--token", &token],
+        None,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    c.restart(3);
+    // It catches up as a learner and stays one.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = c.status(1);
+        let role = st["nodes"].as_array().expect("nodes").iter().find(|n| n["id"] == 3).map(|n| n["role"].clone());
+        if role.as_ref().is_some_and(|r| r == "learner") && has_agency_or_caught_up(&st) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 3 never became a caught-up learner: {st}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let st = c.status(1);
+    assert!(st["nodes"].as_array().expect("nodes").iter().any(|n| n["id"] == 3 && n["role"] == "learner"), "still a learner: {st}");
+    // A learner replicates: a write through it is forwarded and readable there.
+    assert_eq!(create_agency(&c.api(3), 1).0, 201);
+    assert!(has_agency(&c, 3, 1, true));
+    // The operator promotes it (CLI), and it votes from then on.
+    let out = common::cluster::cli_on(&c, 2, &["cluster", "promote", "3"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    c.wait_voters(3);
+}
+
+fn has_agency_or_caught_up(st: &serde_json::Value) -> bool {
+    st["nodes"].as_array().is_some_and(|ns| ns.iter().all(|n| n["lag"].as_u64().is_some_and(|l| l < 5)))
+}
