@@ -49,6 +49,45 @@ pub enum AppError {
     Cluster(#[from] ClusterError),
 }
 
+/// `lgsp_cluster_*` gauges, refreshed from Raft's metrics at every scrape.
+fn cluster_gauges(metrics: &Metrics, node: Arc<ClusterNode>) -> Result<Arc<dyn Fn() + Send + Sync>, prometheus::Error> {
+    use prometheus::{IntGauge, IntGaugeVec, Opts};
+    let reg = metrics.registry();
+    let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
+        let g = IntGauge::new(name, help)?;
+        reg.register(Box::new(g.clone()))?;
+        Ok(g)
+    };
+    let term = gauge("lgsp_cluster_term", "Current Raft term")?;
+    let leader = gauge("lgsp_cluster_is_leader", "1 if this node is the Raft leader")?;
+    let quorum = gauge("lgsp_cluster_quorum", "1 if this node knows a leader that reaches a quorum (admin writes work)")?;
+    let last_log = gauge("lgsp_cluster_last_log_index", "Index of the last entry in this node's Raft log")?;
+    let applied = gauge("lgsp_cluster_applied_index", "Index of the last entry applied to this node's registry")?;
+    let voters = gauge("lgsp_cluster_voters", "Voting members in the membership this node knows")?;
+    let lag = IntGaugeVec::new(
+        Opts::new("lgsp_cluster_replication_lag_entries", "Entries each member is behind the leader (exported by the leader only)"),
+        &["node"],
+    )?;
+    reg.register(Box::new(lag.clone()))?;
+    Ok(Arc::new(move || {
+        let s = node.local_status();
+        term.set(s.term as i64);
+        leader.set(i64::from(s.leader == Some(node.id)));
+        quorum.set(i64::from(node.has_quorum()));
+        last_log.set(s.last_log_index.unwrap_or(0) as i64);
+        applied.set(s.last_applied.unwrap_or(0) as i64);
+        voters.set(s.nodes.iter().filter(|n| n.role != "learner").count() as i64);
+        lag.reset();
+        if s.leader == Some(node.id) {
+            for n in &s.nodes {
+                if let Some(l) = n.lag {
+                    lag.with_label_values(&[n.info.name.as_str()]).set(l as i64);
+                }
+            }
+        }
+    }))
+}
+
 /// A listener bound to every interface is announced under loopback; operators reach nodes by
 /// the addresses in their own inventory.
 fn advertised(a: SocketAddr) -> SocketAddr {
@@ -238,6 +277,8 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
         let quorum = health_node.has_quorum();
         (quorum, serde_json::json!({ "node_id": health_node.id, "quorum": quorum, "leader": health_node.leader() }))
     }));
+    let refresh = cluster_gauges(&metrics, cluster.clone()).map_err(|e| AppError::Gateway(format!("cluster metrics: {e}")))?;
+    let metrics = metrics.with_refresh(refresh);
     let initial = {
         let reg = store.read();
         View::build(&reg, &key, store.last_applied())

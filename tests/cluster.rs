@@ -69,6 +69,12 @@ fn three_nodes_replicate_forward_and_read_linearizably() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("leader") && text.contains("node-1") && text.contains("node-3") && text.contains("LAG"), "{text}");
+    // Prometheus: the leader exports its term, leadership and each member's lag.
+    let metrics_url = c.node(leader).info["metrics_url"].as_str().expect("metrics_url").to_owned();
+    let text = reqwest::blocking::get(format!("{metrics_url}/metrics")).expect("metrics").text().expect("text");
+    assert!(text.contains("lgsp_cluster_is_leader 1"), "{text}");
+    assert!(text.contains("lgsp_cluster_voters 3") && text.contains("lgsp_cluster_quorum 1"), "{text}");
+    assert!(text.contains("lgsp_cluster_replication_lag_entries{node=\"node-2\"}"), "{text}");
     // The admin audit trail of every node records the change once.
     for k in 1..=3 {
         let (s, a) = c.api(k).get("/api/v1/audit/admin?limit=50");

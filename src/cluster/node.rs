@@ -541,7 +541,8 @@ impl ClusterNode {
         self.local_status()
     }
 
-    fn local_status(&self) -> ClusterStatus {
+    /// The cluster as this node sees it (only a leader knows its followers' progress).
+    pub fn local_status(&self) -> ClusterStatus {
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership().clone();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();

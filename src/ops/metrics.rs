@@ -24,6 +24,7 @@ pub struct Metrics {
     counts: CountsFn,
     node: String,
     health: Option<HealthFn>,
+    refresh: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 impl Metrics {
@@ -37,12 +38,18 @@ impl Metrics {
             info.with_label_values(&[env!("CARGO_PKG_VERSION"), node]).set(1);
             let _ = registry.register(Box::new(info));
         }
-        Metrics { registry, objects, counts, node: node.to_owned(), health: None }
+        Metrics { registry, objects, counts, node: node.to_owned(), health: None, refresh: None }
     }
 
     /// Adds the cluster's view to `/status`: `degraded` (still serving) when it is not healthy.
     pub fn with_health(mut self, health: HealthFn) -> Metrics {
         self.health = Some(health);
+        self
+    }
+
+    /// Runs `f` before every scrape (for gauges read from elsewhere, e.g. the cluster).
+    pub fn with_refresh(mut self, f: Arc<dyn Fn() + Send + Sync>) -> Metrics {
+        self.refresh = Some(f);
         self
     }
 
@@ -59,6 +66,9 @@ impl Metrics {
 async fn metrics(State(m): State<Metrics>) -> impl IntoResponse {
     for (kind, n) in (m.counts)() {
         m.objects.with_label_values(&[kind]).set(n);
+    }
+    if let Some(f) = &m.refresh {
+        f();
     }
     let mut buf = Vec::new();
     let _ = TextEncoder::new().encode(&m.registry.gather(), &mut buf);
