@@ -11,7 +11,7 @@
 //! committed durably before `save_vote` returns; truncation and purge are one transaction each
 //! (durable); a purge deletes the entries and records `last_purged` in the same transaction, so
 //! a crash never leaves a hole in the log or purged entries without their marker. The committed
-//! marker is advisory (openraft re-learns it from the leader) and is written without an fsync.
+//! marker is advisory (openraft re-learns it from the leader) and is written by the next flush.
 //! Blocking redb calls are made inline (they are short) and no transaction is ever held across
 //! an `.await`.
 //! May import `cluster::types` and `cluster::store` (its error type) only; openraft and redb.
@@ -35,12 +35,13 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_log_meta")
 const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 const LAST_PURGED: &str = "last_purged";
-const FLUSHED: &str = "flushed";
 
 /// Appends waiting for their fsync.
 #[derive(Default)]
 struct Pending {
     callbacks: Vec<LogFlushed<TypeConfig>>,
+    /// The latest committed marker not yet written (it rides along with the next flush).
+    committed: Option<Option<LogId<NodeId>>>,
     stop: bool,
 }
 
@@ -58,26 +59,27 @@ impl std::fmt::Debug for Flusher {
 
 impl Flusher {
     fn run(&self, db: &Database) {
-        let mut flushes: u64 = 0;
         loop {
-            let batch = {
+            let (batch, committed, stop) = {
                 let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
                 while p.callbacks.is_empty() && !p.stop {
                     p = self.wake.wait(p).unwrap_or_else(|e| e.into_inner());
                 }
-                if p.callbacks.is_empty() && p.stop {
-                    return;
-                }
-                std::mem::take(&mut p.callbacks)
+                (std::mem::take(&mut p.callbacks), p.committed.take(), p.stop)
             };
-            flushes += 1;
-            // A durable commit makes every earlier non-durable commit durable too.
+            if batch.is_empty() && committed.is_none() && stop {
+                return;
+            }
+            // A durable commit makes every earlier non-durable commit durable too; it carries
+            // the latest committed marker (or, with none pending, rewrites the stored one).
             let result = (|| -> Result<(), String> {
+                let committed = match committed {
+                    Some(c) => c,
+                    None => read_meta::<Option<LogId<NodeId>>>(db, COMMITTED).map_err(|e| e.to_string())?.flatten(),
+                };
+                let bytes = serde_json::to_vec(&committed).map_err(|e| e.to_string())?;
                 let tx = db.begin_write().map_err(|e| e.to_string())?;
-                tx.open_table(META)
-                    .map_err(|e| e.to_string())?
-                    .insert(FLUSHED, flushes.to_be_bytes().as_slice())
-                    .map_err(|e| e.to_string())?;
+                tx.open_table(META).map_err(|e| e.to_string())?.insert(COMMITTED, bytes.as_slice()).map_err(|e| e.to_string())?;
                 tx.commit().map_err(|e| e.to_string())
             })();
             for cb in batch {
@@ -85,6 +87,9 @@ impl Flusher {
                     Ok(()) => cb.log_io_completed(Ok(())),
                     Err(e) => cb.log_io_completed(Err(std::io::Error::other(format!("Raft log fsync failed: {e}")))),
                 }
+            }
+            if stop {
+                return;
             }
         }
     }
@@ -97,6 +102,10 @@ pub struct LogStore {
     flusher: Arc<Flusher>,
     flusher_thread: Option<std::thread::JoinHandle<()>>,
     path: PathBuf,
+}
+
+fn lock_pending(f: &Flusher) -> std::sync::MutexGuard<'_, Pending> {
+    f.pending.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Drop for LogStore {
@@ -296,10 +305,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StorageError<NodeId>> {
-        write_meta_with(&self.db, COMMITTED, &committed, Durability::None).map_err(write_err)
+        // Advisory (openraft re-learns it from the leader): written with the next flush.
+        lock_pending(&self.flusher).committed = Some(committed);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        if let Some(c) = lock_pending(&self.flusher).committed {
+            return Ok(c);
+        }
         Ok(read_meta::<Option<LogId<NodeId>>>(&self.db, COMMITTED).map_err(read_err)?.flatten())
     }
 
