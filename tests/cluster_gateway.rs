@@ -28,29 +28,15 @@ impl Gateway {
         Gateway { url, authority, http: gateway_support::gateway_client() }
     }
 
+    /// Status and JSON body (Null when not JSON) of a call through this node's gateway.
     fn send(&self, method: &str, path: &str, headers: &[(String, String)], body: Option<Vec<u8>>) -> (u16, Value) {
-        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-        let mut r = self.http.request(m, format!("{}{path}", self.url));
-        for (k, v) in headers {
-            r = r.header(k.as_str(), v.as_str());
-        }
-        if let Some(b) = body {
-            r = r.body(b);
-        }
-        let resp = r.send().expect("gateway reachable");
-        let status = resp.status().as_u16();
-        let v = resp.json::<Value>().unwrap_or(Value::Null);
-        (status, v)
+        let r = gateway_support::send_to(&self.http, &self.url, method, path, headers, body);
+        (r.status, serde_json::from_slice(&r.body).unwrap_or(Value::Null))
     }
 
     fn token(&self, key: &str, secret: &str) -> (u16, Value) {
-        let basic = STANDARD.encode(format!("{key}:{secret}"));
-        self.send(
-            "POST",
-            "/token",
-            &[h("authorization", &format!("Basic {basic}")), h("content-type", "application/x-www-form-urlencoded")],
-            Some(b"grant_type=client_credentials".to_vec()),
-        )
+        let r = gateway_support::token_request_to(&self.http, &self.url, key, secret);
+        (r.status, serde_json::from_slice(&r.body).unwrap_or(Value::Null))
     }
 }
 
@@ -88,11 +74,10 @@ fn revocation_nonces_and_quotas_hold_across_nodes() {
     let token = t["access_token"].as_str().expect("access_token").to_owned();
     let bearer = [h("authorization", &format!("Bearer {token}"))];
     assert!(admitted(gws[2].send("GET", "/dancu/v1/citizens", &bearer, None).0));
-    let basic = STANDARD.encode(format!("{key}:{secret}"));
     let (s, b) = gws[1].send(
         "POST",
         "/revoke",
-        &[h("authorization", &format!("Basic {basic}")), h("content-type", "application/x-www-form-urlencoded")],
+        &[gateway_support::basic(key, secret), h("content-type", "application/x-www-form-urlencoded")],
         Some(format!("token={token}").into_bytes()),
     );
     assert_eq!(s, 200, "revoke: {b}");

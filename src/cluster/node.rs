@@ -410,8 +410,10 @@ impl ClusterNode {
         self.store.outcome(index).ok_or(ClusterError::OutcomeUnknown)
     }
 
+    /// The leader this node knows of and its addresses (read in place: no copy of the metrics).
     fn leader_and_node(&self) -> (Option<NodeId>, Option<NodeInfo>) {
-        let m = self.raft.metrics().borrow().clone();
+        let rx = self.raft.metrics();
+        let m = rx.borrow();
         let leader = m.current_leader;
         let node = leader.and_then(|l| m.membership_config.membership().get_node(&l).cloned());
         (leader, node)

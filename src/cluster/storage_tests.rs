@@ -18,7 +18,7 @@ use serde_json::json;
 use tempfile::TempDir;
 
 use super::log_store::LogStore;
-use super::store::{open_storage, Applied, StateMachine, Store, StoreError};
+use super::store::{open_storage, Applied, StateMachine, Store};
 use super::types::{ClusterCommand, ClusterEnvelope, ClusterOutcome, ClusterRefusal, NodeId, NodeInfo, Request, TypeConfig};
 use crate::registry::{Actor, Command, Envelope, Outcome, RegistryError, SecurityClearance, State, Timestamp};
 
@@ -188,11 +188,10 @@ async fn a_refused_command_is_an_outcome_and_changes_nothing() {
         assert_eq!(store.last_applied(), 3, "a refusal still takes its index");
         assert_eq!(store.audit(10, |_| true).expect("audit").len(), 1, "only the accepted command is audited");
 
-        // The single-node path reports the refusal as an error, as the admin API expects.
-        let again = Envelope::new(at(), Actor::system(), agency("000.00.00.H31"));
-        assert!(matches!(store.propose(&again), Err(StoreError::Rejected(RegistryError::AlreadyExists { .. }))));
-        let other = Envelope::new(at(), Actor::system(), agency("000.00.01.H31"));
-        assert_eq!(store.propose(&other).expect("accepted").kind, "create_agency");
+        // Applied directly on the store as well (as the state machine does).
+        let applied = store.apply(vec![registry(1, 4, agency("000.00.00.H31")), registry(1, 5, agency("000.00.01.H31"))]).expect("apply");
+        assert!(matches!(applied[0], (4, Applied::Registry(Err(RegistryError::AlreadyExists { .. })))), "{applied:?}");
+        assert!(matches!(applied[1], (5, Applied::Registry(Ok(Outcome { kind: "create_agency", .. })))), "{applied:?}");
         assert_eq!(store.last_applied(), 5);
     }
     let (store, _log, _sm) = open(dir.path());

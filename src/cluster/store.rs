@@ -273,21 +273,6 @@ impl Store {
         self.position.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Applies one registry command at the next index and makes it durable. Blocking (fsync):
-    /// call from a blocking context. A refused command still takes its index, as it will in the
-    /// Raft log.
-    #[doc(hidden)]
-    pub fn propose(&self, env: &Envelope) -> Result<Outcome, StoreError> {
-        // single-node path, removed when the Raft node is wired in
-        let w = lock(&self.writer);
-        let log_id = LogId::new(CommittedLeaderId::new(0, 0), self.last_applied() + 1);
-        let entry = Entry { log_id, payload: EntryPayload::Normal(Request::Registry(env.clone())) };
-        match self.apply_locked(&w, vec![entry])?.pop() {
-            Some((_, Applied::Registry(r))) => r.map_err(StoreError::Rejected),
-            _ => Err(StoreError::Storage("the command was applied but its outcome was lost (internal error)".into())),
-        }
-    }
-
     /// Applies committed entries in one transaction; returns each entry's index and outcome.
     pub fn apply(&self, entries: impl IntoIterator<Item = Entry<TypeConfig>>) -> Result<Vec<(u64, Applied)>, StoreError> {
         let w = lock(&self.writer);
@@ -560,17 +545,29 @@ impl Store {
     }
 }
 
-fn registry_audit(index: u64, env: &Envelope, outcome: &Outcome) -> AuditEntry {
+/// An admin-audit line for a change made by `actor` at `at`.
+fn audit_entry(
+    index: u64,
+    at: Timestamp,
+    actor: &crate::registry::Actor,
+    action: &str,
+    target: String,
+    reason: Option<String>,
+) -> AuditEntry {
     AuditEntry {
         index,
-        at: env.at,
-        user: env.actor.user.clone(),
-        role: env.actor.role.as_str().into(),
-        agency: env.actor.agency.clone(),
-        action: outcome.kind.into(),
-        target: outcome.target.clone(),
-        reason: env.command.reason().map(str::to_owned),
+        at,
+        user: actor.user.clone(),
+        role: actor.role.as_str().into(),
+        agency: actor.agency.clone(),
+        action: action.into(),
+        target,
+        reason,
     }
+}
+
+fn registry_audit(index: u64, env: &Envelope, outcome: &Outcome) -> AuditEntry {
+    audit_entry(index, env.at, &env.actor, outcome.kind, outcome.target.clone(), env.command.reason().map(str::to_owned))
 }
 
 fn cluster_audit(index: u64, env: &ClusterEnvelope, outcome: &ClusterOutcome) -> AuditEntry {
@@ -580,16 +577,7 @@ fn cluster_audit(index: u64, env: &ClusterEnvelope, outcome: &ClusterOutcome) ->
         (ClusterCommand::ForgetNode { node_id }, _) => ("cluster.forget_node", node_id.to_string()),
         (ClusterCommand::ConsumeJoinToken { id, .. }, _) => ("cluster.join", id.clone()),
     };
-    AuditEntry {
-        index,
-        at: env.at,
-        user: env.actor.user.clone(),
-        role: env.actor.role.as_str().into(),
-        agency: env.actor.agency.clone(),
-        action: action.into(),
-        target,
-        reason: None,
-    }
+    audit_entry(index, env.at, &env.actor, action, target, None)
 }
 
 fn put_audit(t: &mut Table<'_, u64, &'static [u8]>, entry: &AuditEntry) -> Result<(), StoreError> {

@@ -30,23 +30,26 @@ impl Seen {
     }
 }
 
-pub struct Upstream {
+/// The answer of a test server's handler.
+pub type Reply = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send>>;
+
+/// A hyper server (HTTP/1.1 and h2c) on a loopback port, in its own thread and runtime, answering
+/// every request with `handler`. Stopped and joined on drop.
+pub struct TestServer {
     pub addr: SocketAddr,
-    pub seen: Arc<Mutex<Vec<Seen>>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Upstream {
-    pub fn start() -> Upstream {
-        let seen = Arc::new(Mutex::new(Vec::new()));
+impl TestServer {
+    pub fn start(handler: impl Fn(Request<hyper::body::Incoming>) -> Reply + Send + Sync + 'static) -> TestServer {
+        let handler = Arc::new(handler);
         let (tx, rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let seen2 = seen.clone();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
             rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind test server");
                 tx.send(listener.local_addr().expect("addr")).expect("send addr");
                 let mut stop_rx = stop_rx;
                 loop {
@@ -54,9 +57,9 @@ impl Upstream {
                         r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
                         _ = &mut stop_rx => break,
                     };
-                    let seen = seen2.clone();
+                    let handler = handler.clone();
                     tokio::spawn(async move {
-                        let svc = hyper::service::service_fn(move |req| handle(req, seen.clone()));
+                        let svc = hyper::service::service_fn(move |req| handler(req));
                         let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
                             .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
                             .await;
@@ -64,8 +67,38 @@ impl Upstream {
                 }
             });
         });
-        let addr = rx.recv().expect("upstream address");
-        Upstream { addr, seen, stop: Some(stop_tx), thread: Some(thread) }
+        let addr = rx.recv().expect("test server address");
+        TestServer { addr, stop: Some(stop_tx), thread: Some(thread) }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    _server: TestServer,
+}
+
+impl Upstream {
+    pub fn start() -> Upstream {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        let server = TestServer::start(move |req| Box::pin(handle(req, seen2.clone())));
+        Upstream { addr: server.addr, seen, _server: server }
     }
 
     pub fn url(&self) -> String {
@@ -78,17 +111,6 @@ impl Upstream {
 
     pub fn count(&self) -> usize {
         self.seen.lock().expect("seen").len()
-    }
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

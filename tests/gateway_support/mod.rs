@@ -153,15 +153,7 @@ impl Gw {
 
     /// Sends a request to the gateway. `path` may carry a query.
     pub fn send(&self, method: &str, path: &str, headers: &[(String, String)], body: Option<Vec<u8>>) -> Resp {
-        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-        let mut r = self.http.request(m, format!("{}{path}", self.url));
-        for (k, v) in headers {
-            r = r.header(k.as_str(), v.as_str());
-        }
-        if let Some(b) = body {
-            r = r.body(b);
-        }
-        finish(r)
+        send_to(&self.http, &self.url, method, path, headers, body)
     }
 
     /// Sends a request with a body of unknown length (chunked transfer coding).
@@ -194,13 +186,7 @@ impl Gw {
 
     /// `POST /token` with HTTP Basic client authentication; the raw answer.
     pub fn token_request(&self, key: &str, secret: &str) -> Resp {
-        let basic = STANDARD.encode(format!("{key}:{secret}"));
-        self.send(
-            "POST",
-            "/token",
-            &[h("authorization", &format!("Basic {basic}")), h("content-type", "application/x-www-form-urlencoded")],
-            Some(b"grant_type=client_credentials".to_vec()),
-        )
+        token_request_to(&self.http, &self.url, key, secret)
     }
 
     /// An access token for `cred`, waiting for the gateway's view to know the credential.
@@ -284,6 +270,43 @@ impl Gw {
     pub fn metrics(&self) -> String {
         self.http.get(format!("{}/metrics", self.metrics_url())).send().expect("metrics reachable").text().expect("metrics text")
     }
+}
+
+/// Sends a request to the gateway at `base` (`http://host:port`). `path` may carry a query.
+pub fn send_to(
+    http: &reqwest::blocking::Client,
+    base: &str,
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+    body: Option<Vec<u8>>,
+) -> Resp {
+    let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+    let mut r = http.request(m, format!("{base}{path}"));
+    for (k, v) in headers {
+        r = r.header(k.as_str(), v.as_str());
+    }
+    if let Some(b) = body {
+        r = r.body(b);
+    }
+    finish(r)
+}
+
+/// The HTTP Basic client authentication header for a consumer key and secret.
+pub fn basic(key: &str, secret: &str) -> (String, String) {
+    h("authorization", &format!("Basic {}", STANDARD.encode(format!("{key}:{secret}"))))
+}
+
+/// `POST /token` (client credentials, HTTP Basic) on the gateway at `base`; the raw answer.
+pub fn token_request_to(http: &reqwest::blocking::Client, base: &str, key: &str, secret: &str) -> Resp {
+    send_to(
+        http,
+        base,
+        "POST",
+        "/token",
+        &[basic(key, secret), h("content-type", "application/x-www-form-urlencoded")],
+        Some(b"grant_type=client_credentials".to_vec()),
+    )
 }
 
 fn finish(r: reqwest::blocking::RequestBuilder) -> Resp {
@@ -411,8 +434,7 @@ pub struct ProviderSeen {
 pub struct Provider {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<ProviderSeen>>>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: common::upstream::TestServer,
 }
 
 /// The headers `Provider` answers with (besides content-length and date).
@@ -430,34 +452,10 @@ pub const PROVIDER_HEADERS: &[(&str, &str)] = &[
 impl Provider {
     pub fn start(status: u16, response_marker: &str) -> Provider {
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let seen2 = seen.clone();
         let marker = response_marker.to_owned();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind provider");
-                tx.send(listener.local_addr().expect("addr")).expect("send addr");
-                let mut stop_rx = stop_rx;
-                loop {
-                    let (stream, _) = tokio::select! {
-                        r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
-                        _ = &mut stop_rx => break,
-                    };
-                    let seen = seen2.clone();
-                    let marker = marker.clone();
-                    tokio::spawn(async move {
-                        let svc = hyper::service::service_fn(move |req| provider_handle(req, seen.clone(), status, marker.clone()));
-                        let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                            .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                            .await;
-                    });
-                }
-            });
-        });
-        let addr = rx.recv().expect("provider address");
-        Provider { addr, seen, stop: Some(stop_tx), thread: Some(thread) }
+        let server = common::upstream::TestServer::start(move |req| Box::pin(provider_handle(req, seen2.clone(), status, marker.clone())));
+        Provider { addr: server.addr, seen, _server: server }
     }
 
     pub fn url(&self) -> String {
@@ -474,17 +472,6 @@ impl Provider {
 
     pub fn all(&self) -> Vec<ProviderSeen> {
         self.seen.lock().expect("seen").clone()
-    }
-}
-
-impl Drop for Provider {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
