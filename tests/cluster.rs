@@ -1,4 +1,5 @@
 //! The cluster with real nodes over real QUIC: replication, forwarding, linearizable reads,
+//! concurrent writes (group commit),
 //! leader failure, catch-up by snapshot, membership under load, minority partitions, 5 nodes,
 //! join tokens and certificate rotation.
 #![allow(clippy::disallowed_methods)]
@@ -81,6 +82,53 @@ fn three_nodes_replicate_forward_and_read_linearizably() {
         assert_eq!(s, 200, "{a}");
         let n = a["items"].as_array().expect("items").iter().filter(|e| e["target"] == format!("agency/{}", agency_code(1))).count();
         assert_eq!(n, 1, "node {k} audit: {a}");
+    }
+}
+
+/// Concurrent writes through every node share Raft entries on the leader (group commit); each
+/// caller still gets its own write's answer: the first creation of a code wins once, every
+/// duplicate is refused, and each node's audit trail holds one line per created agency.
+#[test]
+fn concurrent_writes_each_get_their_own_answer() {
+    let c = Cluster::start(3, &[]);
+    c.leader_seen_by(1);
+    let codes = 40;
+    let created = Arc::new(Mutex::new(Vec::new()));
+    let refused = Arc::new(AtomicUsize::new(0));
+    std::thread::scope(|s| {
+        for t in 0..24 {
+            let (c, created, refused) = (&c, created.clone(), refused.clone());
+            s.spawn(move || {
+                // Three threads per code range: every code is written three times at once.
+                let node = 1 + t % 3;
+                for i in 0..codes {
+                    if i % 8 != t / 3 {
+                        continue;
+                    }
+                    let (st, b) = create_agency(&c.api(node), 1000 + i);
+                    match (st, b["code"].as_str()) {
+                        (201, _) => created.lock().expect("lock").push(1000 + i),
+                        (409, Some("ALREADY_EXISTS")) => {
+                            refused.fetch_add(1, Ordering::SeqCst);
+                        }
+                        other => panic!("write of code {i} through node {node}: {other:?} {b}"),
+                    }
+                }
+            });
+        }
+    });
+    let mut created = created.lock().expect("lock").clone();
+    created.sort_unstable();
+    assert_eq!(created, (1000..1000 + codes).collect::<Vec<_>>(), "every code created exactly once");
+    assert_eq!(refused.load(Ordering::SeqCst), 2 * codes, "every duplicate refused");
+    for k in 1..=3 {
+        let (s, a) = c.api(k).get("/api/v1/audit/admin?limit=500");
+        assert_eq!(s, 200, "{a}");
+        let items = a["items"].as_array().expect("items");
+        for i in 0..codes {
+            let target = format!("agency/{}", agency_code(1000 + i));
+            assert_eq!(items.iter().filter(|e| e["target"] == target).count(), 1, "node {k}: one audit line for {target}");
+        }
     }
 }
 

@@ -30,6 +30,7 @@ use openraft::{ChangeMembers, Raft, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use super::batch::{Batcher, Slot, WriteFailure};
 use super::pki::{self, ClusterCa, JoinTokenString, NodeIdentity};
 use super::store::{self, Applied, Store};
 use super::transport::{response_kind, Peer, RpcHandler, Transport, TransportError};
@@ -255,6 +256,8 @@ pub struct ClusterNode {
     election_max: Duration,
     faults_enabled: bool,
     share_sink: OnceLock<ShareSink>,
+    /// Group commit of client writes while this node leads.
+    batcher: Batcher,
     stop: tokio::sync::watch::Sender<bool>,
 }
 
@@ -363,6 +366,7 @@ impl ClusterNode {
         let node = Arc::new(ClusterNode {
             id: nf.node_id,
             cluster_id: nf.cluster_id.clone(),
+            batcher: Batcher::start(raft.clone()),
             raft,
             store,
             transport,
@@ -405,9 +409,9 @@ impl ClusterNode {
     /// Proposes `req`, waits until it is committed and applied here, and returns its outcome.
     pub async fn write(&self, req: Request) -> Result<Applied, ClusterError> {
         let deadline = Instant::now() + WRITE_TIMEOUT;
-        let index = self.commit(req, deadline).await?;
-        self.wait_applied(index, deadline + WRITE_TIMEOUT).await?;
-        self.store.outcome(index).ok_or(ClusterError::OutcomeUnknown)
+        let slot = self.commit(req, deadline).await?;
+        self.wait_applied(slot.index, deadline + WRITE_TIMEOUT).await?;
+        self.store.outcome(slot.index).and_then(|a| a.member(slot.position)).ok_or(ClusterError::OutcomeUnknown)
     }
 
     /// The leader this node knows of and its addresses (read in place: no copy of the metrics).
@@ -419,7 +423,7 @@ impl ClusterNode {
         (leader, node)
     }
 
-    async fn commit(&self, req: Request, deadline: Instant) -> Result<u64, ClusterError> {
+    async fn commit(&self, req: Request, deadline: Instant) -> Result<Slot, ClusterError> {
         loop {
             let now = Instant::now();
             if now >= deadline {
@@ -427,16 +431,14 @@ impl ClusterNode {
             }
             let remaining = deadline - now;
             match self.leader_and_node() {
-                (Some(l), _) if l == self.id => match tokio::time::timeout(remaining, self.raft.client_write(req.clone())).await {
+                (Some(l), _) if l == self.id => match tokio::time::timeout(remaining, self.batcher.write(req.clone())).await {
                     Err(_) => {
                         return Err(ClusterError::Ambiguous("this node is the leader but could not reach a quorum within 5 s".into()))
                     }
-                    Ok(Ok(resp)) => return Ok(resp.log_id.index),
-                    Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {}
-                    Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
-                        return Err(ClusterError::Refused(e.to_string()))
-                    }
-                    Ok(Err(RaftError::Fatal(e))) => return Err(ClusterError::Storage(e.to_string())),
+                    Ok(Ok(slot)) => return Ok(slot),
+                    Ok(Err(WriteFailure::NotLeader(_))) => {}
+                    Ok(Err(WriteFailure::Refused(e))) => return Err(ClusterError::Refused(e)),
+                    Ok(Err(WriteFailure::Fatal(e))) => return Err(ClusterError::Storage(e)),
                 },
                 (Some(l), Some(n)) => {
                     match self
@@ -444,7 +446,7 @@ impl ClusterNode {
                         .call(l, &n.raft_addr, RpcRequest::ClientWrite { request: req.clone() }, Vec::new(), remaining)
                         .await
                     {
-                        Ok((RpcResponse::Written { index }, _)) => return Ok(index),
+                        Ok((RpcResponse::Written { index, position }, _)) => return Ok(Slot { index, position }),
                         Ok((RpcResponse::Error { code, .. }, _)) if code == "not_leader" || code == "starting" => {}
                         Ok((RpcResponse::Error { code, message, .. }, _)) if code == "no_quorum" => {
                             return Err(ClusterError::Ambiguous(message))
@@ -797,12 +799,10 @@ impl ClusterNode {
                 if leader != Some(self.id) {
                     not_leader()
                 } else {
-                    match tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(request)).await {
-                        Ok(Ok(r)) => RpcResponse::Written { index: r.log_id.index },
-                        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                            error("not_leader", "this node is not the leader", f.leader_id)
-                        }
-                        Ok(Err(e)) => error("refused", e.to_string(), leader),
+                    match tokio::time::timeout(WRITE_TIMEOUT, self.batcher.write(request)).await {
+                        Ok(Ok(slot)) => RpcResponse::Written { index: slot.index, position: slot.position },
+                        Ok(Err(WriteFailure::NotLeader(l))) => error("not_leader", "this node is not the leader", l),
+                        Ok(Err(WriteFailure::Refused(e) | WriteFailure::Fatal(e))) => error("refused", e, leader),
                         Err(_) => error("no_quorum", "the leader could not reach a quorum within 5 s", leader),
                     }
                 }
