@@ -278,7 +278,8 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
         (quorum, serde_json::json!({ "node_id": health_node.id, "quorum": quorum, "leader": health_node.leader() }))
     }));
     let refresh = cluster_gauges(&metrics, cluster.clone()).map_err(|e| AppError::Gateway(format!("cluster metrics: {e}")))?;
-    let metrics = metrics.with_refresh(refresh);
+    let drain_node = cluster.clone();
+    let metrics = metrics.with_refresh(refresh).with_drain(Arc::new(move || drain_node.is_draining()));
     let initial = {
         let reg = store.read();
         View::build(&reg, &key, store.last_applied())

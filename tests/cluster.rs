@@ -456,3 +456,56 @@ fn a_learner_token_keeps_the_node_a_learner_until_promoted() {
 fn all_caught_up(st: &serde_json::Value) -> bool {
     st["nodes"].as_array().is_some_and(|ns| ns.iter().all(|n| n["lag"].as_u64().is_some_and(|l| l < 5)))
 }
+
+fn node_status(c: &Cluster, k: usize) -> (u16, serde_json::Value) {
+    let url = format!("{}/status", c.node(k).info["metrics_url"].as_str().expect("metrics_url"));
+    let r = reqwest::blocking::get(url).expect("GET /status");
+    (r.status().as_u16(), r.json().expect("json"))
+}
+
+/// `lgsp node drain`: the node's `/status` answers 503 (load balancers take it out), leadership
+/// leaves it, a drain that would leave fewer than a quorum of healthy voters in service is
+/// refused with the reason, and `resume` puts it back. The drain is replicated and audited.
+#[test]
+fn drain_moves_leadership_away_and_keeps_a_quorum_in_service() {
+    let c = Cluster::start(3, &[]);
+    let leader = c.leader_seen_by(1) as usize;
+    let other = (1..=3).find(|k| *k != leader).expect("another node");
+    assert_eq!(node_status(&c, leader).0, 200);
+
+    let out = common::cluster::cli_on(&c, leader, &["node", "drain", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (code, body) = node_status(&c, leader);
+    assert_eq!((code, body["status"].as_str()), (503, Some("draining")), "{body}");
+    // Leadership moves to a node in service.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let l = c.leader_seen_by(other) as usize;
+        if l != leader {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a drained leader still leads after 15 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Writes still work (the drained node is still a voter and forwards), and the drained node
+    // still proxies what reaches it.
+    assert_eq!(create_agency(&c.api(leader), 7).0, 201);
+
+    // A second drain would leave one healthy voter of three in service: refused, with why.
+    let out = common::cluster::cli_on(&c, other, &["node", "drain"]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success() && err.contains("quorum"), "{err}");
+    assert_eq!(node_status(&c, other).0, 200, "a refused drain changes nothing");
+
+    let out = common::cluster::cli_on(&c, leader, &["node", "resume"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(node_status(&c, leader).0, 200);
+    // With the first node back in service, the other one may be drained.
+    let out = common::cluster::cli_on(&c, other, &["node", "drain"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (s, a) = c.api(other).get("/api/v1/audit/admin?limit=50");
+    assert_eq!(s, 200, "{a}");
+    let actions: Vec<&str> = a["items"].as_array().expect("items").iter().filter_map(|e| e["action"].as_str()).collect();
+    assert_eq!(actions.iter().filter(|a| **a == "node.drain").count(), 2, "{actions:?}");
+    assert_eq!(actions.iter().filter(|a| **a == "node.resume").count(), 1, "{actions:?}");
+}

@@ -81,6 +81,9 @@ pub enum Cmd {
     /// The cluster: create it, join nodes, membership, status
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// This node's service state: drain it before maintenance, resume it after
+    #[command(subcommand)]
+    Node(NodeCmd),
     /// Print shell completions
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff)
@@ -166,6 +169,16 @@ pub enum ClusterCmd {
     Leave,
     /// Give the node you are connected to a new cluster certificate (no downtime)
     RotateCert,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCmd {
+    /// Take the node you are connected to out of service: /status answers 503 (load balancers
+    /// stop sending traffic), leadership moves away; refused if fewer than a quorum of healthy
+    /// voters would stay in service
+    Drain,
+    /// Put the node you are connected to back in service
+    Resume,
 }
 
 #[derive(Debug, Subcommand)]
@@ -993,6 +1006,10 @@ async fn remote(cmd: Cmd, conn: &Connection, j: bool) -> Result<()> {
             ClusterCmd::TransferLeader { node_id } => show(&c.post("/api/v1/cluster/leader", json!({"node_id": node_id})).await?, j, &[]),
             ClusterCmd::Leave => show(&c.post("/api/v1/cluster/leave", json!({})).await?, j, &[]),
             ClusterCmd::RotateCert => show(&c.post("/api/v1/cluster/certificate/rotate", json!({})).await?, j, &[]),
+        },
+        Cmd::Node(nc) => match nc {
+            NodeCmd::Drain => show(&c.post("/api/v1/node/drain", json!({})).await?, j, &[]),
+            NodeCmd::Resume => show(&c.post("/api/v1/node/resume", json!({})).await?, j, &[]),
         },
         Cmd::Token(t) => match t {
             TokenCmd::List => show(&c.get("/api/v1/tokens").await?, j, &["id", "username", "name", "expires_at", "session"]),

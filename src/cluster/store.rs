@@ -623,6 +623,8 @@ fn cluster_audit(index: u64, env: &ClusterEnvelope, outcome: &ClusterOutcome) ->
         (ClusterCommand::CreateJoinToken { id, .. }, _) => ("cluster.join_token.create", id.clone()),
         (_, ClusterOutcome::Joined { node_id }) => ("cluster.join", node_id.to_string()),
         (ClusterCommand::ForgetNode { node_id }, _) => ("cluster.forget_node", node_id.to_string()),
+        (ClusterCommand::SetDraining { node_id, draining: true }, _) => ("node.drain", node_id.to_string()),
+        (ClusterCommand::SetDraining { node_id, draining: false }, _) => ("node.resume", node_id.to_string()),
         (ClusterCommand::ConsumeJoinToken { id, .. }, _) => ("cluster.join", id.clone()),
     };
     audit_entry(index, env.at, &env.actor, action, target, None)

@@ -79,6 +79,8 @@ pub enum ClusterCommand {
     ConsumeJoinToken { id: String, secret_sha256: String, name: String },
     /// The node left the membership; its name may be reused.
     ForgetNode { node_id: NodeId },
+    /// The operator took a node out of service (`lgsp node drain`) or put it back (`resume`).
+    SetDraining { node_id: NodeId, draining: bool },
 }
 
 /// One join token as replicated (never the secret).
@@ -109,6 +111,9 @@ pub struct NodeRecord {
 pub struct ClusterState {
     pub join_tokens: BTreeMap<String, JoinToken>,
     pub nodes: BTreeMap<NodeId, NodeRecord>,
+    /// Nodes an operator drained: their `/status` answers 503 and they do not lead.
+    #[serde(default)]
+    pub draining: std::collections::BTreeSet<NodeId>,
 }
 
 /// What applying a cluster command produced.
@@ -117,6 +122,7 @@ pub enum ClusterOutcome {
     TokenCreated,
     Joined { node_id: NodeId },
     Forgotten,
+    DrainSet,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -181,7 +187,16 @@ impl ClusterState {
             }
             ClusterCommand::ForgetNode { node_id } => {
                 self.nodes.remove(node_id);
+                self.draining.remove(node_id);
                 Ok(ClusterOutcome::Forgotten)
+            }
+            ClusterCommand::SetDraining { node_id, draining } => {
+                if *draining {
+                    self.draining.insert(*node_id);
+                } else {
+                    self.draining.remove(node_id);
+                }
+                Ok(ClusterOutcome::DrainSet)
             }
         }
     }
@@ -251,6 +266,15 @@ pub struct NodeStatus {
     pub matched_index: Option<u64>,
     /// Entries the node is behind the leader's last log index.
     pub lag: Option<u64>,
+}
+
+/// What `lgsp node drain|resume` did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainReport {
+    pub node_id: NodeId,
+    pub draining: bool,
+    /// Who leads afterwards, as this node knows.
+    pub leader: Option<NodeId>,
 }
 
 /// The cluster as one node sees it.
