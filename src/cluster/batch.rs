@@ -58,27 +58,41 @@ struct Pending {
 #[derive(Clone)]
 pub struct Batcher {
     tx: mpsc::Sender<Pending>,
+    slots: Arc<Semaphore>,
+    raft: Raft<TypeConfig>,
 }
 
 impl Batcher {
     /// Starts the task that turns queued writes into entries of `raft`.
     pub fn start(raft: Raft<TypeConfig>) -> Batcher {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(raft, rx));
-        Batcher { tx }
+        let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+        tokio::spawn(run(raft.clone(), rx, slots.clone()));
+        Batcher { tx, slots, raft }
     }
 
     /// Appends `request` (alone or with others) and waits until its entry is committed.
     /// Dropping the future abandons the answer, not the write.
     pub async fn write(&self, request: Request) -> Result<Slot, WriteFailure> {
+        // Nothing on its way and nobody waiting (a free slot means the queue's task is not
+        // waiting for one): append at once from here, without the hops through the queue.
+        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+            let (reply, answer) = oneshot::channel();
+            let raft = self.raft.clone();
+            // Its own task, so that a caller giving up does not abandon the entry half-way.
+            tokio::spawn(async move {
+                let _permit = permit;
+                commit(&raft, vec![Pending { request, reply }]).await;
+            });
+            return answer.await.map_err(|_| WriteFailure::Fatal("the write was dropped before its entry was committed".into()))?;
+        }
         let (reply, answer) = oneshot::channel();
         self.tx.send(Pending { request, reply }).await.map_err(|_| WriteFailure::Fatal("the write queue has stopped".into()))?;
         answer.await.map_err(|_| WriteFailure::Fatal("the write was dropped before its entry was committed".into()))?
     }
 }
 
-async fn run(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Pending>) {
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+async fn run(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Pending>, slots: Arc<Semaphore>) {
     while let Some(first) = rx.recv().await {
         // Waiting for a slot is what lets the next batch grow.
         let Ok(permit) = slots.clone().acquire_owned().await else { return };
