@@ -646,7 +646,8 @@ fn logs_reach_journald_with_upper_case_fields() {
     let out = tmp.path().join("ns");
     let pki = Pki::new();
     // `auto`: journald because stderr is the stream JOURNAL_STREAM names, as under systemd.
-    let node = Serve::prepare(tmp.path(), &pki.leaf("journald"), "format = 'auto'\nlevel = 'info'");
+    // Every transaction is logged (successes at debug), to see both kinds in the journal.
+    let node = Serve::prepare(tmp.path(), &pki.leaf("journald"), "format = 'auto'\nlevel = 'info,lgsp::transaction=debug'");
     let mut notify = Notify::bind(tmp.path());
     let stderr = tmp.path().join("stderr");
     std::fs::write(&stderr, "").expect("stderr file");
@@ -680,6 +681,16 @@ fn logs_reach_journald_with_upper_case_fields() {
     assert_eq!(r.status().as_u16(), 502);
     let txn = r.headers()["x-transaction-id"].to_str().expect("txn").to_owned();
 
+    // A call the provider answers: a debug-level event with the provider's share of the time.
+    let provider = gateway_support::Provider::start(200, "journald-test");
+    let (s, b) =
+        op.patch("/api/v1/services/dancu/versions/v1", json!({"upstream": {"production": provider.url(), "test": provider.url()}}));
+    assert_eq!(s, 200, "{b}");
+    let ok_txn = gateway_support::eventually("the gateway uses the new upstream", || {
+        let r = http.get(format!("{}/dancu/v1/congdan", node.gateway_url())).bearer_auth(&tok).send().expect("gateway");
+        (r.status().as_u16() == 200).then(|| r.headers()["x-transaction-id"].to_str().expect("txn").to_owned())
+    });
+
     signal(pid, "TERM");
     notify.wait_for("STOPPING=1", &mut child, &stderr);
     assert_eq!(wait_exit(&mut child, &stderr).code(), Some(0));
@@ -711,6 +722,14 @@ fn logs_reach_journald_with_upper_case_fields() {
     assert_eq!(t["STATUS"], "502");
     assert_eq!(t["OUTCOME"], "UPSTREAM_UNREACHABLE");
     assert!(t["DURATION_MS"].as_str().is_some_and(|s| s.parse::<f64>().is_ok()), "{t}");
+    let ok = find("the proxied transaction", &|e| e["TRANSACTION_ID"] == ok_txn.as_str());
+    assert_eq!(ok["PRIORITY"], "7", "a successful transaction is debug: {ok}");
+    assert_eq!(ok["MESSAGE"], "transaction");
+    assert_eq!(ok["STATUS"], "200");
+    assert_eq!(ok["OUTCOME"], "OK");
+    assert_eq!(ok["AGENCY"], gateway_support::CONSUMER_AGENCY);
+    assert_eq!(ok["SERVICE"], "dancu");
+    assert!(ok["UPSTREAM_MS"].as_str().is_some_and(|s| s.parse::<f64>().is_ok()), "{ok}");
     let journal = serde_json::to_string(&ours).expect("json");
     assert!(!journal.contains("001203000123"), "the path (a citizen id) must not be logged");
     for secret in [secret, tok.as_str(), op.token.as_deref().expect("token")] {
