@@ -557,7 +557,7 @@ pub fn main() -> ExitCode {
     };
     match cli.cmd {
         Cmd::Serve { config } => match Config::load(&config) {
-            Ok(cfg) => run_app(cfg),
+            Ok(cfg) => run_app(cfg, Some(config)),
             Err(e) => {
                 eprintln!("lgsp: invalid configuration: {e}");
                 ExitCode::from(EXIT_USAGE)
@@ -591,7 +591,7 @@ pub fn main() -> ExitCode {
                 eprintln!("lgsp: invalid configuration: {e}");
                 return ExitCode::from(EXIT_USAGE);
             }
-            run_app(cfg)
+            run_app(cfg, None)
         }
         Cmd::Cluster(ClusterCmd::Init { config }) => offline(cluster_init(&config)),
         Cmd::Cluster(ClusterCmd::Join { token, peer, config, data_dir, name, cluster_addr }) => {
@@ -689,7 +689,8 @@ async fn cluster_join(
     Ok(())
 }
 
-fn run_app(cfg: Config) -> ExitCode {
+/// Runs a node; `source` is the config file a SIGHUP re-reads (`None` for `lgsp dev`).
+fn run_app(cfg: Config, source: Option<PathBuf>) -> ExitCode {
     crate::ops::logging::init(&cfg.log);
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -698,7 +699,7 @@ fn run_app(cfg: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = rt.block_on(crate::app::run(cfg));
+    let result = rt.block_on(crate::app::run(cfg, source));
     // A long blocking job (a large import) must not keep a stopped node alive: it is one
     // registry transaction, so abandoning it leaves nothing half-written.
     rt.shutdown_timeout(std::time::Duration::from_secs(5));
@@ -706,6 +707,7 @@ fn run_app(cfg: Config) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "lgsp stopped");
+            crate::ops::systemd::status(&format!("failed: {e}"));
             eprintln!("lgsp: {e}");
             ExitCode::FAILURE
         }
