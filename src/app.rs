@@ -1,8 +1,13 @@
 //! The one place that wires modules together: start-up order, listeners, bootstrap, drain.
 //!
-//! Start-up order: data dir -> secrets key -> registry store (fails fast if unreadable) ->
-//! bootstrap operator on first start -> bind every listener -> announce readiness (log line,
-//! `dev.json`) -> serve until SIGTERM/SIGINT -> drain.
+//! Start-up order: signal handlers (SIGTERM, SIGINT, SIGHUP) -> data dir -> secrets key -> TLS pair -> bind every listener
+//! -> registry store (fails fast if unreadable) -> bootstrap operator on first start -> serve ->
+//! announce readiness (log line, `dev.json`, `READY=1` to systemd, watchdog armed) -> serve
+//! until SIGTERM/SIGINT, reloading on SIGHUP -> `STOPPING=1` and drain.
+//!
+//! Reload (SIGHUP, [`Running::reload`]): the config file is read and validated again; the log
+//! level and the TLS certificate and key take effect at once; other changed settings are named
+//! in a warning as needing a restart; a file that does not parse or validate changes nothing.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -21,7 +26,8 @@ use crate::cluster::types::{NodeInfo, SharedBatch, FIRST_NODE};
 use crate::cluster::{Store, StoreError};
 use crate::config::Config;
 use crate::gateway::{self, Gateway, Proposer, View};
-use crate::ops::{metrics::Metrics, shutdown};
+use crate::ops::tls::CertStore;
+use crate::ops::{logging, metrics::Metrics, shutdown, systemd};
 use crate::registry::{Actor, Command, Role};
 use crate::secrets::{self, SecretsError, SecretsKey};
 
@@ -37,6 +43,8 @@ pub enum AppError {
     Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error("TLS set-up failed: {0}")]
     Tls(String),
+    #[error("cannot handle signals: {0}")]
+    Signal(std::io::Error),
     #[error("cannot write {path}: {source}")]
     Write { path: String, source: std::io::Error },
     #[error("bootstrap failed: {0}")]
@@ -86,6 +94,103 @@ fn cluster_gauges(metrics: &Metrics, node: Arc<ClusterNode>) -> Result<Arc<dyn F
             }
         }
     }))
+}
+
+/// The configuration in force, and what a reload can act on.
+struct Running {
+    /// The file SIGHUP re-reads; `None` in dev mode.
+    source: Option<PathBuf>,
+    /// What the node runs with: the start-up config plus what reloads applied.
+    cfg: Config,
+    /// The gateway and admin listeners' certificate (absent in dev mode).
+    certs: Option<Arc<CertStore>>,
+    /// The status line systemd shows while serving.
+    serving: String,
+}
+
+impl Running {
+    /// Handles one SIGHUP; never fails the node (problems are logged and the old settings stay).
+    fn reload(&mut self) {
+        systemd::reloading();
+        let status = self.apply_file();
+        systemd::ready(&status);
+    }
+
+    /// Returns the status line to show afterwards.
+    fn apply_file(&mut self) -> String {
+        let Some(path) = self.source.clone() else {
+            tracing::warn!("SIGHUP: dev mode has no configuration file to reload; nothing changed");
+            return self.serving.clone();
+        };
+        let new = match Config::load(&path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(config = %path.display(), error = %e, "configuration reload failed; the running configuration stays in force (fix the file, then reload again)");
+                return format!("{}; last reload failed: {e}", self.serving);
+            }
+        };
+        let mut applied: Vec<&str> = Vec::new();
+        let mut failed: Vec<&str> = Vec::new();
+        if new.log.level != self.cfg.log.level {
+            match logging::set_level(&new.log.level) {
+                Ok(effective) => {
+                    applied.push("log.level");
+                    self.cfg.log.level = new.log.level.clone();
+                    if effective != new.log.level {
+                        tracing::warn!(effective = %effective, "LGSP_LOG is set and overrides log.level");
+                    }
+                }
+                Err(e) => {
+                    failed.push("log.level");
+                    tracing::error!(error = %e, "log level not changed");
+                }
+            }
+        }
+        if let (Some(store), Some(t)) = (&self.certs, &new.tls) {
+            match store.reload(&t.cert, &t.key) {
+                Ok(s) => {
+                    applied.push("tls");
+                    self.cfg.tls = Some(t.clone());
+                    tracing::info!(cert = %t.cert.display(), sha256 = %s.sha256, subject = %s.subject, not_after = %s.not_after, "TLS certificate reloaded; new connections get it, open ones keep theirs");
+                }
+                Err(e) => {
+                    failed.push("tls");
+                    tracing::error!(error = %e, "TLS certificate reload failed; the listeners keep presenting the previous certificate");
+                }
+            }
+        }
+        let pending = restart_needed(&self.cfg, &new);
+        if !pending.is_empty() {
+            tracing::warn!(settings = %pending.join(", "), "changed settings take effect only after a restart (systemctl restart lgsp); the running values stay until then");
+        }
+        tracing::info!(config = %path.display(), applied = %applied.join(", "), failed = %failed.join(", "), restart_needed = %pending.join(", "), "configuration reloaded");
+        if failed.is_empty() {
+            self.serving.clone()
+        } else {
+            format!("{}; last reload failed for {}", self.serving, failed.join(", "))
+        }
+    }
+}
+
+/// Settings that differ between the running and the reloaded config and need a restart.
+fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
+    let (a, b) = (running, new);
+    [
+        ("node.data_dir", a.node.data_dir != b.node.data_dir),
+        ("node.name", a.node.name != b.node.name),
+        ("listen.gateway", a.listen.gateway != b.listen.gateway),
+        ("listen.admin", a.listen.admin != b.listen.admin),
+        ("listen.metrics", a.listen.metrics != b.listen.metrics),
+        ("listen.cluster", a.listen.cluster != b.listen.cluster),
+        ("log.format", a.log.format != b.log.format),
+        ("admin", a.admin != b.admin),
+        ("gateway", a.gateway != b.gateway),
+        ("audit", a.audit != b.audit),
+        ("cluster", a.cluster != b.cluster),
+    ]
+    .into_iter()
+    .filter_map(|(k, changed)| changed.then_some(k))
+    .collect()
 }
 
 /// A listener bound to every interface is announced under loopback; operators reach nodes by
@@ -169,8 +274,13 @@ struct Bootstrap {
     api_token: String,
 }
 
-pub async fn run(cfg: Config) -> Result<(), AppError> {
+/// Runs the node until SIGTERM/SIGINT. `source` is the config file SIGHUP re-reads (`None` in
+/// dev mode, where SIGHUP changes nothing).
+pub async fn run(cfg: Config, source: Option<PathBuf>) -> Result<(), AppError> {
     let started = Instant::now();
+    // First, so that no SIGTERM or SIGHUP after READY=1 can kill the process undrained.
+    let mut terminations = shutdown::Terminations::register().map_err(AppError::Signal)?;
+    let mut hangups = shutdown::Hangups::register().map_err(AppError::Signal)?;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = cfg.node.data_dir.clone();
     create_private_dir(&dir)?;
@@ -186,15 +296,18 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
     }
     let key = SecretsKey::load_or_create(&dir.join("secrets.key"))?;
 
-    let tls = match (&cfg.tls, cfg.dev_mode) {
-        (Some(t), _) => Some(
-            axum_server::tls_rustls::RustlsConfig::from_pem_file(&t.cert, &t.key)
-                .await
-                .map_err(|e| AppError::Tls(format!("{}: {e}", t.cert.display())))?,
-        ),
+    // One certificate store and one server config for the gateway and admin listeners, so a
+    // reload swaps the pair for both.
+    let certs = match (&cfg.tls, cfg.dev_mode) {
+        (Some(t), _) => Some(CertStore::load(&t.cert, &t.key).map_err(|e| AppError::Tls(e.to_string()))?),
         (None, true) => None,
         (None, false) => return Err(AppError::Tls("no [tls] section outside dev mode".into())),
     };
+    let server_tls = match &certs {
+        Some(c) => Some(c.server_config().map_err(|e| AppError::Tls(e.to_string()))?),
+        None => None,
+    };
+    let tls = server_tls.clone().map(axum_server::tls_rustls::RustlsConfig::from_config);
     let scheme = if tls.is_some() { "https" } else { "http" };
     let admin_l = bind("admin", cfg.listen.admin)?;
     let gateway_l = bind("gateway", cfg.listen.gateway)?;
@@ -278,7 +391,8 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
         (quorum, serde_json::json!({ "node_id": health_node.id, "quorum": quorum, "leader": health_node.leader() }))
     }));
     let refresh = cluster_gauges(&metrics, cluster.clone()).map_err(|e| AppError::Gateway(format!("cluster metrics: {e}")))?;
-    let metrics = metrics.with_refresh(refresh);
+    let drain_node = cluster.clone();
+    let metrics = metrics.with_refresh(refresh).with_drain(Arc::new(move || drain_node.is_draining()));
     let initial = {
         let reg = store.read();
         View::build(&reg, &key, store.last_applied())
@@ -290,10 +404,7 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
         std::time::Duration::from_millis(cfg.gateway.connect_timeout_ms),
     )
     .map_err(|e| AppError::Gateway(e.to_string()))?;
-    let gateway_tls = match &cfg.tls {
-        Some(t) => Some(gateway::server::tls_config(&t.cert, &t.key).map_err(AppError::Tls)?),
-        None => None,
-    };
+    let gateway_tls = server_tls;
     let gw = Arc::new(Gateway::new(
         &cfg.node.name,
         view_rx,
@@ -356,15 +467,42 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
         tracing::warn!(path = %path.display(), "first start: the initial operator credentials were written to this file (mode 0600); log in, change the password and delete the file");
     }
     tracing::info!(admin = %admin_url, gateway = %gateway_url, metrics = %metrics_url, startup_ms = started.elapsed().as_millis() as u64, "ready");
+    if let Some(c) = &certs {
+        let s = c.summary();
+        tracing::info!(sha256 = %s.sha256, subject = %s.subject, not_after = %s.not_after, "TLS certificate presented on the gateway and admin listeners");
+    }
+    let serving = format!("serving: gateway {gateway_url}, admin {admin_url}, metrics {metrics_url}");
+    systemd::ready(&serving);
+    let watchdog = match systemd::watchdog_interval() {
+        Some(interval) => {
+            let probe = store.clone();
+            // The registry lock can be taken and the registry file answers a read transaction.
+            let storage: systemd::StorageCheck = Arc::new(move || {
+                drop(probe.read());
+                probe.audit(1, |_| true).map(|_| ()).map_err(|e| e.to_string())
+            });
+            Some(systemd::Watchdog::start(interval, tokio::runtime::Handle::current(), storage).map_err(AppError::Signal)?)
+        }
+        None => None,
+    };
 
-    tokio::select! {
-        _ = shutdown::os_signal() => tracing::info!("shutdown requested; draining"),
-        Some(res) = tasks.join_next() => {
-            if let Ok(Err(e)) = res {
-                tracing::error!(error = %e, "a listener failed");
+    let mut running = Running { source, cfg, certs, serving };
+    loop {
+        tokio::select! {
+            _ = terminations.next() => {
+                tracing::info!("shutdown requested; draining");
+                break;
             }
+            Some(res) = tasks.join_next() => {
+                if let Ok(Err(e)) = res {
+                    tracing::error!(error = %e, "a listener failed");
+                }
+                break;
+            }
+            _ = hangups.next() => running.reload(),
         }
     }
+    systemd::stopping("draining: no new connections; finishing requests in flight");
     trigger.fire();
     let drain = async { while tasks.join_next().await.is_some() {} };
     if tokio::time::timeout(std::time::Duration::from_secs(10), drain).await.is_err() {
@@ -380,6 +518,7 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
     }
     cluster.shutdown().await;
     tracing::info!("stopped");
+    drop(watchdog);
     Ok(())
 }
 
@@ -492,4 +631,24 @@ fn write_dev_json(
     let text = serde_json::to_vec_pretty(&info).map_err(|e| AppError::Bootstrap(e.to_string()))?;
     secrets::write_private(&path, &text).map_err(|source| AppError::Write { path: path.display().to_string(), source })?;
     Ok(info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_needed_names_what_a_reload_cannot_apply() {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let running = Config::dev(PathBuf::from("/var/lib/lgsp"), any, any, any);
+        let mut new = running.clone();
+        new.log.level = "debug".into();
+        new.tls = Some(crate::config::TlsConfig { cert: "/etc/lgsp/tls/new.crt".into(), key: "/etc/lgsp/tls/new.key".into() });
+        assert!(restart_needed(&running, &new).is_empty(), "log level and TLS are applied by a reload");
+        new.listen.admin = SocketAddr::from(([127, 0, 0, 1], 9443));
+        new.gateway.retries = 3;
+        new.log.format = crate::config::LogFormat::Json;
+        new.node.data_dir = PathBuf::from("/srv/lgsp");
+        assert_eq!(restart_needed(&running, &new), ["node.data_dir", "listen.admin", "log.format", "gateway"]);
+    }
 }

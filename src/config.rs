@@ -44,7 +44,7 @@ pub struct Config {
     pub dev_mode: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// Where redb files and keys live (`/var/lib/lgsp`).
@@ -58,7 +58,7 @@ fn default_node_name() -> String {
     "node-1".into()
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenConfig {
     #[serde(default = "d_gateway")]
@@ -90,7 +90,7 @@ impl Default for ListenConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain served on the gateway and admin listeners.
@@ -99,7 +99,7 @@ pub struct TlsConfig {
     pub key: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Lifetime of a console/CLI login session.
@@ -130,7 +130,7 @@ impl Default for AdminConfig {
 }
 
 /// The data plane's defaults; a service version may override timeout and body limit.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
     /// Largest request body forwarded when the version sets none (413 above it).
@@ -196,7 +196,7 @@ impl Default for GatewayConfig {
 }
 
 /// The transaction audit log (G8).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
     /// Segments older than this are deleted (the chain stays verifiable).
@@ -221,7 +221,7 @@ impl Default for AuditConfig {
 }
 
 /// Raft between the nodes (QUIC on `listen.cluster`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// `host:port` the other nodes dial to reach this node's cluster listener. Defaults to
@@ -300,7 +300,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     #[serde(default)]

@@ -1,4 +1,5 @@
 //! The cluster with real nodes over real QUIC: replication, forwarding, linearizable reads,
+//! concurrent writes (group commit),
 //! leader failure, catch-up by snapshot, membership under load, minority partitions, 5 nodes,
 //! join tokens and certificate rotation.
 #![allow(clippy::disallowed_methods)]
@@ -81,6 +82,53 @@ fn three_nodes_replicate_forward_and_read_linearizably() {
         assert_eq!(s, 200, "{a}");
         let n = a["items"].as_array().expect("items").iter().filter(|e| e["target"] == format!("agency/{}", agency_code(1))).count();
         assert_eq!(n, 1, "node {k} audit: {a}");
+    }
+}
+
+/// Concurrent writes through every node share Raft entries on the leader (group commit); each
+/// caller still gets its own write's answer: the first creation of a code wins once, every
+/// duplicate is refused, and each node's audit trail holds one line per created agency.
+#[test]
+fn concurrent_writes_each_get_their_own_answer() {
+    let c = Cluster::start(3, &[]);
+    c.leader_seen_by(1);
+    let codes = 40;
+    let created = Arc::new(Mutex::new(Vec::new()));
+    let refused = Arc::new(AtomicUsize::new(0));
+    std::thread::scope(|s| {
+        for t in 0..24 {
+            let (c, created, refused) = (&c, created.clone(), refused.clone());
+            s.spawn(move || {
+                // Three threads per code range: every code is written three times at once.
+                let node = 1 + t % 3;
+                for i in 0..codes {
+                    if i % 8 != t / 3 {
+                        continue;
+                    }
+                    let (st, b) = create_agency(&c.api(node), 1000 + i);
+                    match (st, b["code"].as_str()) {
+                        (201, _) => created.lock().expect("lock").push(1000 + i),
+                        (409, Some("ALREADY_EXISTS")) => {
+                            refused.fetch_add(1, Ordering::SeqCst);
+                        }
+                        other => panic!("write of code {i} through node {node}: {other:?} {b}"),
+                    }
+                }
+            });
+        }
+    });
+    let mut created = created.lock().expect("lock").clone();
+    created.sort_unstable();
+    assert_eq!(created, (1000..1000 + codes).collect::<Vec<_>>(), "every code created exactly once");
+    assert_eq!(refused.load(Ordering::SeqCst), 2 * codes, "every duplicate refused");
+    for k in 1..=3 {
+        let (s, a) = c.api(k).get("/api/v1/audit/admin?limit=500");
+        assert_eq!(s, 200, "{a}");
+        let items = a["items"].as_array().expect("items");
+        for i in 0..codes {
+            let target = format!("agency/{}", agency_code(1000 + i));
+            assert_eq!(items.iter().filter(|e| e["target"] == target).count(), 1, "node {k}: one audit line for {target}");
+        }
     }
 }
 
@@ -407,4 +455,57 @@ fn a_learner_token_keeps_the_node_a_learner_until_promoted() {
 
 fn all_caught_up(st: &serde_json::Value) -> bool {
     st["nodes"].as_array().is_some_and(|ns| ns.iter().all(|n| n["lag"].as_u64().is_some_and(|l| l < 5)))
+}
+
+fn node_status(c: &Cluster, k: usize) -> (u16, serde_json::Value) {
+    let url = format!("{}/status", c.node(k).info["metrics_url"].as_str().expect("metrics_url"));
+    let r = reqwest::blocking::get(url).expect("GET /status");
+    (r.status().as_u16(), r.json().expect("json"))
+}
+
+/// `lgsp node drain`: the node's `/status` answers 503 (load balancers take it out), leadership
+/// leaves it, a drain that would leave fewer than a quorum of healthy voters in service is
+/// refused with the reason, and `resume` puts it back. The drain is replicated and audited.
+#[test]
+fn drain_moves_leadership_away_and_keeps_a_quorum_in_service() {
+    let c = Cluster::start(3, &[]);
+    let leader = c.leader_seen_by(1) as usize;
+    let other = (1..=3).find(|k| *k != leader).expect("another node");
+    assert_eq!(node_status(&c, leader).0, 200);
+
+    let out = common::cluster::cli_on(&c, leader, &["node", "drain", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (code, body) = node_status(&c, leader);
+    assert_eq!((code, body["status"].as_str()), (503, Some("draining")), "{body}");
+    // Leadership moves to a node in service.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let l = c.leader_seen_by(other) as usize;
+        if l != leader {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a drained leader still leads after 15 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Writes still work (the drained node is still a voter and forwards), and the drained node
+    // still proxies what reaches it.
+    assert_eq!(create_agency(&c.api(leader), 7).0, 201);
+
+    // A second drain would leave one healthy voter of three in service: refused, with why.
+    let out = common::cluster::cli_on(&c, other, &["node", "drain"]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success() && err.contains("quorum"), "{err}");
+    assert_eq!(node_status(&c, other).0, 200, "a refused drain changes nothing");
+
+    let out = common::cluster::cli_on(&c, leader, &["node", "resume"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(node_status(&c, leader).0, 200);
+    // With the first node back in service, the other one may be drained.
+    let out = common::cluster::cli_on(&c, other, &["node", "drain"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (s, a) = c.api(other).get("/api/v1/audit/admin?limit=50");
+    assert_eq!(s, 200, "{a}");
+    let actions: Vec<&str> = a["items"].as_array().expect("items").iter().filter_map(|e| e["action"].as_str()).collect();
+    assert_eq!(actions.iter().filter(|a| **a == "node.drain").count(), 2, "{actions:?}");
+    assert_eq!(actions.iter().filter(|a| **a == "node.resume").count(), 1, "{actions:?}");
 }

@@ -1,5 +1,6 @@
-//! Cluster endpoints (`lgsp cluster ...`): status, join tokens, promotion, removal, leadership
-//! transfer, certificate rotation, and the test-only partition hook.
+//! Cluster endpoints (`lgsp cluster ...`, `lgsp node drain|resume`): status, join tokens,
+//! promotion, removal, leadership transfer, draining, certificate rotation, and the test-only
+//! partition hook.
 //!
 //! Invariants: operators only (auditors may read the status); membership changes are carried
 //! out by the leader whichever node receives them.
@@ -60,6 +61,20 @@ pub fn endpoints() -> Vec<Endpoint> {
             summary: "Take the node that receives this call out of the cluster",
             roles: "operator",
             handler: || post(leave),
+        },
+        Endpoint {
+            method: "post",
+            path: "/api/v1/node/drain",
+            summary: "Take the node that receives this call out of service: /status answers 503, leadership moves away (refused when fewer than a quorum of healthy voters would stay in service)",
+            roles: "operator",
+            handler: || post(drain),
+        },
+        Endpoint {
+            method: "post",
+            path: "/api/v1/node/resume",
+            summary: "Put the node that receives this call back in service",
+            roles: "operator",
+            handler: || post(resume),
         },
         Endpoint {
             method: "post",
@@ -161,6 +176,19 @@ async fn leave(State(st): State<Shared>, p: Principal) -> Result<Json<Value>, Ap
     let id = st.cluster.id;
     st.cluster.membership(MembershipOp::Remove { node_id: id }).await?;
     Ok(Json(json!({ "removed": id, "message": "this node has left the cluster; stop it and wipe its data directory before reuse" })))
+}
+
+async fn drain(State(st): State<Shared>, p: Principal) -> Result<Json<Value>, ApiError> {
+    p.require_operator("drain a node")?;
+    let r = st.cluster.drain(p.actor()).await?;
+    Ok(Json(json!({ "node_id": r.node_id, "draining": r.draining, "leader": r.leader,
+        "message": "the node is out of service: /status answers 503 so load balancers stop sending traffic; requests already accepted finish. `lgsp node resume` puts it back" })))
+}
+
+async fn resume(State(st): State<Shared>, p: Principal) -> Result<Json<Value>, ApiError> {
+    p.require_operator("resume a node")?;
+    let r = st.cluster.resume(p.actor()).await?;
+    Ok(Json(json!({ "node_id": r.node_id, "draining": r.draining, "leader": r.leader, "message": "the node is back in service" })))
 }
 
 async fn rotate(State(st): State<Shared>, p: Principal) -> Result<Json<Value>, ApiError> {

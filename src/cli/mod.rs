@@ -81,6 +81,9 @@ pub enum Cmd {
     /// The cluster: create it, join nodes, membership, status
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// This node's service state: drain it before maintenance, resume it after
+    #[command(subcommand)]
+    Node(NodeCmd),
     /// Print shell completions
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff)
@@ -166,6 +169,16 @@ pub enum ClusterCmd {
     Leave,
     /// Give the node you are connected to a new cluster certificate (no downtime)
     RotateCert,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCmd {
+    /// Take the node you are connected to out of service: /status answers 503 (load balancers
+    /// stop sending traffic), leadership moves away; refused if fewer than a quorum of healthy
+    /// voters would stay in service
+    Drain,
+    /// Put the node you are connected to back in service
+    Resume,
 }
 
 #[derive(Debug, Subcommand)]
@@ -544,7 +557,7 @@ pub fn main() -> ExitCode {
     };
     match cli.cmd {
         Cmd::Serve { config } => match Config::load(&config) {
-            Ok(cfg) => run_app(cfg),
+            Ok(cfg) => run_app(cfg, Some(config)),
             Err(e) => {
                 eprintln!("lgsp: invalid configuration: {e}");
                 ExitCode::from(EXIT_USAGE)
@@ -578,7 +591,7 @@ pub fn main() -> ExitCode {
                 eprintln!("lgsp: invalid configuration: {e}");
                 return ExitCode::from(EXIT_USAGE);
             }
-            run_app(cfg)
+            run_app(cfg, None)
         }
         Cmd::Cluster(ClusterCmd::Init { config }) => offline(cluster_init(&config)),
         Cmd::Cluster(ClusterCmd::Join { token, peer, config, data_dir, name, cluster_addr }) => {
@@ -676,7 +689,8 @@ async fn cluster_join(
     Ok(())
 }
 
-fn run_app(cfg: Config) -> ExitCode {
+/// Runs a node; `source` is the config file a SIGHUP re-reads (`None` for `lgsp dev`).
+fn run_app(cfg: Config, source: Option<PathBuf>) -> ExitCode {
     crate::ops::logging::init(&cfg.log);
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -685,7 +699,7 @@ fn run_app(cfg: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = rt.block_on(crate::app::run(cfg));
+    let result = rt.block_on(crate::app::run(cfg, source));
     // A long blocking job (a large import) must not keep a stopped node alive: it is one
     // registry transaction, so abandoning it leaves nothing half-written.
     rt.shutdown_timeout(std::time::Duration::from_secs(5));
@@ -693,6 +707,7 @@ fn run_app(cfg: Config) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "lgsp stopped");
+            crate::ops::systemd::status(&format!("failed: {e}"));
             eprintln!("lgsp: {e}");
             ExitCode::FAILURE
         }
@@ -993,6 +1008,10 @@ async fn remote(cmd: Cmd, conn: &Connection, j: bool) -> Result<()> {
             ClusterCmd::TransferLeader { node_id } => show(&c.post("/api/v1/cluster/leader", json!({"node_id": node_id})).await?, j, &[]),
             ClusterCmd::Leave => show(&c.post("/api/v1/cluster/leave", json!({})).await?, j, &[]),
             ClusterCmd::RotateCert => show(&c.post("/api/v1/cluster/certificate/rotate", json!({})).await?, j, &[]),
+        },
+        Cmd::Node(nc) => match nc {
+            NodeCmd::Drain => show(&c.post("/api/v1/node/drain", json!({})).await?, j, &[]),
+            NodeCmd::Resume => show(&c.post("/api/v1/node/resume", json!({})).await?, j, &[]),
         },
         Cmd::Token(t) => match t {
             TokenCmd::List => show(&c.get("/api/v1/tokens").await?, j, &["id", "username", "name", "expires_at", "session"]),

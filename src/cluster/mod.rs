@@ -3,14 +3,16 @@
 //!
 //! [`store::Store`] holds the replicated state (registry, cluster bookkeeping, admin audit) in
 //! redb and is the Raft state machine ([`store::StateMachine`]): each batch of committed
-//! entries, their effects, the applied log id and the membership are committed in one fsynced
-//! transaction. [`log_store::LogStore`] keeps the Raft log and vote in a second redb file;
+//! entries, their effects, the applied log id and the membership are committed in one
+//! transaction (fsynced every 64th batch; the log is the durable record). [`log_store::LogStore`] keeps the Raft log and vote in a second redb file;
 //! [`snapshot`] owns the snapshot format and files. [`store::open_storage`] opens all three.
 //! [`pki`] runs the cluster CA and node identities; [`transport`] carries RPCs between nodes
 //! over QUIC with mutual TLS and implements openraft's network on top. [`node`] is one member:
-//! Raft, write forwarding, read barriers, joins and membership.
+//! Raft, write forwarding, read barriers, joins and membership; [`batch`] is its leader's group
+//! commit (concurrent writes share one entry).
 //! May import `registry` and `secrets` only.
 
+pub mod batch;
 pub mod log_store;
 pub mod node;
 pub mod pki;

@@ -30,12 +30,13 @@ use openraft::{ChangeMembers, Raft, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use super::batch::{Batcher, Slot, WriteFailure};
 use super::pki::{self, ClusterCa, JoinTokenString, NodeIdentity};
 use super::store::{self, Applied, Store};
 use super::transport::{response_kind, Peer, RpcHandler, Transport, TransportError};
 use super::types::{
-    ClusterCommand, ClusterEnvelope, ClusterOutcome, ClusterStatus, JoinGrant, JoinRequest, MembershipOp, NodeId, NodeInfo, NodeStatus,
-    Request, RpcRequest, RpcResponse, SharedBatch, TypeConfig, FIRST_NODE,
+    ClusterCommand, ClusterEnvelope, ClusterOutcome, ClusterStatus, DrainReport, JoinGrant, JoinRequest, MembershipOp, NodeId, NodeInfo,
+    NodeStatus, Request, RpcRequest, RpcResponse, SharedBatch, TypeConfig, FIRST_NODE,
 };
 use crate::registry::{Actor, Role};
 use crate::secrets::{self, SecretsKey};
@@ -48,6 +49,8 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(3);
 pub const SHARE_INTERVAL: Duration = Duration::from_millis(50);
 /// A learner this close to the leader's log is promoted (when its join token said voter).
 const PROMOTE_LAG: u64 = 100;
+/// A voter this close to the leader's log counts as healthy for a drain's quorum check.
+const HEALTHY_LAG: u64 = 1000;
 /// Node certificates are renewed when they have fewer days than this left.
 const RENEW_DAYS: i64 = 30;
 const CERT_DAYS: u32 = 365;
@@ -255,6 +258,8 @@ pub struct ClusterNode {
     election_max: Duration,
     faults_enabled: bool,
     share_sink: OnceLock<ShareSink>,
+    /// Group commit of client writes while this node leads.
+    batcher: Batcher,
     stop: tokio::sync::watch::Sender<bool>,
 }
 
@@ -363,6 +368,7 @@ impl ClusterNode {
         let node = Arc::new(ClusterNode {
             id: nf.node_id,
             cluster_id: nf.cluster_id.clone(),
+            batcher: Batcher::start(raft.clone()),
             raft,
             store,
             transport,
@@ -405,9 +411,9 @@ impl ClusterNode {
     /// Proposes `req`, waits until it is committed and applied here, and returns its outcome.
     pub async fn write(&self, req: Request) -> Result<Applied, ClusterError> {
         let deadline = Instant::now() + WRITE_TIMEOUT;
-        let index = self.commit(req, deadline).await?;
-        self.wait_applied(index, deadline + WRITE_TIMEOUT).await?;
-        self.store.outcome(index).ok_or(ClusterError::OutcomeUnknown)
+        let slot = self.commit(req, deadline).await?;
+        self.wait_applied(slot.index, deadline + WRITE_TIMEOUT).await?;
+        self.store.outcome(slot.index).and_then(|a| a.member(slot.position)).ok_or(ClusterError::OutcomeUnknown)
     }
 
     /// The leader this node knows of and its addresses (read in place: no copy of the metrics).
@@ -419,7 +425,7 @@ impl ClusterNode {
         (leader, node)
     }
 
-    async fn commit(&self, req: Request, deadline: Instant) -> Result<u64, ClusterError> {
+    async fn commit(&self, req: Request, deadline: Instant) -> Result<Slot, ClusterError> {
         loop {
             let now = Instant::now();
             if now >= deadline {
@@ -427,16 +433,14 @@ impl ClusterNode {
             }
             let remaining = deadline - now;
             match self.leader_and_node() {
-                (Some(l), _) if l == self.id => match tokio::time::timeout(remaining, self.raft.client_write(req.clone())).await {
+                (Some(l), _) if l == self.id => match tokio::time::timeout(remaining, self.batcher.write(req.clone())).await {
                     Err(_) => {
                         return Err(ClusterError::Ambiguous("this node is the leader but could not reach a quorum within 5 s".into()))
                     }
-                    Ok(Ok(resp)) => return Ok(resp.log_id.index),
-                    Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {}
-                    Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
-                        return Err(ClusterError::Refused(e.to_string()))
-                    }
-                    Ok(Err(RaftError::Fatal(e))) => return Err(ClusterError::Storage(e.to_string())),
+                    Ok(Ok(slot)) => return Ok(slot),
+                    Ok(Err(WriteFailure::NotLeader(_))) => {}
+                    Ok(Err(WriteFailure::Refused(e))) => return Err(ClusterError::Refused(e)),
+                    Ok(Err(WriteFailure::Fatal(e))) => return Err(ClusterError::Storage(e)),
                 },
                 (Some(l), Some(n)) => {
                     match self
@@ -444,7 +448,7 @@ impl ClusterNode {
                         .call(l, &n.raft_addr, RpcRequest::ClientWrite { request: req.clone() }, Vec::new(), remaining)
                         .await
                     {
-                        Ok((RpcResponse::Written { index }, _)) => return Ok(index),
+                        Ok((RpcResponse::Written { index, position }, _)) => return Ok(Slot { index, position }),
                         Ok((RpcResponse::Error { code, .. }, _)) if code == "not_leader" || code == "starting" => {}
                         Ok((RpcResponse::Error { code, message, .. }, _)) if code == "no_quorum" => {
                             return Err(ClusterError::Ambiguous(message))
@@ -606,6 +610,65 @@ impl ClusterNode {
         }
         let ca = ClusterCa::load(&cluster_dir(&self.data_dir)).map_err(|e| ClusterError::Storage(e.to_string()))?;
         Ok((JoinTokenString::new(&id, &secret, ca.fingerprint()).to_string(), expires_at))
+    }
+
+    /// Whether an operator drained this node (`lgsp node drain`), as this node last applied.
+    pub fn is_draining(&self) -> bool {
+        self.store.cluster_state().draining.contains(&self.id)
+    }
+
+    /// Takes this node out of service (`lgsp node drain`): refused when the voters left in
+    /// service (healthy, as the leader sees them, and not drained) would be fewer than a quorum;
+    /// otherwise the drain is recorded through Raft (so it survives restarts and every node
+    /// knows it) and, when this node leads, leadership moves to the most caught-up voter in
+    /// service. The caller is told who leads afterwards. Traffic already accepted finishes; the
+    /// load balancer stops sending more when `/status` answers 503.
+    pub async fn drain(&self, actor: Actor) -> Result<DrainReport, ClusterError> {
+        let st = self.status().await;
+        let draining = self.store.cluster_state().draining;
+        let voters: Vec<&NodeStatus> = st.nodes.iter().filter(|n| n.role != "learner").collect();
+        let quorum = voters.len() / 2 + 1;
+        let in_service: Vec<&NodeStatus> = voters
+            .iter()
+            .copied()
+            .filter(|n| n.id != self.id && !draining.contains(&n.id) && n.lag.is_some_and(|l| l <= HEALTHY_LAG))
+            .collect();
+        if voters.iter().any(|n| n.id == self.id) && in_service.len() < quorum {
+            return Err(ClusterError::Refused(format!(
+                "draining node {} would leave {} healthy voter(s) in service, fewer than the quorum of {quorum} out of {}; \
+                 bring the other nodes back (or resume a drained one) first",
+                self.id,
+                in_service.len(),
+                voters.len()
+            )));
+        }
+        self.set_draining(actor, true).await?;
+        let mut leader = self.raft.metrics().borrow().current_leader;
+        if leader == Some(self.id) {
+            if let Some(to) = in_service.iter().min_by_key(|n| n.lag).map(|n| n.id) {
+                match self.membership(MembershipOp::TransferLeader { to }).await {
+                    Ok(()) => {}
+                    Err(e) => tracing::warn!(error = %e, "drained node could not hand over leadership yet; it keeps trying"),
+                }
+            }
+            leader = self.raft.metrics().borrow().current_leader;
+        }
+        Ok(DrainReport { node_id: self.id, draining: true, leader })
+    }
+
+    /// Puts a drained node back in service (`lgsp node resume`).
+    pub async fn resume(&self, actor: Actor) -> Result<DrainReport, ClusterError> {
+        self.set_draining(actor, false).await?;
+        Ok(DrainReport { node_id: self.id, draining: false, leader: self.raft.metrics().borrow().current_leader })
+    }
+
+    async fn set_draining(&self, actor: Actor, draining: bool) -> Result<(), ClusterError> {
+        let env = ClusterEnvelope { at: Utc::now(), actor, command: ClusterCommand::SetDraining { node_id: self.id, draining } };
+        match self.write(Request::Cluster(env)).await? {
+            Applied::Cluster(Ok(_)) => Ok(()),
+            Applied::Cluster(Err(e)) => Err(ClusterError::Refused(e.to_string())),
+            _ => Err(ClusterError::OutcomeUnknown),
+        }
     }
 
     /// Carries out a membership change on the leader (forwarded there from any node).
@@ -797,12 +860,10 @@ impl ClusterNode {
                 if leader != Some(self.id) {
                     not_leader()
                 } else {
-                    match tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(request)).await {
-                        Ok(Ok(r)) => RpcResponse::Written { index: r.log_id.index },
-                        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                            error("not_leader", "this node is not the leader", f.leader_id)
-                        }
-                        Ok(Err(e)) => error("refused", e.to_string(), leader),
+                    match tokio::time::timeout(WRITE_TIMEOUT, self.batcher.write(request)).await {
+                        Ok(Ok(slot)) => RpcResponse::Written { index: slot.index, position: slot.position },
+                        Ok(Err(WriteFailure::NotLeader(l))) => error("not_leader", "this node is not the leader", l),
+                        Ok(Err(WriteFailure::Refused(e) | WriteFailure::Fatal(e))) => error("refused", e, leader),
                         Err(_) => error("no_quorum", "the leader could not reach a quorum within 5 s", leader),
                     }
                 }
@@ -1008,7 +1069,24 @@ async fn leader_duties(node: Weak<ClusterNode>, mut stop: tokio::sync::watch::Re
         }
         let membership = m.membership_config.membership().clone();
         let Some(last) = m.last_log_index else { continue };
-        let wanted = n.store.cluster_state().nodes;
+        let cluster = n.store.cluster_state();
+        if cluster.draining.contains(&n.id) {
+            // A drained node does not lead: hand over to the most caught-up voter in service.
+            let candidate = membership
+                .voter_ids()
+                .filter(|v| *v != n.id && !cluster.draining.contains(v))
+                .filter_map(|v| m.replication.as_ref().and_then(|r| r.get(&v).cloned().flatten()).map(|l| (v, l.index)))
+                .filter(|(_, matched)| matched + HEALTHY_LAG >= last)
+                .max_by_key(|(_, matched)| *matched);
+            if let Some((to, _)) = candidate {
+                match n.transfer_to(to, &membership).await {
+                    Ok(()) => tracing::info!(to, "drained node handed over leadership"),
+                    Err(e) => tracing::warn!(error = %e, "drained node could not hand over leadership; will retry"),
+                }
+                continue;
+            }
+        }
+        let wanted = cluster.nodes;
         for learner in membership.learner_ids() {
             if !wanted.get(&learner).is_some_and(|r| r.voter) {
                 continue;

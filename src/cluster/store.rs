@@ -109,8 +109,24 @@ pub struct AuditEntry {
 pub enum Applied {
     Registry(Result<Outcome, RegistryError>),
     Cluster(Result<ClusterOutcome, ClusterRefusal>),
+    /// A batch entry: each member's outcome, in order.
+    Batch(Vec<Applied>),
     /// A blank or membership entry.
     Other,
+}
+
+impl Applied {
+    /// The outcome of the write at `position` of this entry (`None`: the entry itself).
+    pub fn member(self, position: Option<u32>) -> Option<Applied> {
+        match (self, position) {
+            (a, None) => Some(a),
+            (Applied::Batch(mut v), Some(i)) => {
+                let i = usize::try_from(i).ok()?;
+                (i < v.len()).then(|| v.swap_remove(i))
+            }
+            (_, Some(_)) => None,
+        }
+    }
 }
 
 /// Where the state machine stands.
@@ -346,25 +362,9 @@ impl Store {
                         pos.membership = StoredMembership::new(Some(log_id), m);
                         Applied::Other
                     }
-                    EntryPayload::Normal(Request::Registry(env)) => {
-                        let r = registry::apply(state, &env);
-                        if let Ok(o) = &r {
-                            if !env.command.is_bookkeeping() {
-                                put_audit(&mut audit, &registry_audit(index, &env, o))?;
-                            }
-                        }
-                        Applied::Registry(r)
-                    }
-                    EntryPayload::Normal(Request::Cluster(env)) => {
-                        if cluster_before.is_none() {
-                            *cluster_before = Some(cluster.clone());
-                        }
-                        let r = cluster.apply(&env);
-                        if let Ok(o) = &r {
-                            cluster_changed = true;
-                            put_audit(&mut audit, &cluster_audit(index, &env, o))?;
-                        }
-                        Applied::Cluster(r)
+                    EntryPayload::Normal(request) => {
+                        let mut cx = ApplyCx { state, cluster, cluster_before, cluster_changed: &mut cluster_changed, audit: &mut audit };
+                        cx.apply(index, &request)?
                     }
                 };
                 pos.log_id = Some(log_id);
@@ -545,6 +545,54 @@ impl Store {
     }
 }
 
+/// What applying one request touches, for [`ApplyCx::apply`].
+struct ApplyCx<'a, 't> {
+    state: &'a mut State,
+    cluster: &'a mut ClusterState,
+    cluster_before: &'a mut Option<ClusterState>,
+    cluster_changed: &'a mut bool,
+    audit: &'a mut Table<'t, u64, &'static [u8]>,
+}
+
+impl ApplyCx<'_, '_> {
+    /// Applies one request of the entry at `index` (a batch's members in order).
+    fn apply(&mut self, index: u64, request: &Request) -> Result<Applied, StoreError> {
+        Ok(match request {
+            Request::Registry(env) => {
+                let r = registry::apply(self.state, env);
+                if let Ok(o) = &r {
+                    if !env.command.is_bookkeeping() {
+                        put_audit(self.audit, &registry_audit(index, env, o))?;
+                    }
+                }
+                Applied::Registry(r)
+            }
+            Request::Cluster(env) => {
+                if self.cluster_before.is_none() {
+                    *self.cluster_before = Some(self.cluster.clone());
+                }
+                let r = self.cluster.apply(env);
+                if let Ok(o) = &r {
+                    *self.cluster_changed = true;
+                    put_audit(self.audit, &cluster_audit(index, env, o))?;
+                }
+                Applied::Cluster(r)
+            }
+            Request::Batch(members) => {
+                let mut out = Vec::with_capacity(members.len());
+                for m in members {
+                    out.push(match m {
+                        // Never proposed; applied as nothing, the same way on every node.
+                        Request::Batch(_) => Applied::Other,
+                        m => self.apply(index, m)?,
+                    });
+                }
+                Applied::Batch(out)
+            }
+        })
+    }
+}
+
 /// An admin-audit line for a change made by `actor` at `at`.
 fn audit_entry(
     index: u64,
@@ -575,14 +623,23 @@ fn cluster_audit(index: u64, env: &ClusterEnvelope, outcome: &ClusterOutcome) ->
         (ClusterCommand::CreateJoinToken { id, .. }, _) => ("cluster.join_token.create", id.clone()),
         (_, ClusterOutcome::Joined { node_id }) => ("cluster.join", node_id.to_string()),
         (ClusterCommand::ForgetNode { node_id }, _) => ("cluster.forget_node", node_id.to_string()),
+        (ClusterCommand::SetDraining { node_id, draining: true }, _) => ("node.drain", node_id.to_string()),
+        (ClusterCommand::SetDraining { node_id, draining: false }, _) => ("node.resume", node_id.to_string()),
         (ClusterCommand::ConsumeJoinToken { id, .. }, _) => ("cluster.join", id.clone()),
     };
     audit_entry(index, env.at, &env.actor, action, target, None)
 }
 
+/// Appends an audit line under the next key. Keys are a sequence (the members of a batch entry
+/// share its log index, which each line records); apply is deterministic, so every node assigns
+/// the same keys. (Lines written before batching are keyed by their log index: still ascending.)
 fn put_audit(t: &mut Table<'_, u64, &'static [u8]>, entry: &AuditEntry) -> Result<(), StoreError> {
+    let next = match t.last().map_err(storage)? {
+        Some((k, _)) => k.value().max(entry.index.saturating_sub(1)) + 1,
+        None => entry.index,
+    };
     let bytes = serde_json::to_vec(entry).map_err(storage)?;
-    t.insert(entry.index, bytes.as_slice()).map_err(storage)?;
+    t.insert(next, bytes.as_slice()).map_err(storage)?;
     Ok(())
 }
 

@@ -1091,7 +1091,7 @@ mod tests {
                     _ => {
                         let mut back = tail;
                         back.reverse();
-                        (RpcResponse::Written { index: back.len() as u64 }, back)
+                        (RpcResponse::Written { index: back.len() as u64, position: None }, back)
                     }
                 }
             })
@@ -1168,7 +1168,7 @@ mod tests {
         let (b, hb) = node(&ca, 2).await;
         let tail: Vec<u8> = (0..5_000_000u32).map(|i| (i % 251) as u8).collect();
         let (resp, back) = a.call(2, &b.local_addr().to_string(), share(), tail.clone(), LONG).await.expect("call");
-        assert!(matches!(resp, RpcResponse::Written { index: 5_000_000 }), "{resp:?}");
+        assert!(matches!(resp, RpcResponse::Written { index: 5_000_000, .. }), "{resp:?}");
         assert_eq!(back.len(), tail.len());
         assert!(back.iter().rev().eq(tail.iter()));
         assert_eq!(hb.seen(), vec![(Peer::Node(1), "share".to_owned())]);

@@ -55,6 +55,11 @@ pub enum Request {
     Registry(Envelope),
     /// A change to the cluster's own bookkeeping.
     Cluster(ClusterEnvelope),
+    /// Several concurrent writes carried by one entry (group commit on the leader, see
+    /// `cluster::batch`), applied in order; each member has its own outcome. Never nested.
+    /// An older node cannot apply it: every node of a cluster must run a version that knows
+    /// this variant before any of them leads (true of every release since it was added).
+    Batch(Vec<Request>),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,6 +79,8 @@ pub enum ClusterCommand {
     ConsumeJoinToken { id: String, secret_sha256: String, name: String },
     /// The node left the membership; its name may be reused.
     ForgetNode { node_id: NodeId },
+    /// The operator took a node out of service (`lgsp node drain`) or put it back (`resume`).
+    SetDraining { node_id: NodeId, draining: bool },
 }
 
 /// One join token as replicated (never the secret).
@@ -104,6 +111,9 @@ pub struct NodeRecord {
 pub struct ClusterState {
     pub join_tokens: BTreeMap<String, JoinToken>,
     pub nodes: BTreeMap<NodeId, NodeRecord>,
+    /// Nodes an operator drained: their `/status` answers 503 and they do not lead.
+    #[serde(default)]
+    pub draining: std::collections::BTreeSet<NodeId>,
 }
 
 /// What applying a cluster command produced.
@@ -112,6 +122,7 @@ pub enum ClusterOutcome {
     TokenCreated,
     Joined { node_id: NodeId },
     Forgotten,
+    DrainSet,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -176,7 +187,16 @@ impl ClusterState {
             }
             ClusterCommand::ForgetNode { node_id } => {
                 self.nodes.remove(node_id);
+                self.draining.remove(node_id);
                 Ok(ClusterOutcome::Forgotten)
+            }
+            ClusterCommand::SetDraining { node_id, draining } => {
+                if *draining {
+                    self.draining.insert(*node_id);
+                } else {
+                    self.draining.remove(node_id);
+                }
+                Ok(ClusterOutcome::DrainSet)
             }
         }
     }
@@ -248,6 +268,15 @@ pub struct NodeStatus {
     pub lag: Option<u64>,
 }
 
+/// What `lgsp node drain|resume` did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainReport {
+    pub node_id: NodeId,
+    pub draining: bool,
+    /// Who leads afterwards, as this node knows.
+    pub leader: Option<NodeId>,
+}
+
 /// The cluster as one node sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterStatus {
@@ -310,6 +339,9 @@ pub enum RpcResponse {
     FullSnapshot(Result<SnapshotResponse<NodeId>, Fatal<NodeId>>),
     /// The write is committed at this index (wait for it to be applied locally).
     Written {
+        /// The member's position when the write went into a batch entry.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        position: Option<u32>,
         index: u64,
     },
     ReadIndex {
@@ -370,5 +402,16 @@ mod tests {
         let text = serde_json::to_string(&r).expect("encode");
         let back: Request = serde_json::from_str(&text).expect("decode");
         assert_eq!(back, r);
+    }
+
+    /// The log format of a batch entry (golden): a change here breaks every stored log.
+    #[test]
+    fn a_batch_entry_keeps_its_log_format() {
+        let member = Request::Cluster(env("2026-01-01T00:00:00Z", ClusterCommand::ForgetNode { node_id: 3 }));
+        let member_json = serde_json::to_value(&member).expect("encode");
+        let batch = Request::Batch(vec![member.clone(), member]);
+        let json = serde_json::to_value(&batch).expect("encode");
+        assert_eq!(json, serde_json::json!({ "kind": "batch", "body": [member_json.clone(), member_json] }));
+        assert_eq!(serde_json::from_value::<Request>(json).expect("decode"), batch);
     }
 }

@@ -1,11 +1,11 @@
 //! The gateway listener: accepts TCP, terminates TLS (rustls, ALPN h2 and http/1.1) unless in
-//! dev mode, serves HTTP/1.1 and HTTP/2 on the same port, and drains on shutdown.
+//! dev mode, serves HTTP/1.1 and HTTP/2 on the same port, and drains on shutdown. The TLS
+//! config comes from `app` (`ops::tls`): its certificate can be swapped while serving.
 //!
 //! Invariants: a slow or silent TLS handshake cannot hold a slot forever (10 s limit); on
 //! shutdown the listener closes first, in-flight requests get up to 10 s to finish.
 
 use std::convert::Infallible;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,27 +15,6 @@ use hyper_util::server::graceful::GracefulShutdown;
 
 use super::stack::Gateway;
 use crate::ops::shutdown::Shutdown;
-
-/// Loads the PEM certificate chain and key into a server config with ALPN for h2 and http/1.1.
-pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
-    let certs = rustls_pemfile::certs(&mut std::fs::read(cert).map_err(|e| format!("{}: {e}", cert.display()))?.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: {e}", cert.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{}: no PEM certificate in it", cert.display()));
-    }
-    let key = rustls_pemfile::private_key(&mut std::fs::read(key).map_err(|e| format!("{}: {e}", key.display()))?.as_slice())
-        .map_err(|e| format!("{}: {e}", key.display()))?
-        .ok_or_else(|| format!("{}: no PEM private key in it", key.display()))?;
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| e.to_string())?;
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
-}
 
 pub async fn serve(
     gw: Arc<Gateway>,

@@ -227,6 +227,7 @@ impl Gateway {
         }
         self.metrics.request_bytes.with_label_values(&[service]).inc_by(req.bytes);
         self.metrics.response_bytes.with_label_values(&[service]).inc_by(resp.bytes);
+        log_transaction(&d, status, outcome, total, upstream);
         if let Some(log) = &self.audit {
             let upstream_us = upstream.map(|u| u64::try_from(u.as_micros()).unwrap_or(u64::MAX));
             let total_us = u64::try_from(total.as_micros()).unwrap_or(u64::MAX);
@@ -755,6 +756,44 @@ struct FinishCtx {
     started: Instant,
     upstream: Duration,
     req_meter: Arc<std::sync::Mutex<Meter>>,
+}
+
+/// One log event per transaction (target `lgsp::transaction`), whose fields become journal
+/// fields (`TRANSACTION_ID`, `AGENCY`, `SYSTEM`, `SERVICE`, ...). Warning when the gateway could
+/// not obtain or relay the provider's answer (500, 502, 504, a broken provider stream): the
+/// operator must see those. Every other transaction is at debug level (it is in the audit log
+/// and the metrics; `log.level = "info,lgsp::transaction=debug"` shows them all). Never the
+/// path (it may carry personal identifiers) or anything from the payload.
+fn log_transaction(d: &Draft, status: u16, outcome: &str, total: Duration, upstream: Option<Duration>) {
+    let failed = (status >= 500 && status != 503 && outcome != "UPSTREAM_ERROR_STATUS") || outcome == "BODY_STREAM_FAILED";
+    let duration_ms = total.as_secs_f64() * 1000.0;
+    let upstream_ms = upstream.map(|u| u.as_secs_f64() * 1000.0);
+    macro_rules! event {
+        ($level:expr) => {
+            tracing::event!(
+                target: "lgsp::transaction",
+                $level,
+                transaction_id = %d.txn,
+                agency = %d.consumer_agency,
+                system = %d.consumer_system,
+                service = %d.service,
+                version = %d.version,
+                environment = %d.environment,
+                method = %d.method,
+                auth = %d.auth_method,
+                status,
+                outcome,
+                duration_ms,
+                upstream_ms,
+                "transaction"
+            )
+        };
+    }
+    if failed {
+        event!(tracing::Level::WARN);
+    } else {
+        event!(tracing::Level::DEBUG);
+    }
 }
 
 /// What a pipeline branch produced.

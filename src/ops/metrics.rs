@@ -25,6 +25,7 @@ pub struct Metrics {
     node: String,
     health: Option<HealthFn>,
     refresh: Option<Arc<dyn Fn() + Send + Sync>>,
+    draining: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
 }
 
 impl Metrics {
@@ -38,12 +39,19 @@ impl Metrics {
             info.with_label_values(&[env!("CARGO_PKG_VERSION"), node]).set(1);
             let _ = registry.register(Box::new(info));
         }
-        Metrics { registry, objects, counts, node: node.to_owned(), health: None, refresh: None }
+        Metrics { registry, objects, counts, node: node.to_owned(), health: None, refresh: None, draining: None }
     }
 
     /// Adds the cluster's view to `/status`: `degraded` (still serving) when it is not healthy.
     pub fn with_health(mut self, health: HealthFn) -> Metrics {
         self.health = Some(health);
+        self
+    }
+
+    /// Whether an operator drained the node: `/status` then answers 503 `draining`, so load
+    /// balancers stop sending it traffic.
+    pub fn with_drain(mut self, f: Arc<dyn Fn() -> bool + Send + Sync>) -> Metrics {
+        self.draining = Some(f);
         self
     }
 
@@ -77,6 +85,7 @@ async fn metrics(State(m): State<Metrics>) -> impl IntoResponse {
 
 /// Level 1: answers at once. `degraded` means the node still proxies traffic (from the last
 /// replicated state) but cannot change the registry (no quorum): keep it in the load balancer.
+/// `draining` (HTTP 503) means an operator took the node out of service: take it out.
 async fn status(State(m): State<Metrics>) -> impl IntoResponse {
     let mut body = serde_json::json!({ "status": "up", "node": m.node, "version": env!("CARGO_PKG_VERSION") });
     if let Some(h) = &m.health {
@@ -86,5 +95,10 @@ async fn status(State(m): State<Metrics>) -> impl IntoResponse {
         }
         body["cluster"] = details;
     }
-    Json(body)
+    let mut code = axum::http::StatusCode::OK;
+    if m.draining.as_ref().is_some_and(|d| d()) {
+        body["status"] = "draining".into();
+        code = axum::http::StatusCode::SERVICE_UNAVAILABLE;
+    }
+    (code, Json(body))
 }

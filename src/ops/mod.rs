@@ -1,8 +1,11 @@
-//! Operational plumbing: logging set-up, shutdown signals, the metrics/status listener.
+//! Operational plumbing: logging set-up, process signals, the service manager's notifications
+//! and watchdog, the reloadable TLS identity, the metrics/status listener.
 //!
-//! Invariants: nothing here knows the registry's internals beyond read-only counts handed to
-//! it by `app`; secrets are never passed to a log macro.
+//! Invariants: nothing here knows the registry's internals beyond read-only counts and checks
+//! handed to it by `app`; secrets are never passed to a log macro.
 
 pub mod logging;
 pub mod metrics;
 pub mod shutdown;
+pub mod systemd;
+pub mod tls;

@@ -80,8 +80,9 @@ impl Node {
             .arg(&self.dir)
             .arg("--ephemeral-ports")
             .args(&self.extra)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            // The node's extra environment may override the log level (LGSP_LOG).
             .env("LGSP_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

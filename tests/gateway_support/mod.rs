@@ -130,7 +130,11 @@ pub fn gateway_client() -> reqwest::blocking::Client {
 impl Gw {
     /// Starts a node and seeds it (`common::seed`).
     pub fn start() -> Gw {
-        let node = Node::start();
+        Gw::on(Node::start())
+    }
+
+    /// Seeds an already started node (`common::seed`) and wraps it.
+    pub fn on(node: Node) -> Gw {
         let op = node.operator();
         let sub = common::seed(&op);
         let url = node.info["gateway_url"].as_str().expect("gateway_url").to_owned();
