@@ -5,14 +5,15 @@ What this module provides:
     under the cache directory and rebuilt only when missing (or when the package list below
     changes: the directory name carries a hash of it).
   * `Lab`: the per-run world — a Linux bridge `lgspe2e0` (10.77.0.1/24, the host's address) and
-    one network namespace per host joined to it by a veth pair; a copy of the image per host;
+    one network namespace per host joined to it by a veth pair; per host an overlay of the image;
     `systemd-nspawn -b --register=no --keep-unit` in that namespace; an SSH key for the run.
   * `Lab.ssh(host, command)`: run a command on a host as root.
 
 Invariants:
-  * Everything the lab creates is named after fixed prefixes (bridge `lgspe2e0`, namespaces
-    `lgspe2e-hN`, state under `/var/tmp/lgsp-e2e`, logs under `/var/tmp/lgsp-e2e-logs`), and `Lab.destroy()` removes all of it even
-    when a previous run died half-way, so a crashed or KEEP=1 run never breaks the next one.
+  * Everything the lab creates has a fixed name (bridge `lgspe2e0`, namespaces `lgspe2e-hN`,
+    state and overlay mounts under `/var/tmp/lgsp-e2e`; logs of the last run stay in
+    `/var/tmp/lgsp-e2e-logs`), and `Lab.destroy()` removes all of it even when a previous run
+    died half-way, so a crashed or KEEP=1 run never breaks the next one.
   * Only processes this lab started are killed: pids come from the state directory and are
     checked to still be our `systemd-nspawn --machine=hN` before anything is signalled.
 
