@@ -21,7 +21,7 @@ use crate::cluster::types::{NodeInfo, SharedBatch, FIRST_NODE};
 use crate::cluster::{Store, StoreError};
 use crate::config::Config;
 use crate::gateway::{self, Gateway, Proposer, View};
-use crate::ops::{metrics::Metrics, shutdown};
+use crate::ops::{host::Host, metrics::Metrics, shutdown, status};
 use crate::registry::{Actor, Command, Role};
 use crate::secrets::{self, SecretsError, SecretsKey};
 
@@ -86,6 +86,18 @@ fn cluster_gauges(metrics: &Metrics, node: Arc<ClusterNode>) -> Result<Arc<dyn F
             }
         }
     }))
+}
+
+/// The `storage` check of `/status/services`: the registry file answers a read transaction
+/// and the data directory takes a new file.
+fn storage_probe(store: Arc<Store>, dir: PathBuf) -> status::StorageFn {
+    Arc::new(move || {
+        let applied = store.probe().map_err(|e| format!("cannot read the registry store: {e}"))?;
+        let probe = dir.join(".status-probe");
+        std::fs::write(&probe, b"lgsp").map_err(|e| format!("cannot write in {}: {e}", dir.display()))?;
+        let _ = std::fs::remove_file(&probe);
+        Ok(serde_json::json!({ "applied_index": applied }))
+    })
 }
 
 /// A listener bound to every interface is announced under loopback; operators reach nodes by
@@ -279,6 +291,13 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
     }));
     let refresh = cluster_gauges(&metrics, cluster.clone()).map_err(|e| AppError::Gateway(format!("cluster metrics: {e}")))?;
     let metrics = metrics.with_refresh(refresh);
+    let host = Host::new(&dir, metrics.registry()).map_err(|e| AppError::Gateway(format!("host metrics: {e}")))?;
+    let metrics = metrics.with_services(status::Services {
+        host,
+        data_dir: dir.clone(),
+        thresholds: cfg.status.clone(),
+        storage: storage_probe(store.clone(), dir.clone()),
+    });
     let initial = {
         let reg = store.read();
         View::build(&reg, &key, store.last_applied())
