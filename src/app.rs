@@ -27,7 +27,7 @@ use crate::cluster::{Store, StoreError};
 use crate::config::Config;
 use crate::gateway::{self, Gateway, Proposer, View};
 use crate::ops::tls::CertStore;
-use crate::ops::{logging, metrics::Metrics, shutdown, systemd};
+use crate::ops::{host::Host, logging, metrics::Metrics, shutdown, status, systemd};
 use crate::registry::{Actor, Command, Role};
 use crate::secrets::{self, SecretsError, SecretsKey};
 
@@ -187,10 +187,23 @@ fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
         ("gateway", a.gateway != b.gateway),
         ("audit", a.audit != b.audit),
         ("cluster", a.cluster != b.cluster),
+        ("status", a.status != b.status),
     ]
     .into_iter()
     .filter_map(|(k, changed)| changed.then_some(k))
     .collect()
+}
+
+/// The `storage` check of `/status/services`: the registry file answers a read transaction
+/// and the data directory takes a new file.
+fn storage_probe(store: Arc<Store>, dir: PathBuf) -> status::StorageFn {
+    Arc::new(move || {
+        let applied = store.probe().map_err(|e| format!("cannot read the registry store: {e}"))?;
+        let probe = dir.join(".status-probe");
+        std::fs::write(&probe, b"lgsp").map_err(|e| format!("cannot write in {}: {e}", dir.display()))?;
+        let _ = std::fs::remove_file(&probe);
+        Ok(serde_json::json!({ "applied_index": applied }))
+    })
 }
 
 /// A listener bound to every interface is announced under loopback; operators reach nodes by
@@ -393,6 +406,13 @@ pub async fn run(cfg: Config, source: Option<PathBuf>) -> Result<(), AppError> {
     let refresh = cluster_gauges(&metrics, cluster.clone()).map_err(|e| AppError::Gateway(format!("cluster metrics: {e}")))?;
     let drain_node = cluster.clone();
     let metrics = metrics.with_refresh(refresh).with_drain(Arc::new(move || drain_node.is_draining()));
+    let host = Host::new(&dir, metrics.registry()).map_err(|e| AppError::Gateway(format!("host metrics: {e}")))?;
+    let metrics = metrics.with_services(status::Services {
+        host,
+        data_dir: dir.clone(),
+        thresholds: cfg.status.clone(),
+        storage: storage_probe(store.clone(), dir.clone()),
+    });
     let initial = {
         let reg = store.read();
         View::build(&reg, &key, store.last_applied())

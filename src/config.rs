@@ -39,6 +39,8 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub cluster: ClusterConfig,
+    #[serde(default)]
+    pub status: StatusConfig,
     /// Set only by `lgsp dev`; a config file cannot turn TLS off.
     #[serde(skip)]
     pub dev_mode: bool,
@@ -270,6 +272,43 @@ impl Default for ClusterConfig {
     }
 }
 
+/// Thresholds of the Level 2 status (`GET /status/services` on the metrics listener).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusConfig {
+    /// The `disk` component is degraded when the data directory's filesystem has less than
+    /// this share free, in percent.
+    #[serde(default = "d_disk_percent")]
+    pub disk_min_free_percent: u8,
+    /// ... or fewer free bytes than this.
+    #[serde(default = "d_disk_bytes")]
+    pub disk_min_free_bytes: u64,
+    /// The `memory` component is degraded when less than this share of host memory is
+    /// available, in percent.
+    #[serde(default = "d_memory_percent")]
+    pub memory_min_available_percent: u8,
+}
+
+fn d_disk_percent() -> u8 {
+    5
+}
+fn d_disk_bytes() -> u64 {
+    1 << 30
+}
+fn d_memory_percent() -> u8 {
+    5
+}
+
+impl Default for StatusConfig {
+    fn default() -> Self {
+        StatusConfig {
+            disk_min_free_percent: d_disk_percent(),
+            disk_min_free_bytes: d_disk_bytes(),
+            memory_min_available_percent: d_memory_percent(),
+        }
+    }
+}
+
 impl Config {
     /// The address peers dial for this node's cluster listener.
     pub fn cluster_advertise(&self, bound: SocketAddr) -> Result<String, ConfigError> {
@@ -346,6 +385,7 @@ impl Config {
             audit: AuditConfig::default(),
             log: LogConfig::default(),
             cluster: ClusterConfig::default(),
+            status: StatusConfig::default(),
             dev_mode: true,
         }
     }
@@ -425,6 +465,14 @@ impl Config {
             let ok = a.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0));
             if !ok {
                 return Err(ConfigError::Invalid { key: "cluster.advertise", reason: format!("{a:?} is not host:port") });
+            }
+        }
+        for (key, v) in [
+            ("status.disk_min_free_percent", self.status.disk_min_free_percent),
+            ("status.memory_min_available_percent", self.status.memory_min_available_percent),
+        ] {
+            if v > 100 {
+                return Err(ConfigError::Invalid { key, reason: format!("{v} is not a percentage (0 to 100)") });
             }
         }
         let l = &self.listen;

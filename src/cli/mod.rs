@@ -2,9 +2,9 @@
 //! talks to a node's admin API. `--json` prints the API's JSON unchanged; otherwise lists are
 //! printed as aligned columns and objects as indented JSON.
 //!
-//! Invariants: `anyhow` lives here and in `main.rs` only; usage and configuration errors exit
-//! 64, refused or failed operations exit 1; secrets are read from stdin or the environment,
-//! never required on the command line.
+//! Invariants: `anyhow` lives here and in `main.rs` only; usage and configuration errors (and
+//! `serve` on a node not yet initialised) exit 64, refused or failed operations exit 1; secrets
+//! are read from stdin or the environment, never required on the command line.
 
 pub mod client;
 
@@ -705,6 +705,13 @@ fn run_app(cfg: Config, source: Option<PathBuf>) -> ExitCode {
     rt.shutdown_timeout(std::time::Duration::from_secs(5));
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // Not set up yet: retrying cannot help, so exit like a configuration error (the unit's
+        // RestartPreventExitStatus=64 keeps systemd from restarting it in a loop).
+        Err(e @ crate::app::AppError::Cluster(crate::cluster::node::ClusterError::NotInitialized)) => {
+            tracing::error!(error = %e, "lgsp cannot start");
+            eprintln!("lgsp: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
         Err(e) => {
             tracing::error!(error = %e, "lgsp stopped");
             crate::ops::systemd::status(&format!("failed: {e}"));

@@ -4,25 +4,22 @@
 //! `committed`, `last_purged` -> JSON). It is a separate file from the registry so that log
 //! appends never wait for a state-machine transaction (redb has one writer per file).
 //!
-//! Invariants: every change to the log goes through one *writer* thread, in the order openraft
-//! made it. `append` never touches the file: it puts the encoded entries in an in-memory buffer
-//! (readers see them at once, as openraft requires) and queues them; the writer writes everything
-//! queued meanwhile in **one durable transaction** (one fsync) and only then completes the
-//! appends' callbacks, so openraft counts an entry as persisted (for voting and for commitment)
-//! only once it is on disk, and an append never waits for an fsync in progress (redb has one
-//! writer per file: writing each append in its own transaction made the Raft core wait for the
-//! previous fsync, which serialised client writes). Truncation and purge are queued the same way
-//! and their callers wait until they are durable; a purge deletes the entries and records
-//! `last_purged` in the same transaction, so a crash never leaves a hole in the log or purged
-//! entries without their marker. The vote is committed durably before `save_vote` returns. The
-//! committed marker is advisory (openraft re-learns it from the leader) and rides along with the
-//! next write. No transaction is ever held across an `.await`.
+//! Invariants: an append is one durable redb transaction (one fsync), made before openraft is
+//! told the entries are persisted: nothing is acknowledged or voted on before it is on disk.
+//! openraft 0.9's core waits for each append to be durable before it handles its next message,
+//! so appends never overlap and a writer thread could batch nothing; the leader batches client
+//! writes into entries instead (`cluster::batch`). Truncation and purge are one durable
+//! transaction each; a purge deletes the entries and records `last_purged` in the same
+//! transaction, so a crash never leaves a hole in the log or purged entries without their
+//! marker. The vote is committed durably before `save_vote` returns. The committed marker is
+//! advisory (openraft re-learns it from the leader) and rides along with the next append. No
+//! transaction is ever held across an `.await`.
 //! May import `cluster::types` and `cluster::store` (its error type) only; openraft and redb.
 
 use std::fmt::Debug;
 use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
@@ -39,185 +36,19 @@ const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 const LAST_PURGED: &str = "last_purged";
 
-/// One queued change to the log, applied by the writer in order.
-enum Op {
-    /// Encoded entries by index.
-    Append(Vec<(u64, Arc<[u8]>)>),
-    /// Delete `[from, ∞)`.
-    Truncate(u64),
-    /// Delete `[0, upto.index]` and record `upto` as the last purged id.
-    Purge(LogId<NodeId>),
-}
-
-/// What the writer has yet to do.
-#[derive(Default)]
-struct Queue {
-    ops: Vec<Op>,
-    callbacks: Vec<LogFlushed<TypeConfig>>,
-    /// The latest committed marker not yet written.
-    committed: Option<Option<LogId<NodeId>>>,
-    /// Batches taken by the writer, and batches written (or failed): truncate and purge wait
-    /// for the batch that carries them.
-    taken: u64,
-    written: u64,
-    /// Recent failed batches and why (a failed log write stops openraft anyway).
-    errors: std::collections::VecDeque<(u64, String)>,
-    stop: bool,
-}
-
-/// Appended entries not yet written to the file, by index. A finished write removes an entry
-/// only if it is still the same allocation it wrote (`Arc::ptr_eq`), never a newer append.
-type Unwritten = Mutex<std::collections::BTreeMap<u64, Arc<[u8]>>>;
-
-/// The state shared by the store, its readers and the writer thread.
-struct Shared {
-    db: Database,
-    queue: Mutex<Queue>,
-    /// Signals the writer that the queue is not empty, and waiters that a write finished.
-    wake: Condvar,
-    done: Condvar,
-    unwritten: Unwritten,
-}
-
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RaftLog")
-    }
-}
-
-impl Shared {
-    fn lock_queue(&self) -> std::sync::MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn lock_unwritten(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<u64, Arc<[u8]>>> {
-        self.unwritten.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The writer thread: one durable transaction for everything queued since the last one.
-    fn run_writer(&self) {
-        loop {
-            let (ops, callbacks, committed, stop) = {
-                let mut q = self.lock_queue();
-                // The committed marker alone does not wake the writer: it rides along.
-                while q.ops.is_empty() && q.callbacks.is_empty() && !q.stop {
-                    q = self.wake.wait(q).unwrap_or_else(|e| e.into_inner());
-                }
-                q.taken += 1;
-                (std::mem::take(&mut q.ops), std::mem::take(&mut q.callbacks), q.committed.take(), q.stop)
-            };
-            let result = if ops.is_empty() && committed.is_none() { Ok(()) } else { self.write(&ops, committed) };
-            if result.is_ok() {
-                // Written entries are now read from the file.
-                let mut u = self.lock_unwritten();
-                for op in &ops {
-                    if let Op::Append(entries) = op {
-                        for (index, bytes) in entries {
-                            if u.get(index).is_some_and(|b| Arc::ptr_eq(b, bytes)) {
-                                u.remove(index);
-                            }
-                        }
-                    }
-                }
-            }
-            for cb in callbacks {
-                match &result {
-                    Ok(()) => cb.log_io_completed(Ok(())),
-                    Err(e) => cb.log_io_completed(Err(std::io::Error::other(format!("Raft log write failed: {e}")))),
-                }
-            }
-            {
-                let mut q = self.lock_queue();
-                q.written = q.taken;
-                if let Err(e) = result {
-                    let batch = q.written;
-                    q.errors.push_back((batch, e));
-                    if q.errors.len() > 16 {
-                        q.errors.pop_front();
-                    }
-                }
-            }
-            self.done.notify_all();
-            if stop {
-                let q = self.lock_queue();
-                if q.ops.is_empty() && q.callbacks.is_empty() {
-                    return;
-                }
-            }
-        }
-    }
-
-    fn write(&self, ops: &[Op], committed: Option<Option<LogId<NodeId>>>) -> Result<(), String> {
-        let e = |e: &dyn std::fmt::Display| e.to_string();
-        let tx = self.db.begin_write().map_err(|x| e(&x))?;
-        {
-            let mut log = tx.open_table(LOG).map_err(|x| e(&x))?;
-            let mut meta = tx.open_table(META).map_err(|x| e(&x))?;
-            for op in ops {
-                match op {
-                    Op::Append(entries) => {
-                        for (index, bytes) in entries {
-                            log.insert(*index, &bytes[..]).map_err(|x| e(&x))?;
-                        }
-                    }
-                    Op::Truncate(from) => {
-                        log.retain_in(*from.., |_, _| false).map_err(|x| e(&x))?;
-                    }
-                    Op::Purge(upto) => {
-                        let bytes = serde_json::to_vec(upto).map_err(|x| e(&x))?;
-                        meta.insert(LAST_PURGED, bytes.as_slice()).map_err(|x| e(&x))?;
-                        log.retain_in(..=upto.index, |_, _| false).map_err(|x| e(&x))?;
-                    }
-                }
-            }
-            if let Some(c) = committed {
-                let bytes = serde_json::to_vec(&c).map_err(|x| e(&x))?;
-                meta.insert(COMMITTED, bytes.as_slice()).map_err(|x| e(&x))?;
-            }
-        }
-        tx.commit().map_err(|x| e(&x))
-    }
-
-    /// Queues `op` and waits until the write that carries it is durable.
-    fn queue_and_wait(&self, op: Op) -> Result<(), StoreError> {
-        let mut q = self.lock_queue();
-        q.ops.push(op);
-        // The writer takes the queue whole: `op` goes with the next batch it takes.
-        let batch = q.taken + 1;
-        self.wake.notify_one();
-        while q.written < batch {
-            q = self.done.wait(q).unwrap_or_else(|e| e.into_inner());
-        }
-        match q.errors.iter().find(|(b, _)| *b == batch) {
-            Some((_, err)) => Err(StoreError::Storage(format!("Raft log: write failed: {err}"))),
-            None => Ok(()),
-        }
-    }
-}
-
 /// The Raft log store: what [`openraft::Raft::new`] takes as its `log_store`.
 #[derive(Debug)]
 pub struct LogStore {
-    shared: Arc<Shared>,
-    writer_thread: Option<std::thread::JoinHandle<()>>,
+    db: Arc<Database>,
+    /// The latest committed marker not yet written (it rides along with the next append).
+    committed: Mutex<Option<Option<LogId<NodeId>>>>,
     path: PathBuf,
-}
-
-impl Drop for LogStore {
-    fn drop(&mut self) {
-        self.shared.lock_queue().stop = true;
-        self.shared.wake.notify_one();
-        // Queued changes are written first; then the file is closed (it can be reopened).
-        if let Some(t) = self.writer_thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 /// A read-only handle on the same log, for openraft's replication tasks. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct LogReader {
-    shared: Arc<Shared>,
+    db: Arc<Database>,
 }
 
 fn storage<E: std::fmt::Display>(what: &str) -> impl Fn(E) -> StoreError + '_ {
@@ -237,19 +68,7 @@ impl LogStore {
             tx.open_table(META).map_err(storage("create its tables"))?;
         }
         tx.commit().map_err(storage("create its tables"))?;
-        let shared = Arc::new(Shared {
-            db,
-            queue: Mutex::new(Queue::default()),
-            wake: Condvar::new(),
-            done: Condvar::new(),
-            unwritten: Mutex::default(),
-        });
-        let writer = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("lgsp-raft-log".into())
-            .spawn(move || writer.run_writer())
-            .map_err(|e| StoreError::Storage(format!("cannot start the Raft log writer: {e}")))?;
-        Ok(LogStore { shared, writer_thread: Some(thread), path: path.to_path_buf() })
+        Ok(LogStore { db: Arc::new(db), committed: Mutex::new(None), path: path.to_path_buf() })
     }
 
     /// The file this log lives in.
@@ -258,63 +77,68 @@ impl LogStore {
     }
 
     fn reader(&self) -> LogReader {
-        LogReader { shared: self.shared.clone() }
+        LogReader { db: self.db.clone() }
+    }
+
+    fn take_committed(&self) -> Option<Option<LogId<NodeId>>> {
+        self.committed.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     fn log_state(&self) -> Result<LogState<TypeConfig>, StoreError> {
-        let last_unwritten = self.shared.lock_unwritten().last_key_value().map(|(k, v)| (*k, v.clone()));
-        let last_purged: Option<LogId<NodeId>> = read_meta(&self.shared.db, LAST_PURGED)?;
-        let last = match last_unwritten {
-            Some((k, v)) => Some(decode_entry(k, &v)?.log_id),
-            None => {
-                let rtx = self.shared.db.begin_read().map_err(storage("read the log"))?;
-                let t = rtx.open_table(LOG).map_err(storage("read the log"))?;
-                let last = match t.last().map_err(storage("read the log"))? {
-                    Some((k, v)) => Some(decode_entry(k.value(), v.value())?.log_id),
-                    None => None,
-                };
-                last
-            }
+        let last_purged: Option<LogId<NodeId>> = read_meta(&self.db, LAST_PURGED)?;
+        let rtx = self.db.begin_read().map_err(storage("read the log"))?;
+        let t = rtx.open_table(LOG).map_err(storage("read the log"))?;
+        let last = match t.last().map_err(storage("read the log"))? {
+            Some((k, v)) => Some(decode_entry(k.value(), v.value())?.log_id),
+            None => None,
         };
         Ok(LogState { last_purged_log_id: last_purged, last_log_id: last.or(last_purged) })
     }
 
-    /// Makes the entries readable at once and queues them for the writer.
-    fn append_batch(
-        &self,
-        entries: impl IntoIterator<Item = Entry<TypeConfig>>,
-        callback: LogFlushed<TypeConfig>,
-    ) -> Result<(), StoreError> {
-        let mut encoded = Vec::new();
-        for e in entries {
-            let bytes: Arc<[u8]> = serde_json::to_vec(&e).map_err(storage("encode an entry"))?.into();
-            encoded.push((e.log_id.index, bytes));
-        }
+    /// Writes the entries (and the pending committed marker) in one durable transaction.
+    fn append_batch(&self, entries: impl IntoIterator<Item = Entry<TypeConfig>>) -> Result<(), StoreError> {
+        let committed = self.take_committed();
+        let tx = self.db.begin_write().map_err(storage("append entries"))?;
         {
-            let mut u = self.shared.lock_unwritten();
-            for (index, bytes) in &encoded {
-                u.insert(*index, bytes.clone());
+            let mut t = tx.open_table(LOG).map_err(storage("append entries"))?;
+            for e in entries {
+                let bytes = serde_json::to_vec(&e).map_err(storage("encode an entry"))?;
+                t.insert(e.log_id.index, bytes.as_slice()).map_err(storage("append entries"))?;
+            }
+            if let Some(c) = committed {
+                let bytes = serde_json::to_vec(&c).map_err(storage("encode the committed marker"))?;
+                tx.open_table(META)
+                    .map_err(storage("append entries"))?
+                    .insert(COMMITTED, bytes.as_slice())
+                    .map_err(storage("append entries"))?;
             }
         }
-        let mut q = self.shared.lock_queue();
-        q.ops.push(Op::Append(encoded));
-        q.callbacks.push(callback);
-        drop(q);
-        self.shared.wake.notify_one();
-        Ok(())
+        tx.commit().map_err(storage("append entries"))
     }
 
-    /// Deletes `[from, ∞)`; returns once that is durable.
+    /// Deletes `[from, ∞)`.
     fn truncate_from(&self, from: u64) -> Result<(), StoreError> {
-        self.shared.lock_unwritten().retain(|k, _| *k < from);
-        self.shared.queue_and_wait(Op::Truncate(from))
+        let tx = self.db.begin_write().map_err(storage("truncate the log"))?;
+        {
+            let mut t = tx.open_table(LOG).map_err(storage("truncate the log"))?;
+            t.retain_in(from.., |_, _| false).map_err(storage("truncate the log"))?;
+        }
+        tx.commit().map_err(storage("truncate the log"))
     }
 
-    /// Deletes `[0, upto.index]` and records `upto` as the last purged id, together; returns
-    /// once that is durable.
+    /// Deletes `[0, upto.index]` and records `upto` as the last purged id, together.
     fn purge_upto(&self, upto: LogId<NodeId>) -> Result<(), StoreError> {
-        self.shared.lock_unwritten().retain(|k, _| *k > upto.index);
-        self.shared.queue_and_wait(Op::Purge(upto))
+        let tx = self.db.begin_write().map_err(storage("purge the log"))?;
+        {
+            let bytes = serde_json::to_vec(&upto).map_err(storage("encode the purge point"))?;
+            tx.open_table(META)
+                .map_err(storage("purge the log"))?
+                .insert(LAST_PURGED, bytes.as_slice())
+                .map_err(storage("purge the log"))?;
+            let mut t = tx.open_table(LOG).map_err(storage("purge the log"))?;
+            t.retain_in(..=upto.index, |_, _| false).map_err(storage("purge the log"))?;
+        }
+        tx.commit().map_err(storage("purge the log"))
     }
 }
 
@@ -348,24 +172,15 @@ fn write_meta<T: Serialize>(db: &Database, key: &str, value: &T) -> Result<(), S
     tx.commit().map_err(storage("write the log's metadata"))
 }
 
-/// The entries in `range`: those written to the file, overlaid with those still queued. The
-/// queued ones are copied first, so an entry the writer moves to the file meanwhile is seen in
-/// one place or the other, never missed.
-fn read_entries<RB: RangeBounds<u64> + Clone>(shared: &Shared, range: RB) -> Result<Vec<Entry<TypeConfig>>, StoreError> {
-    let queued: Vec<(u64, Arc<[u8]>)> = shared.lock_unwritten().range(range.clone()).map(|(k, v)| (*k, v.clone())).collect();
-    let mut out = std::collections::BTreeMap::new();
-    {
-        let rtx = shared.db.begin_read().map_err(storage("read the log"))?;
-        let t = rtx.open_table(LOG).map_err(storage("read the log"))?;
-        for row in t.range(range).map_err(storage("read the log"))? {
-            let (k, v) = row.map_err(storage("read the log"))?;
-            out.insert(k.value(), decode_entry(k.value(), v.value())?);
-        }
+fn read_entries<RB: RangeBounds<u64>>(db: &Database, range: RB) -> Result<Vec<Entry<TypeConfig>>, StoreError> {
+    let rtx = db.begin_read().map_err(storage("read the log"))?;
+    let t = rtx.open_table(LOG).map_err(storage("read the log"))?;
+    let mut out = Vec::new();
+    for row in t.range(range).map_err(storage("read the log"))? {
+        let (k, v) = row.map_err(storage("read the log"))?;
+        out.push(decode_entry(k.value(), v.value())?);
     }
-    for (k, v) in queued {
-        out.insert(k, decode_entry(k, &v)?);
-    }
-    Ok(out.into_values().collect())
+    Ok(out)
 }
 
 fn read_err(e: StoreError) -> StorageError<NodeId> {
@@ -381,7 +196,7 @@ impl RaftLogReader<TypeConfig> for LogReader {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
-        read_entries(&self.shared, range).map_err(read_err)
+        read_entries(&self.db, range).map_err(read_err)
     }
 }
 
@@ -390,7 +205,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
-        read_entries(&self.shared, range).map_err(read_err)
+        read_entries(&self.db, range).map_err(read_err)
     }
 }
 
@@ -406,24 +221,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
-        write_meta(&self.shared.db, VOTE, vote).map_err(|e| StorageIOError::write_vote(&e).into())
+        write_meta(&self.db, VOTE, vote).map_err(|e| StorageIOError::write_vote(&e).into())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
-        read_meta(&self.shared.db, VOTE).map_err(|e| StorageIOError::read_vote(&e).into())
+        read_meta(&self.db, VOTE).map_err(|e| StorageIOError::read_vote(&e).into())
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StorageError<NodeId>> {
-        // Advisory (openraft re-learns it from the leader): written with the next batch.
-        self.shared.lock_queue().committed = Some(committed);
+        // Advisory (openraft re-learns it from the leader): written with the next append.
+        *self.committed.lock().unwrap_or_else(|e| e.into_inner()) = Some(committed);
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
-        if let Some(c) = self.shared.lock_queue().committed {
+        if let Some(c) = *self.committed.lock().unwrap_or_else(|e| e.into_inner()) {
             return Ok(c);
         }
-        Ok(read_meta::<Option<LogId<NodeId>>>(&self.shared.db, COMMITTED).map_err(read_err)?.flatten())
+        Ok(read_meta::<Option<LogId<NodeId>>>(&self.db, COMMITTED).map_err(read_err)?.flatten())
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError<NodeId>>
@@ -431,7 +246,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        self.append_batch(entries, callback).map_err(write_err)
+        let result = self.append_batch(entries);
+        // openraft learns the outcome from the callback (and stops on an error returned here).
+        match &result {
+            Ok(()) => callback.log_io_completed(Ok(())),
+            Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
+        }
+        result.map_err(write_err)
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {

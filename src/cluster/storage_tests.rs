@@ -170,8 +170,8 @@ async fn everything_survives_a_restart() {
     assert_eq!(current.meta, snap_meta, "the current snapshot keeps its meta across a restart");
 }
 
-/// Appends, truncations and purges go through the log's writer thread in order: whatever mix of
-/// them openraft makes, the log read back at once and after a restart is the model's.
+/// Appends, truncations and purges apply in order: whatever mix of them openraft makes, the
+/// log read back at once and after a restart is the model's.
 #[tokio::test]
 async fn queued_log_changes_apply_in_order_and_survive_a_restart() {
     let dir = TempDir::new().expect("temp dir");

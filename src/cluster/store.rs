@@ -249,6 +249,13 @@ impl Store {
         })
     }
 
+    /// Reads the applied position back from the registry file in a fresh read transaction
+    /// and returns its index: proves the file can still be read (`/status/services`). Blocking.
+    pub fn probe(&self) -> Result<u64, StoreError> {
+        let rtx = self.db.begin_read().map_err(storage)?;
+        Ok(read_position(&rtx)?.log_id.map_or(0, |l| l.index))
+    }
+
     /// The applied registry, for reading. Do not hold across an `.await`.
     pub fn read(&self) -> RwLockReadGuard<'_, State> {
         self.state.read().unwrap_or_else(|e| e.into_inner())

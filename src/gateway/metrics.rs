@@ -1,5 +1,6 @@
-//! Gateway metrics (SPEC §7): requests by service, consumer agency and outcome; latency
-//! histograms split gateway vs upstream; bytes; authentication failures by reason.
+//! Gateway metrics (SPEC §7): requests by service, consumer agency and outcome; responses by
+//! HTTP status class; latency histograms split gateway vs upstream; bytes; authentication
+//! failures by reason.
 //!
 //! Invariants: labels come only from registry identifiers (service context, agency code) and
 //! stable outcome codes, never from a transaction id, path or header; unknown services are
@@ -9,6 +10,9 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Reg
 
 pub struct GatewayMetrics {
     pub requests: IntCounterVec,
+    /// Responses by service and HTTP status class (`2xx` .. `5xx`), whether the provider or the
+    /// gateway produced them: what error-ratio alerts divide.
+    pub responses: IntCounterVec,
     pub duration: HistogramVec,
     pub upstream_duration: HistogramVec,
     pub request_bytes: IntCounterVec,
@@ -28,6 +32,10 @@ impl GatewayMetrics {
             requests: IntCounterVec::new(
                 Opts::new("lgsp_gateway_requests_total", "Transactions handled by the gateway, by service, consumer agency and outcome"),
                 &["service", "consumer", "outcome"],
+            )?,
+            responses: IntCounterVec::new(
+                Opts::new("lgsp_gateway_responses_total", "Responses sent to consumers, by service and HTTP status class (2xx, 4xx, 5xx)"),
+                &["service", "status_class"],
             )?,
             duration: HistogramVec::new(
                 HistogramOpts::new("lgsp_gateway_request_duration_seconds", "Time from request received to response headers sent")
@@ -61,6 +69,7 @@ impl GatewayMetrics {
             )?,
         };
         registry.register(Box::new(m.requests.clone()))?;
+        registry.register(Box::new(m.responses.clone()))?;
         registry.register(Box::new(m.duration.clone()))?;
         registry.register(Box::new(m.upstream_duration.clone()))?;
         registry.register(Box::new(m.request_bytes.clone()))?;
@@ -68,6 +77,13 @@ impl GatewayMetrics {
         registry.register(Box::new(m.auth_failures.clone()))?;
         registry.register(Box::new(m.view_index.clone()))?;
         registry.register(Box::new(m.shared_dropped.clone()))?;
+        // Every (kind, stage) starts at 0, so the series exist before the first drop and
+        // `increase()` sees the first one.
+        for kind in ["nonce", "jti"] {
+            for stage in ["outbox", "absorb"] {
+                m.shared_dropped.with_label_values(&[kind, stage]);
+            }
+        }
         Ok(m)
     }
 }

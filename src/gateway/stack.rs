@@ -220,6 +220,7 @@ impl Gateway {
         let service = if d.service.is_empty() { "-" } else { d.service.as_str() };
         let consumer = if d.consumer_agency.is_empty() { "-" } else { d.consumer_agency.as_str() };
         self.metrics.requests.with_label_values(&[service, consumer, outcome]).inc();
+        self.metrics.responses.with_label_values(&[service, status_class(status)]).inc();
         let total = started.elapsed();
         self.metrics.duration.with_label_values(&[service]).observe(total.as_secs_f64());
         if let Some(u) = upstream {
@@ -917,4 +918,15 @@ fn route(view: &View, path: &str) -> Result<(Arc<RouteService>, Arc<RouteVersion
         ));
     }
     Ok((svc, ver, rest))
+}
+
+/// `2xx`-style class of an HTTP status, for a bounded metric label.
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
 }

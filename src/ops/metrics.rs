@@ -1,5 +1,6 @@
 //! The metrics and status listener (SPEC §2, §7): `GET /metrics` (Prometheus text), `GET /status`
-//! (Level 1: answers at once, checks nothing).
+//! (Level 1: answers at once, checks nothing), `GET /status/services` (Level 2: checks each
+//! component, see `ops::status`).
 //!
 //! Invariants: metric names are `lgsp_<area>_<name>_<unit>`; labels come from a fixed set.
 
@@ -7,10 +8,13 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::header;
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use prometheus::{Encoder, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use crate::ops::status::{self, Services};
 
 /// Counts of registry objects, refreshed by `app` on every scrape.
 pub type CountsFn = Arc<dyn Fn() -> Vec<(&'static str, i64)> + Send + Sync>;
@@ -24,8 +28,9 @@ pub struct Metrics {
     counts: CountsFn,
     node: String,
     health: Option<HealthFn>,
-    refresh: Option<Arc<dyn Fn() + Send + Sync>>,
+    refresh: Vec<Arc<dyn Fn() + Send + Sync>>,
     draining: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
+    services: Option<Services>,
 }
 
 impl Metrics {
@@ -39,7 +44,7 @@ impl Metrics {
             info.with_label_values(&[env!("CARGO_PKG_VERSION"), node]).set(1);
             let _ = registry.register(Box::new(info));
         }
-        Metrics { registry, objects, counts, node: node.to_owned(), health: None, refresh: None, draining: None }
+        Metrics { registry, objects, counts, node: node.to_owned(), health: None, refresh: Vec::new(), draining: None, services: None }
     }
 
     /// Adds the cluster's view to `/status`: `degraded` (still serving) when it is not healthy.
@@ -55,10 +60,22 @@ impl Metrics {
         self
     }
 
-    /// Runs `f` before every scrape (for gauges read from elsewhere, e.g. the cluster).
+    /// Runs `f` before every scrape (for gauges read from elsewhere, e.g. the cluster); each
+    /// call adds one more.
     pub fn with_refresh(mut self, f: Arc<dyn Fn() + Send + Sync>) -> Metrics {
-        self.refresh = Some(f);
+        self.refresh.push(f);
         self
+    }
+
+    /// Serves `GET /status/services` (Level 2) from these checks; host figures are also
+    /// refreshed on every scrape.
+    pub fn with_services(self, services: Services) -> Metrics {
+        let host = services.host.clone();
+        let mut m = self.with_refresh(Arc::new(move || {
+            host.sample();
+        }));
+        m.services = Some(services);
+        m
     }
 
     /// The Prometheus registry other modules register their metrics in.
@@ -67,7 +84,11 @@ impl Metrics {
     }
 
     pub fn router(self) -> Router {
-        Router::new().route("/metrics", get(metrics)).route("/status", get(status)).with_state(self)
+        Router::new()
+            .route("/metrics", get(metrics))
+            .route("/status", get(status))
+            .route("/status/services", get(status_services))
+            .with_state(self)
     }
 }
 
@@ -75,7 +96,7 @@ async fn metrics(State(m): State<Metrics>) -> impl IntoResponse {
     for (kind, n) in (m.counts)() {
         m.objects.with_label_values(&[kind]).set(n);
     }
-    if let Some(f) = &m.refresh {
+    for f in &m.refresh {
         f();
     }
     let mut buf = Vec::new();
@@ -101,4 +122,26 @@ async fn status(State(m): State<Metrics>) -> impl IntoResponse {
         code = axum::http::StatusCode::SERVICE_UNAVAILABLE;
     }
     (code, Json(body))
+}
+
+/// Level 2: checks every component (each within `status::CHECK_TIMEOUT`). 200 when the node is
+/// `up` or `degraded` (it serves traffic), 503 when it is `down`. 404 when the node was built
+/// without checks (unit tests).
+async fn status_services(State(m): State<Metrics>) -> axum::response::Response {
+    let Some(services) = &m.services else {
+        return (StatusCode::NOT_FOUND, Json(serde_json::json!({"code": "NOT_FOUND", "message": "no service checks on this listener"})))
+            .into_response();
+    };
+    let health = m.health.as_ref().map(|h| h());
+    let components = status::check(services, health).await;
+    let level = status::overall(components.values());
+    let body = serde_json::json!({
+        "status": level,
+        "node": m.node,
+        "version": env!("CARGO_PKG_VERSION"),
+        "checked_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "components": components.iter().map(|(k, c)| (k.to_string(), c.to_json())).collect::<serde_json::Map<_, _>>(),
+    });
+    let code = StatusCode::from_u16(status::http_status(level)).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    (code, Json(body)).into_response()
 }
