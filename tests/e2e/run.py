@@ -22,6 +22,7 @@ up afterwards; `tests/e2e/run.py --cleanup` removes them. Exit status 0 only if 
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import fcntl
 import hashlib
@@ -316,17 +317,18 @@ def service_state(lab: hosts.Lab, name: str) -> dict[str, str]:
 # ---- the test ---------------------------------------------------------------------------------
 
 def test(lab: hosts.Lab) -> None:
-    with step("tools, Ansible virtualenv (cached), packages"):
+    with step("prepare in parallel: packages, Ansible virtualenv and Debian image (cached)"):
         check_tools()
-        venv = ensure_venv()
-        ansible = Ansible(venv)
-        lint = ansible.start_lint()
         lab.destroy()  # whatever a previous run left behind
         (STATE / "debs").mkdir(parents=True)
-        deb1, deb2, v1, v2 = build_packages(STATE / "debs")
-        log(f"    packages: {deb1.name} and {deb2.name}")
-    with step("Debian 12 image (cached)"):
-        image = hosts.ensure_image(CACHE, log)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
+            image_job = pool.submit(hosts.ensure_image, CACHE, log)
+            debs_job = pool.submit(build_packages, STATE / "debs")
+            ansible = Ansible(pool.submit(ensure_venv).result())
+            lint = ansible.start_lint()
+            deb1, deb2, v1, v2 = debs_job.result()
+            log(f"    packages: {deb1.name} and {deb2.name}")
+            image = image_job.result()
     with step("boot 3 hosts (systemd-nspawn, one network namespace each)"):
         lab.create(image)
     pki = STATE / "pki"
@@ -334,7 +336,7 @@ def test(lab: hosts.Lab) -> None:
     ansible.inventory = STATE / "inventory.json"
     write_inventory(ansible.inventory, lab, deb1, pki)
 
-    with step("ansible-lint (started before the image)"):
+    with step("ansible-lint (started while preparing)"):
         ansible.finish_lint(lint)
     with step("roll out: site, bootstrap, join, seed"):
         for pb in ("site.yml", "bootstrap.yml", "join.yml", "seed.yml"):
@@ -403,10 +405,14 @@ def test(lab: hosts.Lab) -> None:
                         and int(s["NRestarts"]) > int(before["NRestarts"]) and s)
             after = poll(f"{victim} restarted by systemd", restarted, 180, 1)
             log(f"    new pid {after['MainPID']}, NRestarts {before['NRestarts']} -> {after['NRestarts']}")
+            why = lab.ssh(victim, "journalctl -u lgsp --no-pager -o cat | grep -i 'watchdog timeout'", check=False).stdout
+            if not why.strip():
+                raise Failed(f"{victim} was restarted, but systemd logged no watchdog timeout for lgsp.service")
             poll("cluster healthy again", lambda: cluster_healthy(lab, cli), 120, 1)
 
         with step("rolling upgrade under load through HAProxy: no request lost"):
             pids = {n: service_state(lab, n)["MainPID"] for n in lab.names}
+            lb_log_start = (STATE / "haproxy.log").stat().st_size
             with traffic.Load("127.0.0.1", HAPROXY_PORT, bearer, CONTEXT) as load:
                 poll("load flowing", lambda: load.snapshot()[0] >= 50, 30, 0.2)
                 ansible.play("upgrade.yml", "-e", f"lgsp_deb={deb2}")
@@ -418,6 +424,14 @@ def test(lab: hosts.Lab) -> None:
             if load.failures:
                 raise Failed(f"{failed} request(s) failed during the rolling upgrade (of {ok + failed}):\n  "
                              + "\n  ".join(load.failures[:20]))
+            # Each node was taken out by the load balancer's health check (drained: /status 503)
+            # and came back, rather than only riding on HAProxy's retries.
+            with open(STATE / "haproxy.log", errors="replace") as f:
+                f.seek(lb_log_start)
+                lb_log = f.read()
+            for name in lab.names:
+                if f"Server lgsp/{name} is DOWN" not in lb_log or f"Server lgsp/{name} is UP" not in lb_log:
+                    raise Failed(f"HAProxy never saw {name} leave and rejoin the pool; see {STATE / 'haproxy.log'}")
             for name in lab.names:
                 version = lab.ssh(name, "dpkg-query --showformat='${Version}' --show lgsp").stdout.strip()
                 s = service_state(lab, name)
