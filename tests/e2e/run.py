@@ -410,6 +410,16 @@ def test(lab: hosts.Lab) -> None:
                 raise Failed(f"{victim} was restarted, but systemd logged no watchdog timeout for lgsp.service")
             poll("cluster healthy again", lambda: cluster_healthy(lab, cli), 120, 1)
 
+            # The restarted node must serve with the registry it had: the consumer's token and
+            # subscription (seeded long before the crash) are accepted again.
+            def serves():
+                status, _, body = call_gateway(lab.ip[victim], pki / "ca.crt", f"/{CONTEXT}/v1/citizens/1", bearer)
+                if status != 200:
+                    raise Failed(f"HTTP {status} {body[:160]!r}")
+                return True
+            poll(f"{victim}, restarted after a crash, accepts the consumer's calls again (its gateway view "
+                 "has caught up with its registry)", serves, 30, 0.5)
+
         with step("rolling upgrade under load through HAProxy: no request lost"):
             pids = {n: service_state(lab, n)["MainPID"] for n in lab.names}
             lb_log_start = (STATE / "haproxy.log").stat().st_size
@@ -423,7 +433,7 @@ def test(lab: hosts.Lab) -> None:
             log(f"    {ok} requests answered, {failed} failed")
             if load.failures:
                 raise Failed(f"{failed} request(s) failed during the rolling upgrade (of {ok + failed}):\n  "
-                             + "\n  ".join(load.failures[:20]))
+                             + load.summary() + "\n first ones:\n  " + "\n  ".join(load.failures[:5]))
             # Each node was taken out by the load balancer's health check (drained: /status 503)
             # and came back, rather than only riding on HAProxy's retries.
             with open(STATE / "haproxy.log", errors="replace") as f:

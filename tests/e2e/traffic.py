@@ -91,7 +91,8 @@ def haproxy(dir: Path, listen_port: int, nodes: dict[str, str], ca: Path, gatewa
         for name, ip in nodes.items())
     cfg = f"""
 global
-    log stderr format short local0 notice
+    # Every request (server, timings, termination state) goes to haproxy.log.
+    log stderr format short local0 info
     maxconn 1000
 
 defaults
@@ -101,10 +102,11 @@ defaults
     timeout connect 2s
     timeout client 30s
     timeout server 30s
-    # A refused or reset connection is retried on another node (GETs only: idempotent).
+    # A connection a node refuses is retried on another node. Nothing else is retried: a
+    # request a node accepted must be answered, even while it is being upgraded.
     retries 3
     option redispatch 1
-    retry-on conn-failure empty-response response-timeout
+    retry-on conn-failure
 
 frontend gateway
     bind 127.0.0.1:{listen_port}
@@ -112,6 +114,8 @@ frontend gateway
 
 backend lgsp
     balance roundrobin
+    # Which node answered, for the load generator's failure reports.
+    http-response set-header X-Lgsp-Node %[srv_name]
     option httpchk GET /status
     http-check expect status 200
 {servers}
@@ -208,7 +212,8 @@ class Load:
                 body = r.read()
                 good = r.status == 200 and json.loads(body).get("path", "").endswith(f"/citizens/{n}-{i}")
                 if not good:
-                    self._fail(f"{path}: HTTP {r.status} {body[:200]!r}")
+                    node = r.getheader("X-Lgsp-Node", "?")
+                    self._fail(f"{path}: HTTP {r.status} from {node}: {body[:160].decode(errors='replace')}")
                 else:
                     with self.lock:
                         self.ok += 1
@@ -224,6 +229,16 @@ class Load:
     def _fail(self, what: str) -> None:
         with self.lock:
             self.failures.append(f"t+{time.monotonic() - self.started:.1f}s {what}")
+
+    def summary(self) -> str:
+        """Failures grouped by what went wrong (time of the first and last of each kind)."""
+        kinds: dict[str, list[str]] = {}
+        with self.lock:
+            for f in self.failures:
+                when, what = f.split(" ", 1)
+                kind = what.split(": ", 1)[1][:90] if ": " in what else what
+                kinds.setdefault(kind, []).append(when)
+        return "\n  ".join(f"{len(w)} x {k} ({w[0]} .. {w[-1]})" for k, w in kinds.items())
 
     def snapshot(self) -> tuple[int, int]:
         with self.lock:
