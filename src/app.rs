@@ -233,8 +233,15 @@ impl Proposer for StoreProposer {
 }
 
 /// Rebuilds the gateway's view after every applied command (coalescing bursts).
-async fn maintain_view(store: Arc<Store>, key: SecretsKey, tx: tokio::sync::watch::Sender<Arc<View>>, stop: shutdown::Shutdown) {
-    let mut applied = store.subscribe();
+/// `applied` must be subscribed before the initial view is built, so that an entry applied in
+/// between (Raft replays committed entries during start-up) triggers a rebuild.
+async fn maintain_view(
+    store: Arc<Store>,
+    key: SecretsKey,
+    tx: tokio::sync::watch::Sender<Arc<View>>,
+    mut applied: tokio::sync::watch::Receiver<u64>,
+    stop: shutdown::Shutdown,
+) {
     let stopped = stop.wait();
     tokio::pin!(stopped);
     loop {
@@ -413,6 +420,8 @@ pub async fn run(cfg: Config, source: Option<PathBuf>) -> Result<(), AppError> {
         thresholds: cfg.status.clone(),
         storage: storage_probe(store.clone(), dir.clone()),
     });
+    // Subscribed first: what is applied while the view is built triggers a rebuild.
+    let applied_rx = store.subscribe();
     let initial = {
         let reg = store.read();
         View::build(&reg, &key, store.last_applied())
@@ -457,7 +466,7 @@ pub async fn run(cfg: Config, source: Option<PathBuf>) -> Result<(), AppError> {
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(serve(admin_l, admin_app, tls.clone(), stop.clone()));
     tasks.spawn(gateway::server::serve(gw.clone(), gateway_l, gateway_tls, stop.clone()));
-    tokio::spawn(maintain_view(store.clone(), key.clone(), view_tx, stop.clone()));
+    tokio::spawn(maintain_view(store.clone(), key.clone(), view_tx, applied_rx, stop.clone()));
     tasks.spawn(serve(metrics_l, metrics.router(), None, stop.clone()));
 
     if cfg.dev_mode {
