@@ -45,6 +45,8 @@ pub enum AppError {
     Tls(String),
     #[error("cannot handle signals: {0}")]
     Signal(std::io::Error),
+    #[error("cannot start the systemd watchdog thread: {0}")]
+    Watchdog(std::io::Error),
     #[error("cannot write {path}: {source}")]
     Write { path: String, source: std::io::Error },
     #[error("bootstrap failed: {0}")]
@@ -59,13 +61,9 @@ pub enum AppError {
 
 /// `lgsp_cluster_*` gauges, refreshed from Raft's metrics at every scrape.
 fn cluster_gauges(metrics: &Metrics, node: Arc<ClusterNode>) -> Result<Arc<dyn Fn() + Send + Sync>, prometheus::Error> {
-    use prometheus::{IntGauge, IntGaugeVec, Opts};
+    use prometheus::{IntGaugeVec, Opts};
     let reg = metrics.registry();
-    let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
-        let g = IntGauge::new(name, help)?;
-        reg.register(Box::new(g.clone()))?;
-        Ok(g)
-    };
+    let gauge = |name: &str, help: &str| crate::ops::metrics::int_gauge(reg, name, help);
     let term = gauge("lgsp_cluster_term", "Current Raft term")?;
     let leader = gauge("lgsp_cluster_is_leader", "1 if this node is the Raft leader")?;
     let quorum = gauge("lgsp_cluster_quorum", "1 if this node knows a leader that reaches a quorum (admin writes work)")?;
@@ -505,12 +503,13 @@ pub async fn run(cfg: Config, source: Option<PathBuf>) -> Result<(), AppError> {
     let watchdog = match systemd::watchdog_interval() {
         Some(interval) => {
             let probe = store.clone();
-            // The registry lock can be taken and the registry file answers a read transaction.
+            // The registry lock can be taken and the registry file answers a read transaction
+            // (the same read as the `storage` component of `/status/services`).
             let storage: systemd::StorageCheck = Arc::new(move || {
                 drop(probe.read());
-                probe.audit(1, |_| true).map(|_| ()).map_err(|e| e.to_string())
+                probe.probe().map(|_| ()).map_err(|e| e.to_string())
             });
-            Some(systemd::Watchdog::start(interval, tokio::runtime::Handle::current(), storage).map_err(AppError::Signal)?)
+            Some(systemd::Watchdog::start(interval, tokio::runtime::Handle::current(), storage).map_err(AppError::Watchdog)?)
         }
         None => None,
     };
