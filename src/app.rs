@@ -204,13 +204,16 @@ fn storage_probe(store: Arc<Store>, dir: PathBuf) -> status::StorageFn {
     })
 }
 
-/// A listener bound to every interface is announced under loopback; operators reach nodes by
-/// the addresses in their own inventory.
-fn advertised(a: SocketAddr) -> SocketAddr {
-    if a.ip().is_unspecified() {
-        SocketAddr::new(std::net::IpAddr::from([127, 0, 0, 1]), a.port())
-    } else {
-        a
+/// The `host:port` under which a listener is announced to the cluster (`lgsp cluster status`,
+/// `dev.json`). A listener bound to every interface takes the host of `cluster.advertise` (the
+/// address peers already reach this node by), else loopback.
+fn advertised(a: SocketAddr, cluster_advertise: Option<&str>) -> String {
+    if !a.ip().is_unspecified() {
+        return a.to_string();
+    }
+    match cluster_advertise.and_then(|h| h.rsplit_once(':')).map(|(host, _)| host).filter(|h| !h.is_empty()) {
+        Some(host) => format!("{host}:{}", a.port()),
+        None => SocketAddr::new(std::net::IpAddr::from([127, 0, 0, 1]), a.port()).to_string(),
     }
 }
 
@@ -333,9 +336,10 @@ pub async fn run(cfg: Config, source: Option<PathBuf>) -> Result<(), AppError> {
     let admin_addr = local(&admin_l, "admin", cfg.listen.admin)?;
     let gateway_addr = local(&gateway_l, "gateway", cfg.listen.gateway)?;
     let metrics_addr = local(&metrics_l, "metrics", cfg.listen.metrics)?;
-    let admin_url = format!("{scheme}://{}", advertised(admin_addr));
-    let gateway_url = format!("{scheme}://{}", advertised(gateway_addr));
-    let metrics_url = format!("http://{}", advertised(metrics_addr));
+    let host = cfg.cluster.advertise.as_deref();
+    let admin_url = format!("{scheme}://{}", advertised(admin_addr, host));
+    let gateway_url = format!("{scheme}://{}", advertised(gateway_addr, host));
+    let metrics_url = format!("http://{}", advertised(metrics_addr, host));
 
     let cluster = ClusterNode::start(StartOptions {
         data_dir: dir.clone(),
@@ -466,6 +470,16 @@ pub async fn run(cfg: Config, source: Option<PathBuf>) -> Result<(), AppError> {
     tasks.spawn(gateway::server::serve(gw.clone(), gateway_l, gateway_tls, stop.clone()));
     tokio::spawn(maintain_view(store.clone(), key.clone(), view_tx, applied_rx, stop.clone()));
     tasks.spawn(serve(metrics_l, metrics.router(), None, stop.clone()));
+
+    // Ready means current: a node restarted while the cluster went on (tokens issued, services
+    // changed) first catches up with the leader, so that it does not refuse what the others
+    // accept. Without a quorum it serves its last applied registry (degraded), as it would later.
+    match cluster.read_barrier().await {
+        Ok(()) => tracing::debug!("caught up with the cluster before announcing readiness"),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not confirm the registry is current (no leader with a quorum yet); serving the last applied registry until the cluster is reachable")
+        }
+    }
 
     if cfg.dev_mode {
         let info = write_dev_json(
@@ -678,5 +692,16 @@ mod tests {
         new.log.format = crate::config::LogFormat::Json;
         new.node.data_dir = PathBuf::from("/srv/lgsp");
         assert_eq!(restart_needed(&running, &new), ["node.data_dir", "listen.admin", "log.format", "gateway"]);
+    }
+
+    #[test]
+    fn listeners_on_every_interface_are_announced_under_the_cluster_address() {
+        let any = SocketAddr::from(([0, 0, 0, 0], 9443));
+        assert_eq!(advertised(any, Some("10.77.0.11:7443")), "10.77.0.11:9443");
+        assert_eq!(advertised(any, Some("db1.hp.gov.vn:7443")), "db1.hp.gov.vn:9443");
+        assert_eq!(advertised(any, Some("[fd00::11]:7443")), "[fd00::11]:9443");
+        assert_eq!(advertised(any, None), "127.0.0.1:9443");
+        let bound = SocketAddr::from(([10, 0, 0, 5], 8443));
+        assert_eq!(advertised(bound, Some("10.77.0.11:7443")), "10.0.0.5:8443", "an explicit address is announced as bound");
     }
 }

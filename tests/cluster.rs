@@ -458,7 +458,11 @@ fn all_caught_up(st: &serde_json::Value) -> bool {
 }
 
 fn node_status(c: &Cluster, k: usize) -> (u16, serde_json::Value) {
-    let url = format!("{}/status", c.node(k).info["metrics_url"].as_str().expect("metrics_url"));
+    node_status_at(c, k, "/status")
+}
+
+fn node_status_at(c: &Cluster, k: usize, path: &str) -> (u16, serde_json::Value) {
+    let url = format!("{}{path}", c.node(k).info["metrics_url"].as_str().expect("metrics_url"));
     let r = reqwest::blocking::get(url).expect("GET /status");
     (r.status().as_u16(), r.json().expect("json"))
 }
@@ -477,6 +481,10 @@ fn drain_moves_leadership_away_and_keeps_a_quorum_in_service() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let (code, body) = node_status(&c, leader);
     assert_eq!((code, body["status"].as_str()), (503, Some("draining")), "{body}");
+    // Level 2 says the same, and still shows the components' health.
+    let (code, body) = node_status_at(&c, leader, "/status/services");
+    assert_eq!((code, body["status"].as_str()), (503, Some("draining")), "{body}");
+    assert_eq!(body["components"]["storage"]["status"], "up", "{body}");
     // Leadership moves to a node in service.
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -500,6 +508,7 @@ fn drain_moves_leadership_away_and_keeps_a_quorum_in_service() {
     let out = common::cluster::cli_on(&c, leader, &["node", "resume"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(node_status(&c, leader).0, 200);
+    assert_eq!(node_status_at(&c, leader, "/status/services").0, 200);
     // With the first node back in service, the other one may be drained.
     let out = common::cluster::cli_on(&c, other, &["node", "drain"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -132,7 +132,7 @@ async fn status(State(m): State<Metrics>) -> impl IntoResponse {
 }
 
 /// Level 2: checks every component (each within `status::CHECK_TIMEOUT`). 200 when the node is
-/// `up` or `degraded` (it serves traffic), 503 when it is `down`. 404 when the node was built
+/// `up` or `degraded` (it serves traffic), 503 when it is `down` or drained (`draining`). 404 when the node was built
 /// without checks (unit tests).
 async fn status_services(State(m): State<Metrics>) -> axum::response::Response {
     let Some(services) = &m.services else {
@@ -142,13 +142,21 @@ async fn status_services(State(m): State<Metrics>) -> axum::response::Response {
     let health = m.health.as_ref().map(|h| h());
     let components = status::check(services, health).await;
     let level = status::overall(components.values());
+    // A drained node answers like Level 1 (503 `draining`) whatever its components say, so a
+    // load balancer checking either level takes it out; the components still show its health.
+    let draining = m.draining.as_ref().is_some_and(|d| d());
+    let shown = if draining { serde_json::json!("draining") } else { serde_json::json!(level) };
     let body = serde_json::json!({
-        "status": level,
+        "status": shown,
         "node": m.node,
         "version": env!("CARGO_PKG_VERSION"),
         "checked_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         "components": components.iter().map(|(k, c)| (k.to_string(), c.to_json())).collect::<serde_json::Map<_, _>>(),
     });
-    let code = StatusCode::from_u16(status::http_status(level)).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    let code = if draining {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::from_u16(status::http_status(level)).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+    };
     (code, Json(body)).into_response()
 }
