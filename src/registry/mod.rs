@@ -10,7 +10,9 @@ pub mod command;
 pub mod document;
 pub mod dvhc;
 pub mod error;
+pub mod maintenance;
 pub mod model;
+pub mod notice;
 pub mod rules;
 pub mod state;
 
