@@ -124,6 +124,10 @@ pub struct DevArgs {
     /// Raft election timeout (ms)
     #[arg(long)]
     pub election_timeout_ms: Option<u64>,
+    /// A TOML file with `[notify]` and `[maintenance]` sections (as in lgsp.toml), for trying
+    /// notices and maintenance windows in dev mode
+    #[arg(long)]
+    pub ops_config: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -586,6 +590,25 @@ pub fn main() -> ExitCode {
             }
             if let Some(v) = d.election_timeout_ms {
                 cfg.cluster.election_timeout_ms = v;
+            }
+            if let Some(p) = &d.ops_config {
+                #[derive(serde::Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct Ops {
+                    #[serde(default)]
+                    notify: crate::config::NotifyConfig,
+                    #[serde(default)]
+                    maintenance: crate::config::MaintenanceConfig,
+                }
+                let ops: Ops = match std::fs::read_to_string(p).map_err(|e| e.to_string()).and_then(|t| toml::from_str(&t).map_err(|e| e.to_string())) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        eprintln!("lgsp: --ops-config {}: {e}", p.display());
+                        return ExitCode::from(EXIT_USAGE);
+                    }
+                };
+                cfg.notify = ops.notify;
+                cfg.maintenance = ops.maintenance;
             }
             if let Err(e) = cfg.validate() {
                 eprintln!("lgsp: invalid configuration: {e}");

@@ -17,7 +17,7 @@ pub mod rules;
 pub mod state;
 
 pub use apply::{apply, Outcome};
-pub use command::{Actor, Command, Decision, Envelope, NewAgency, ServiceSpec, FORMAT};
+pub use command::{Actor, Command, Decision, DeliveryOutcome, DeliveryResult, Envelope, NewAgency, ServiceSpec, FORMAT};
 pub use error::RegistryError;
 pub use model::*;
 pub use state::State;
