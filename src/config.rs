@@ -314,7 +314,7 @@ impl Default for StatusConfig {
 }
 
 /// How notices leave the appliance (O2, O3); only the Raft leader sends.
-#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NotifyConfig {
     /// SMTP relay `host:port`; without it email deliveries fail as "not configured".
@@ -350,6 +350,24 @@ pub struct NotifyConfig {
     /// Attempts before a delivery is marked failed.
     #[serde(default = "d_attempts")]
     pub max_attempts: u32,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        NotifyConfig {
+            smtp_server: None,
+            smtp_security: SmtpSecurity::default(),
+            smtp_username: None,
+            smtp_password_file: None,
+            smtp_ca_file: None,
+            from: d_from(),
+            operator_emails: vec![],
+            operator_webhook: None,
+            operator_webhook_secret_file: None,
+            retry_base: d_retry_base(),
+            max_attempts: d_attempts(),
+        }
+    }
 }
 
 fn d_from() -> String {
@@ -693,6 +711,26 @@ mod tests {
         let cfg: Config = toml::from_str(text).expect("packaging/lgsp.toml matches Config");
         assert_eq!(cfg.listen.admin.port(), 9443);
         assert!(cfg.tls.is_some());
+    }
+
+    #[test]
+    fn notify_and_maintenance_defaults_validate_and_bad_values_are_named() {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let cfg = Config::dev(PathBuf::from("/x"), any, any, any);
+        cfg.validate().expect("defaults are valid");
+        assert_eq!(cfg.maintenance.min_notice_secs(), 7 * 86_400, "Hai Phong's 7 days by default");
+        let mut bad = cfg.clone();
+        bad.dev_mode = false;
+        bad.tls = None;
+        bad.maintenance.min_notice = "10m".into();
+        let e = bad.validate_notify().unwrap_err().to_string();
+        assert!(e.contains("maintenance.min_notice"), "{e}");
+        let mut plain = cfg;
+        plain.dev_mode = false;
+        plain.notify.smtp_server = Some("mail.example.gov.vn:25".into());
+        plain.notify.smtp_security = SmtpSecurity::Plain;
+        let e = plain.validate_notify().unwrap_err().to_string();
+        assert!(e.contains("notify.smtp_security"), "{e}");
     }
 
     #[test]
