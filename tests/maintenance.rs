@@ -262,6 +262,20 @@ fn windows_notice_enforce_and_publish() {
     wait_for("/status 503 in the node's window", 30, || (status() == 503).then_some(()));
     wait_for("/status 200 after it", 30, || (status() == 200).then_some(()));
 
+    // The CLI: list as JSON, and a refusal that says what to do.
+    let out = gw.node.cli(&["maintenance", "list", "--json"], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listed: Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON");
+    assert!(listed["items"].as_array().is_some_and(|i| i.iter().any(|w| w["id"] == "sunday")), "{listed}");
+    let soon = rfc3339(Utc::now() + CDuration::minutes(5));
+    let later = rfc3339(Utc::now() + CDuration::minutes(50));
+    let out = gw.node.cli(
+        &["maintenance", "announce", "--scope", "services:dancu", "--start", &soon, "--end", &later, "--reason-vi", "Bảo trì", "--reason-en", "Upkeep"],
+        None,
+    );
+    assert!(!out.status.success(), "too little notice is refused");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("min_notice"), "{}", String::from_utf8_lossy(&out.stderr));
+
     // The public feed, without credentials: JSON and Atom (read by feedparser).
     let feed: Value = gw.http.get(format!("{}/maintenance.json", gw.url)).send().expect("feed").json().expect("json");
     let ids: Vec<&str> = feed["windows"].as_array().expect("windows").iter().filter_map(|w| w["id"].as_str()).collect();
