@@ -473,7 +473,8 @@ pub async fn run(cfg: Config, source: Option<PathBuf>) -> Result<(), AppError> {
     );
 
     // The leader sends the replicated outbox and proposes maintenance stages (crate::notify).
-    let notifier = Arc::new(notify::Notifier::new(&cfg.notify, key.clone(), metrics.registry()).map_err(|e| AppError::Gateway(e.to_string()))?);
+    let notifier =
+        Arc::new(notify::Notifier::new(&cfg.notify, key.clone(), metrics.registry()).map_err(|e| AppError::Gateway(e.to_string()))?);
     let (lead_node, plan_store, prop_state) = (cluster.clone(), store.clone(), admin_state.clone());
     let hooks = notify::Hooks {
         is_leader: Arc::new(move || lead_node.leader() == Some(lead_node.id)),

@@ -642,11 +642,19 @@ impl Config {
         }
         match parse_duration(&m.reminder_before) {
             Some(s) if s >= floor.min(60) => {}
-            _ => return Err(ConfigError::Invalid { key: "maintenance.reminder_before", reason: format!("{:?} is not a duration like \"24h\"", m.reminder_before) }),
+            _ => {
+                return Err(ConfigError::Invalid {
+                    key: "maintenance.reminder_before",
+                    reason: format!("{:?} is not a duration like \"24h\"", m.reminder_before),
+                })
+            }
         }
         let n = &self.notify;
-        if !parse_duration(&n.retry_base).is_some_and(|s| s >= 1) {
-            return Err(ConfigError::Invalid { key: "notify.retry_base", reason: format!("{:?} is not a duration of at least 1s, like \"30s\"", n.retry_base) });
+        if parse_duration(&n.retry_base).is_none_or(|s| s < 1) {
+            return Err(ConfigError::Invalid {
+                key: "notify.retry_base",
+                reason: format!("{:?} is not a duration of at least 1s, like \"30s\"", n.retry_base),
+            });
         }
         if !(1..=100).contains(&n.max_attempts) {
             return Err(ConfigError::Invalid { key: "notify.max_attempts", reason: "must be between 1 and 100".into() });
@@ -654,7 +662,10 @@ impl Config {
         if let Some(s) = &n.smtp_server {
             let host = s.rsplit_once(':').filter(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0)).map(|(h, _)| h);
             let Some(host) = host else {
-                return Err(ConfigError::Invalid { key: "notify.smtp_server", reason: format!("{s:?} is not host:port, e.g. \"mail.example.gov.vn:587\"") });
+                return Err(ConfigError::Invalid {
+                    key: "notify.smtp_server",
+                    reason: format!("{s:?} is not host:port, e.g. \"mail.example.gov.vn:587\""),
+                });
             };
             let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
             if n.smtp_security == SmtpSecurity::Plain && !loopback && !self.dev_mode {
@@ -676,7 +687,8 @@ impl Config {
             }
         }
         if let Some(u) = &n.operator_webhook {
-            if !u.starts_with("https://") && !(u.starts_with("http://") && self.dev_mode) {
+            let allowed = u.starts_with("https://") || (u.starts_with("http://") && self.dev_mode);
+            if !allowed {
                 return Err(ConfigError::Invalid { key: "notify.operator_webhook", reason: format!("{u:?} must be an https:// URL") });
             }
         }

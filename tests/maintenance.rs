@@ -270,7 +270,20 @@ fn windows_notice_enforce_and_publish() {
     let soon = rfc3339(Utc::now() + CDuration::minutes(5));
     let later = rfc3339(Utc::now() + CDuration::minutes(50));
     let out = gw.node.cli(
-        &["maintenance", "announce", "--scope", "services:dancu", "--start", &soon, "--end", &later, "--reason-vi", "Bảo trì", "--reason-en", "Upkeep"],
+        &[
+            "maintenance",
+            "announce",
+            "--scope",
+            "services:dancu",
+            "--start",
+            &soon,
+            "--end",
+            &later,
+            "--reason-vi",
+            "Bảo trì",
+            "--reason-en",
+            "Upkeep",
+        ],
         None,
     );
     assert!(!out.status.success(), "too little notice is refused");
@@ -305,7 +318,9 @@ fn windows_notice_enforce_and_publish() {
     // contacts and the operator; change and cancellation of the Monday window too.
     let mails = wait_for("all maintenance emails", 60, || {
         let m = smtp.messages();
-        let has = |to: &str, words: &str| m.iter().any(|x| x["to"].as_str().is_some_and(|t| t.contains(to)) && x["subject"].as_str().is_some_and(|s| s.contains(words)));
+        let has = |to: &str, words: &str| {
+            m.iter().any(|x| x["to"].as_str().is_some_and(|t| t.contains(to)) && x["subject"].as_str().is_some_and(|s| s.contains(words)))
+        };
         let all = ["Maintenance announced", "Maintenance reminder", "Maintenance started", "Maintenance ended"]
             .iter()
             .all(|w| has("cntt@provider.test", w) && has("it@consumer.test", w) && has("ops@lgsp.test", w))
@@ -315,7 +330,10 @@ fn windows_notice_enforce_and_publish() {
     });
     let started: Vec<&Value> = mails
         .iter()
-        .filter(|m| m["subject"].as_str().is_some_and(|s| s.contains("Maintenance started")) && m["to"].as_str().is_some_and(|t| t.contains("cntt@provider.test")))
+        .filter(|m| {
+            m["subject"].as_str().is_some_and(|s| s.contains("Maintenance started"))
+                && m["to"].as_str().is_some_and(|t| t.contains("cntt@provider.test"))
+        })
         .collect();
     assert_eq!(started.len(), 2, "one start notice per window the provider is in (now, node), never twice: {started:?}");
     let body = started.iter().map(|m| m["body"].as_str().unwrap_or("")).collect::<String>();
@@ -324,7 +342,8 @@ fn windows_notice_enforce_and_publish() {
     // Webhooks: signed, for the operator and the provider's agency.
     let got = wait_for("webhooks for every stage", 30, || {
         let g = received.lock().expect("lock").clone();
-        let kinds = |p: &str| g.iter().filter(|h| h.path == p).filter_map(|h| h.body["kind"].as_str().map(str::to_owned)).collect::<Vec<_>>();
+        let kinds =
+            |p: &str| g.iter().filter(|h| h.path == p).filter_map(|h| h.body["kind"].as_str().map(str::to_owned)).collect::<Vec<_>>();
         let ok = ["maintenance.announced", "maintenance.reminder", "maintenance.started", "maintenance.ended"]
             .iter()
             .all(|k| kinds("/operator").iter().any(|x| x == k) && kinds("/agency").iter().any(|x| x == k));
@@ -340,7 +359,10 @@ fn windows_notice_enforce_and_publish() {
         let (s, b) = op.get("/api/v1/notices?state=failed");
         assert_eq!(s, 200, "{b}");
         b["items"].as_array().and_then(|items| {
-            items.iter().flat_map(|n| n["deliveries"].as_array().cloned().unwrap_or_default()).find(|d| d["channel"]["url"].as_str().is_some_and(|u| u.ends_with("/broken")) && d["state"] == "failed")
+            items
+                .iter()
+                .flat_map(|n| n["deliveries"].as_array().cloned().unwrap_or_default())
+                .find(|d| d["channel"]["url"].as_str().is_some_and(|u| u.ends_with("/broken")) && d["state"] == "failed")
         })
     });
     assert_eq!(failed["attempts"], 2, "{failed}");

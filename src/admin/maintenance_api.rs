@@ -34,8 +34,7 @@ fn window_json(w: &MaintenanceWindow) -> Value {
     let mut warnings = Vec::new();
     if w.office_hours {
         warnings.push(
-            "the window falls within office hours (Mon–Fri 07:30–17:00 Asia/Ho_Chi_Minh); O3 prefers maintenance outside them"
-                .to_owned(),
+            "the window falls within office hours (Mon–Fri 07:30–17:00 Asia/Ho_Chi_Minh); O3 prefers maintenance outside them".to_owned(),
         );
     }
     v["warnings"] = json!(warnings);
@@ -58,7 +57,7 @@ struct ListQuery {
 async fn list(State(st): State<Shared>, _p: Principal, ApiQuery(q): ApiQuery<ListQuery>) -> Json<Value> {
     let reg = st.store.read();
     let mut items: Vec<&MaintenanceWindow> = reg.maintenance.values().collect();
-    items.sort_by(|a, b| b.start.cmp(&a.start));
+    items.sort_by_key(|w| std::cmp::Reverse(w.start));
     Json(page(items.into_iter().map(window_json).collect(), q.offset, q.limit))
 }
 
@@ -81,7 +80,11 @@ struct AnnounceBody {
     emergency_reason: String,
 }
 
-async fn announce(State(st): State<Shared>, p: Principal, ApiJson(b): ApiJson<AnnounceBody>) -> Result<(StatusCode, Json<Value>), ApiError> {
+async fn announce(
+    State(st): State<Shared>,
+    p: Principal,
+    ApiJson(b): ApiJson<AnnounceBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     p.require_operator("announce maintenance")?;
     let id = b.id.unwrap_or_else(|| crate::secrets::new_id("mw"));
     st.propose(
@@ -148,7 +151,12 @@ struct CancelBody {
     reason: String,
 }
 
-async fn cancel(State(st): State<Shared>, p: Principal, Path(id): Path<String>, ApiJson(b): ApiJson<CancelBody>) -> Result<Json<Value>, ApiError> {
+async fn cancel(
+    State(st): State<Shared>,
+    p: Principal,
+    Path(id): Path<String>,
+    ApiJson(b): ApiJson<CancelBody>,
+) -> Result<Json<Value>, ApiError> {
     p.require_operator("cancel maintenance windows")?;
     st.propose(p.actor(), Command::CancelMaintenance { id: id.clone(), reason: b.reason }).await?;
     get_window(&st, &id).map(Json)
@@ -169,8 +177,7 @@ struct NoticeQuery {
 async fn notices(State(st): State<Shared>, p: Principal, ApiQuery(q): ApiQuery<NoticeQuery>) -> Result<Json<Value>, ApiError> {
     p.require_reader("read the notice outbox")?;
     let reg = st.store.read();
-    let mut items: Vec<_> =
-        reg.notices.values().filter(|n| q.state.is_none_or(|s| n.deliveries.iter().any(|d| d.state == s))).collect();
+    let mut items: Vec<_> = reg.notices.values().filter(|n| q.state.is_none_or(|s| n.deliveries.iter().any(|d| d.state == s))).collect();
     items.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| a.id.cmp(&b.id)));
     Ok(Json(page(items, q.offset, q.limit)))
 }

@@ -686,13 +686,15 @@ pub fn main() -> ExitCode {
                     #[serde(default)]
                     maintenance: crate::config::MaintenanceConfig,
                 }
-                let ops: Ops = match std::fs::read_to_string(p).map_err(|e| e.to_string()).and_then(|t| toml::from_str(&t).map_err(|e| e.to_string())) {
-                    Ok(o) => o,
-                    Err(e) => {
-                        eprintln!("lgsp: --ops-config {}: {e}", p.display());
-                        return ExitCode::from(EXIT_USAGE);
-                    }
-                };
+                let ops: Ops =
+                    match std::fs::read_to_string(p).map_err(|e| e.to_string()).and_then(|t| toml::from_str(&t).map_err(|e| e.to_string()))
+                    {
+                        Ok(o) => o,
+                        Err(e) => {
+                            eprintln!("lgsp: --ops-config {}: {e}", p.display());
+                            return ExitCode::from(EXIT_USAGE);
+                        }
+                    };
                 cfg.notify = ops.notify;
                 cfg.maintenance = ops.maintenance;
             }

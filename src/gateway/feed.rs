@@ -40,7 +40,11 @@ fn listed(view: &View, now: DateTime<Utc>) -> impl Iterator<Item = &MaintenanceW
 
 /// The feed as JSON or Atom.
 pub fn response(view: &View, atom: bool, now: DateTime<Utc>) -> Response<GwBody> {
-    let (body, ctype) = if atom { (atom_feed(view, now), "application/atom+xml; charset=utf-8") } else { (json_feed(view, now), "application/json; charset=utf-8") };
+    let (body, ctype) = if atom {
+        (atom_feed(view, now), "application/atom+xml; charset=utf-8")
+    } else {
+        (json_feed(view, now), "application/json; charset=utf-8")
+    };
     let mut r = Response::new(full(Bytes::from(body)));
     *r.status_mut() = StatusCode::OK;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
@@ -100,13 +104,8 @@ fn atom_feed(view: &View, now: DateTime<Utc>) -> Vec<u8> {
         let st = status(w, now);
         let title = format!("[{st}] {} – {}: {} / {}", rules::local_time(w.start), rules::local_time(w.end), w.reason.vi, w.reason.en);
         let scope = serde_json::to_string(&w.scope).unwrap_or_default();
-        let mut summary = format!(
-            "{} → {} ({st}). Phạm vi / scope: {scope}. {} / {}",
-            rfc3339(w.start),
-            rfc3339(w.end),
-            w.reason.vi,
-            w.reason.en
-        );
+        let mut summary =
+            format!("{} → {} ({st}). Phạm vi / scope: {scope}. {} / {}", rfc3339(w.start), rfc3339(w.end), w.reason.vi, w.reason.en);
         if w.emergency {
             summary.push_str(&format!(" Khẩn cấp / emergency: {}.", w.emergency_reason));
         }

@@ -13,7 +13,8 @@ use http::{HeaderValue, Method};
 
 use super::httpsig::ParsedKey;
 use crate::registry::{
-    AgencyStatus, Catalog, Environment, MaintenanceWindow, PublicKey, RateLimit, SecretHash, SigAlg, State, SubscriptionState, UpstreamAuth, VersionState,
+    AgencyStatus, Catalog, Environment, MaintenanceWindow, PublicKey, RateLimit, SecretHash, SigAlg, State, SubscriptionState,
+    UpstreamAuth, VersionState,
 };
 use crate::secrets::SecretsKey;
 

@@ -117,7 +117,8 @@ pub fn plan(state: &State, now: DateTime<Utc>, reminder_secs: u64, limit: usize)
 
 /// `X-Lgsp-Signature` value: `sha256=` and the hex HMAC-SHA256 of `"{timestamp}.{body}"`.
 pub fn sign(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).unwrap_or_else(|_| <Hmac<Sha256> as Mac>::new_from_slice(b"").expect("HMAC takes any key"));
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret)
+        .unwrap_or_else(|_| <Hmac<Sha256> as Mac>::new_from_slice(b"").expect("HMAC takes any key"));
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
@@ -150,7 +151,11 @@ impl Notifier {
             None => None,
             Some(server) => Some(smtp_transport(cfg, server)?),
         };
-        let from = if cfg.smtp_server.is_some() { Some(cfg.from.parse::<Mailbox>().map_err(|_| NotifyError::From(cfg.from.clone()))?) } else { None };
+        let from = if cfg.smtp_server.is_some() {
+            Some(cfg.from.parse::<Mailbox>().map_err(|_| NotifyError::From(cfg.from.clone()))?)
+        } else {
+            None
+        };
         let operator_secret = match &cfg.operator_webhook_secret_file {
             Some(p) => Some(
                 std::fs::read_to_string(p)
@@ -169,11 +174,17 @@ impl Notifier {
         }
         let http = b.build().map_err(|e| NotifyError::Http(e.to_string()))?;
         let deliveries = IntCounterVec::new(
-            Opts::new("lgsp_notify_deliveries_total", "Notice deliveries attempted by this node as leader, by channel and result (sent, retry, failed)"),
+            Opts::new(
+                "lgsp_notify_deliveries_total",
+                "Notice deliveries attempted by this node as leader, by channel and result (sent, retry, failed)",
+            ),
             &["channel", "result"],
         )?;
         metrics.register(Box::new(deliveries.clone()))?;
-        let pending = IntGauge::new("lgsp_notify_pending_deliveries", "Deliveries waiting in the replicated outbox (as this node last saw as leader)")?;
+        let pending = IntGauge::new(
+            "lgsp_notify_pending_deliveries",
+            "Deliveries waiting in the replicated outbox (as this node last saw as leader)",
+        )?;
         metrics.register(Box::new(pending.clone()))?;
         Ok(Notifier { cfg: cfg.clone(), from, smtp, http, key, operator_secret, deliveries, pending })
     }

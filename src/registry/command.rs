@@ -393,9 +393,14 @@ pub struct DeliveryResult {
 pub enum DeliveryOutcome {
     Sent,
     /// Failed this time; try again at `next_at`.
-    Retry { error: String, next_at: Timestamp },
+    Retry {
+        error: String,
+        next_at: Timestamp,
+    },
     /// Failed for good (attempts exhausted, or the channel is not configured).
-    Failed { error: String },
+    Failed {
+        error: String,
+    },
 }
 
 /// The Form 01 description of a service, as created or updated.
@@ -522,10 +527,9 @@ impl Command {
             UpsertSubscription { subscription } => format!("subscription/{}", subscription.id),
             UpsertCredential { credential } => format!("credential/{}", credential.id),
             SetAgencyWebhooks { code, .. } => format!("agency/{code}/webhooks"),
-            AnnounceMaintenance { id, .. }
-            | ChangeMaintenance { id, .. }
-            | CancelMaintenance { id, .. }
-            | MaintenanceStage { id, .. } => format!("maintenance/{id}"),
+            AnnounceMaintenance { id, .. } | ChangeMaintenance { id, .. } | CancelMaintenance { id, .. } | MaintenanceStage { id, .. } => {
+                format!("maintenance/{id}")
+            }
             RecordDeliveries { results } => format!("notices ({} deliveries)", results.len()),
             FlushProbeAlert { target } => format!("probe/{target}"),
             Batch { label, commands } => format!("batch/{label} ({} commands)", commands.len()),

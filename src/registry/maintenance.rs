@@ -157,15 +157,7 @@ pub fn change(
         w.emergency = true;
         w.emergency_reason = emergency_reason.to_owned();
     }
-    let d = Draft {
-        scope: &w.scope,
-        start: w.start,
-        end: w.end,
-        reason: &w.reason,
-        emergency,
-        emergency_reason,
-        min_notice_secs,
-    };
+    let d = Draft { scope: &w.scope, start: w.start, end: w.end, reason: &w.reason, emergency, emergency_reason, min_notice_secs };
     check(state, &d, at, start_earlier)?;
     if w == before {
         return Err(E::invalid("body", "changes nothing"));

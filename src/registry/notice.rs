@@ -112,9 +112,10 @@ pub fn affected(state: &State, scope: &MaintenanceScope) -> (BTreeSet<String>, B
 fn scope_text(scope: &MaintenanceScope) -> Bilingual {
     match scope {
         MaintenanceScope::Platform => Bilingual { vi: "toàn bộ nền tảng LGSP".into(), en: "the whole LGSP platform".into() },
-        MaintenanceScope::Nodes { nodes } => {
-            Bilingual { vi: format!("các nút {} (dịch vụ vẫn chạy trên các nút khác)", nodes.join(", ")), en: format!("nodes {} (services keep running on the other nodes)", nodes.join(", ")) }
-        }
+        MaintenanceScope::Nodes { nodes } => Bilingual {
+            vi: format!("các nút {} (dịch vụ vẫn chạy trên các nút khác)", nodes.join(", ")),
+            en: format!("nodes {} (services keep running on the other nodes)", nodes.join(", ")),
+        },
         MaintenanceScope::Services { services } => {
             Bilingual { vi: format!("dịch vụ {}", services.join(", ")), en: format!("services {}", services.join(", ")) }
         }
@@ -231,7 +232,15 @@ pub struct ProbeChange {
 }
 
 /// The notice for a target's status (`down`, `degraded`, or `up` = recovered).
-pub fn probe_notice(state: &State, target: &str, system: &str, status: ProbeStatus, since: Timestamp, reason: &str, at: Timestamp) -> Notice {
+pub fn probe_notice(
+    state: &State,
+    target: &str,
+    system: &str,
+    status: ProbeStatus,
+    since: Timestamp,
+    reason: &str,
+    at: Timestamp,
+) -> Notice {
     let (vi_word, en_word, kind) = match status {
         ProbeStatus::Down => ("Mất kết nối", "Connection lost", "probe.down"),
         ProbeStatus::Degraded => ("Kết nối có nguy cơ", "Connection at risk", "probe.degraded"),
@@ -373,7 +382,16 @@ mod tests {
     }
 
     fn change(from: ProbeStatus, to: ProbeStatus, at: Timestamp) -> ProbeChange {
-        ProbeChange { target: "system/sys-a".into(), system: "sys-a".into(), from, to, at, reason: "HTTP 500".into(), cert_days_left: None, notify: true }
+        ProbeChange {
+            target: "system/sys-a".into(),
+            system: "sys-a".into(),
+            from,
+            to,
+            at,
+            reason: "HTTP 500".into(),
+            cert_days_left: None,
+            notify: true,
+        }
     }
 
     fn kinds(s: &State) -> Vec<String> {
