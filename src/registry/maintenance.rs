@@ -256,3 +256,75 @@ pub fn due_stage(w: &MaintenanceWindow, now: Timestamp, reminder_secs: u64) -> O
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn t(d: u32, h: u32) -> Timestamp {
+        chrono::Utc.with_ymd_and_hms(2026, 11, d, h, 0, 0).unwrap()
+    }
+
+    fn reason() -> Bilingual {
+        Bilingual { vi: "Nâng cấp".into(), en: "Upgrade".into() }
+    }
+
+    fn announce_at(s: &mut State, id: &str, start: Timestamp, end: Timestamp, emergency: bool, now: Timestamp) -> Result<(), E> {
+        let r = reason();
+        let d = Draft {
+            scope: &MaintenanceScope::Platform,
+            start,
+            end,
+            reason: &r,
+            emergency,
+            emergency_reason: if emergency { "patch" } else { "" },
+            min_notice_secs: 7 * 86_400,
+        };
+        announce(s, id, d, now, "op")
+    }
+
+    #[test]
+    fn minimum_notice_unless_emergency() {
+        let mut s = State::default();
+        let e = announce_at(&mut s, "soon", t(25, 15), t(25, 18), false, t(23, 3)).unwrap_err();
+        assert_eq!(e.code(), "MAINTENANCE_NOTICE");
+        assert!(e.to_string().contains("7d"), "{e}");
+        announce_at(&mut s, "soon", t(25, 15), t(25, 18), true, t(23, 3)).expect("an emergency with a reason");
+        // Sunday 2026-11-29 is 8 days after the Saturday announcement; 22:00-01:00 local (15-18 UTC).
+        announce_at(&mut s, "later", t(29, 15), t(29, 18), false, t(21, 3)).expect("enough notice");
+        assert!(!s.maintenance.get("later").unwrap().office_hours);
+        assert!(s.notices.contains("maintenance/later/announced"));
+    }
+
+    #[test]
+    fn stages_are_idempotent_and_due_in_order() {
+        let mut s = State::default();
+        announce_at(&mut s, "w", t(29, 15), t(29, 18), false, t(21, 3)).unwrap();
+        let w = s.maintenance.get("w").unwrap().clone();
+        let day = 86_400;
+        assert_eq!(due_stage(&w, t(27, 15), day), None, "two days before: nothing");
+        assert_eq!(due_stage(&w, t(28, 16), day), Some("reminder"));
+        assert_eq!(due_stage(&w, t(29, 15), day), Some("start"));
+        stage(&mut s, "w", "start", t(29, 15), "system").unwrap();
+        let before = s.notices.len();
+        stage(&mut s, "w", "start", t(29, 16), "system").unwrap();
+        stage(&mut s, "w", "reminder", t(29, 16), "system").unwrap();
+        assert_eq!(s.notices.len(), before, "a stage reached is never notified twice, and the reminder is skipped once started");
+        let w = s.maintenance.get("w").unwrap().clone();
+        assert_eq!(due_stage(&w, t(29, 17), day), None);
+        assert_eq!(due_stage(&w, t(29, 18), day), Some("end"));
+        cancel(&mut s, "w", "no longer needed", t(29, 17), "op").unwrap();
+        assert_eq!(due_stage(s.maintenance.get("w").unwrap(), t(29, 18), day), None, "a cancelled window has no more stages");
+    }
+
+    #[test]
+    fn a_started_window_only_changes_its_end_or_reason() {
+        let mut s = State::default();
+        announce_at(&mut s, "w", t(29, 15), t(29, 18), false, t(21, 3)).unwrap();
+        let e = change(&mut s, "w", None, Some(t(29, 16)), None, None, false, "", 0, t(29, 16), "op").unwrap_err();
+        assert_eq!(e.code(), "MAINTENANCE_STARTED");
+        change(&mut s, "w", None, None, Some(t(29, 20)), None, false, "", 0, t(29, 16), "op").expect("extend the end");
+        assert!(s.notices.contains("maintenance/w/changed-1"));
+    }
+}
