@@ -65,7 +65,12 @@ pub struct Plan {
     pub stages: Vec<(String, &'static str)>,
     pub flush: Vec<String>,
     pub pending: usize,
+    /// Settled notices older than [`KEEP_NOTICES_DAYS`] exist: propose `PruneNotices`.
+    pub prune_before: Option<DateTime<Utc>>,
 }
+
+/// Settled notices are kept this long (what was sent to whom, for the operator), then pruned.
+pub const KEEP_NOTICES_DAYS: i64 = 90;
 
 /// Reads what is due: pending deliveries whose backoff has passed (oldest notice first, at
 /// most `limit`), maintenance stages and probe alerts whose hold-down ended.
@@ -106,6 +111,10 @@ pub fn plan(state: &State, now: DateTime<Utc>, reminder_secs: u64, limit: usize)
         if let Some(s) = maintenance::due_stage(w, now, reminder_secs) {
             p.stages.push((w.id.clone(), s));
         }
+    }
+    let horizon = now - chrono::Duration::days(KEEP_NOTICES_DAYS);
+    if state.notices.values().any(|n| n.created_at < horizon && !n.pending()) {
+        p.prune_before = Some(horizon);
     }
     for a in state.probe_alerts.values() {
         if notice::probe_alert_due(state, &a.target, now).is_some_and(|t| t <= now) {
@@ -357,6 +366,11 @@ pub async fn run(notifier: Arc<Notifier>, hooks: Hooks, maint: MaintenanceConfig
                 tracing::warn!(target = %target, error = %e, "could not flush a probe alert; will retry");
             }
         }
+        if let Some(before) = p.prune_before {
+            if let Err(e) = (hooks.propose)(Command::PruneNotices { before }).await {
+                tracing::warn!(error = %e, "could not prune old notices; will retry");
+            }
+        }
         if p.jobs.is_empty() {
             continue;
         }
@@ -370,12 +384,51 @@ pub async fn run(notifier: Arc<Notifier>, hooks: Hooks, maint: MaintenanceConfig
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::{Actor, Delivery, Envelope, Notice};
+
+    fn notice(id: &str, at: DateTime<Utc>, state: DeliveryState) -> Notice {
+        Notice {
+            id: id.into(),
+            kind: "probe.down".into(),
+            subject: Bilingual::default(),
+            body: Bilingual::default(),
+            data: serde_json::Value::Null,
+            created_at: at,
+            deliveries: vec![Delivery {
+                channel: Channel::OperatorEmail,
+                state,
+                attempts: 1,
+                next_at: None,
+                last_error: String::new(),
+                sent_at: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn plan_sends_pending_and_prunes_settled_notices_after_90_days() {
+        let now = Utc::now();
+        let old = now - chrono::Duration::days(100);
+        let mut s = State::default();
+        s.notices.put(notice("old-sent", old, DeliveryState::Sent));
+        s.notices.put(notice("old-pending", old, DeliveryState::Pending));
+        s.notices.put(notice("new-sent", now, DeliveryState::Sent));
+        let p = plan(&s, now, 86_400, 10);
+        assert_eq!(p.jobs.iter().map(|j| j.notice.as_str()).collect::<Vec<_>>(), ["old-pending"]);
+        let before = p.prune_before.expect("an old settled notice is due for pruning");
+        crate::registry::apply(&mut s, &Envelope::new(now, Actor::system(), Command::PruneNotices { before })).expect("prune");
+        let mut left: Vec<&str> = s.notices.values().map(|n| n.id.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["new-sent", "old-pending"], "pending notices are never pruned");
+        assert!(plan(&s, now, 86_400, 10).prune_before.is_none());
+    }
 
     #[test]
     fn signature_is_hmac_sha256_over_timestamp_dot_body() {
-        // Reference value computed independently: HMAC-SHA256(key="secret", "1700000000.{}").
+        // Reference value computed with Python's hmac module:
+        // hmac.new(b"secret", b"1700000000.{}", hashlib.sha256).hexdigest()
         let s = sign(b"secret", 1_700_000_000, b"{}");
-        assert!(s.starts_with("sha256=") && s.len() == 7 + 64, "{s}");
+        assert_eq!(s, "sha256=b8569b78799ff9e3cbff0fc2d63a33a2b57f3282abd07c37ae5e8e7d79a5f163");
         assert_ne!(s, sign(b"secret", 1_700_000_001, b"{}"), "the timestamp is signed");
         assert_ne!(s, sign(b"other", 1_700_000_000, b"{}"), "the key matters");
     }

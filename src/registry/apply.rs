@@ -966,6 +966,13 @@ impl Cx<'_> {
                 }
             }
             FlushProbeAlert { target } => notice::flush_probe_alert(self.s, target, self.at),
+            PruneNotices { before } => {
+                let old: Vec<String> =
+                    self.s.notices.values().filter(|n| n.created_at < *before && !n.pending()).map(|n| n.id.clone()).collect();
+                for id in old {
+                    self.s.notices.remove(&id);
+                }
+            }
 
             Batch { label: _, commands } => {
                 for (i, c) in commands.iter().enumerate() {

@@ -372,6 +372,10 @@ pub enum Command {
     FlushProbeAlert {
         target: String,
     },
+    /// The leader's scheduler: forgets settled notices (nothing pending) created before `before`.
+    PruneNotices {
+        before: Timestamp,
+    },
 
     /// All or nothing: if one command fails, none of them took effect.
     Batch {
@@ -479,6 +483,7 @@ impl Command {
             MaintenanceStage { .. } => "maintenance_stage",
             RecordDeliveries { .. } => "record_deliveries",
             FlushProbeAlert { .. } => "flush_probe_alert",
+            PruneNotices { .. } => "prune_notices",
             Batch { .. } => "batch",
         }
     }
@@ -532,6 +537,7 @@ impl Command {
             }
             RecordDeliveries { results } => format!("notices ({} deliveries)", results.len()),
             FlushProbeAlert { target } => format!("probe/{target}"),
+            PruneNotices { .. } => "notices/*".into(),
             Batch { label, commands } => format!("batch/{label} ({} commands)", commands.len()),
         }
     }
@@ -564,6 +570,7 @@ impl Command {
                 | Command::RecordDeliveries { .. }
                 | Command::MaintenanceStage { .. }
                 | Command::FlushProbeAlert { .. }
+                | Command::PruneNotices { .. }
         )
     }
 }
