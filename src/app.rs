@@ -26,6 +26,7 @@ use crate::cluster::types::{NodeInfo, SharedBatch, FIRST_NODE};
 use crate::cluster::{Store, StoreError};
 use crate::config::Config;
 use crate::gateway::{self, Gateway, Proposer, View};
+use crate::notify;
 use crate::ops::tls::CertStore;
 use crate::ops::{host::Host, logging, metrics::Metrics, shutdown, status, systemd};
 use crate::registry::{Actor, Command, Role};
@@ -186,6 +187,8 @@ fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
         ("audit", a.audit != b.audit),
         ("cluster", a.cluster != b.cluster),
         ("status", a.status != b.status),
+        ("notify", a.notify != b.notify),
+        ("maintenance", a.maintenance != b.maintenance),
     ]
     .into_iter()
     .filter_map(|(k, changed)| changed.then_some(k))
@@ -386,6 +389,7 @@ pub async fn run(cfg: Config, source: Option<PathBuf>) -> Result<(), AppError> {
         cfg: cfg.admin.clone(),
         audit_dir: dir.join("audit"),
         audit: Some(audit_log.clone()),
+        maintenance: cfg.maintenance.clone(),
     });
     let boot = if cluster.id == FIRST_NODE { bootstrap(&admin_state).await? } else { None };
 
@@ -414,7 +418,14 @@ pub async fn run(cfg: Config, source: Option<PathBuf>) -> Result<(), AppError> {
     }));
     let refresh = cluster_gauges(&metrics, cluster.clone()).map_err(|e| AppError::Gateway(format!("cluster metrics: {e}")))?;
     let drain_node = cluster.clone();
-    let metrics = metrics.with_refresh(refresh).with_drain(Arc::new(move || drain_node.is_draining()));
+    let (maint_store, node_name) = (store.clone(), cfg.node.name.clone());
+    // A node inside a `nodes` maintenance window answers /status like a drained node.
+    let metrics = metrics.with_refresh(refresh).with_drain(Arc::new(move || {
+        drain_node.is_draining() || {
+            let now = Utc::now();
+            maint_store.read().maintenance.values().any(|w| w.active_at(now) && w.scope.covers_node(&node_name))
+        }
+    }));
     let host = Host::new(&dir, metrics.registry()).map_err(|e| AppError::Gateway(format!("host metrics: {e}")))?;
     let metrics = metrics.with_services(status::Services {
         host,
@@ -464,6 +475,20 @@ pub async fn run(cfg: Config, source: Option<PathBuf>) -> Result<(), AppError> {
             Err(e) => tracing::warn!(peer = %from, error = %e, "ignored shared gateway state in an unknown format"),
         }),
     );
+
+    // The leader sends the replicated outbox and proposes maintenance stages (crate::notify).
+    let notifier =
+        Arc::new(notify::Notifier::new(&cfg.notify, key.clone(), metrics.registry()).map_err(|e| AppError::Gateway(e.to_string()))?);
+    let (lead_node, plan_store, prop_state) = (cluster.clone(), store.clone(), admin_state.clone());
+    let hooks = notify::Hooks {
+        is_leader: Arc::new(move || lead_node.leader() == Some(lead_node.id)),
+        plan: Arc::new(move |now, reminder| notify::plan(&plan_store.read(), now, reminder, 256)),
+        propose: Arc::new(move |c| {
+            let st = prop_state.clone();
+            Box::pin(async move { st.propose(Actor::system(), c).await.map(|_| ()).map_err(|e| e.message) })
+        }),
+    };
+    tokio::spawn(notify::run(notifier, hooks, cfg.maintenance.clone(), std::time::Duration::from_millis(500), stop.clone().wait()));
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(serve(admin_l, admin_app, tls.clone(), stop.clone()));

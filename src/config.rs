@@ -41,6 +41,10 @@ pub struct Config {
     pub cluster: ClusterConfig,
     #[serde(default)]
     pub status: StatusConfig,
+    #[serde(default)]
+    pub notify: NotifyConfig,
+    #[serde(default)]
+    pub maintenance: MaintenanceConfig,
     /// Set only by `lgsp dev`; a config file cannot turn TLS off.
     #[serde(skip)]
     pub dev_mode: bool,
@@ -309,6 +313,123 @@ impl Default for StatusConfig {
     }
 }
 
+/// How notices leave the appliance (O2, O3); only the Raft leader sends.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// SMTP relay `host:port`; without it email deliveries fail as "not configured".
+    #[serde(default)]
+    pub smtp_server: Option<String>,
+    /// `starttls` (default, port 587), `tls` (implicit TLS, port 465) or `plain` (only to a
+    /// loopback relay, or in dev mode).
+    #[serde(default)]
+    pub smtp_security: SmtpSecurity,
+    #[serde(default)]
+    pub smtp_username: Option<String>,
+    /// File holding the SMTP password (kept out of the config file).
+    #[serde(default)]
+    pub smtp_password_file: Option<PathBuf>,
+    /// Extra CA certificates (PEM) trusted for the SMTP relay.
+    #[serde(default)]
+    pub smtp_ca_file: Option<PathBuf>,
+    /// The `From:` address, e.g. `LGSP <lgsp@example.gov.vn>`.
+    #[serde(default = "d_from")]
+    pub from: String,
+    /// The operator's addresses, copied on every notice.
+    #[serde(default)]
+    pub operator_emails: Vec<String>,
+    /// The operator's webhook, copied on every notice.
+    #[serde(default)]
+    pub operator_webhook: Option<String>,
+    /// File holding the operator webhook's signing secret.
+    #[serde(default)]
+    pub operator_webhook_secret_file: Option<PathBuf>,
+    /// First retry delay after a failed delivery (doubled each time, at most 1 h), e.g. `30s`.
+    #[serde(default = "d_retry_base")]
+    pub retry_base: String,
+    /// Attempts before a delivery is marked failed.
+    #[serde(default = "d_attempts")]
+    pub max_attempts: u32,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        NotifyConfig {
+            smtp_server: None,
+            smtp_security: SmtpSecurity::default(),
+            smtp_username: None,
+            smtp_password_file: None,
+            smtp_ca_file: None,
+            from: d_from(),
+            operator_emails: vec![],
+            operator_webhook: None,
+            operator_webhook_secret_file: None,
+            retry_base: d_retry_base(),
+            max_attempts: d_attempts(),
+        }
+    }
+}
+
+fn d_from() -> String {
+    "LGSP <lgsp@localhost>".into()
+}
+fn d_retry_base() -> String {
+    "30s".into()
+}
+fn d_attempts() -> u32 {
+    8
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpSecurity {
+    #[default]
+    Starttls,
+    Tls,
+    Plain,
+}
+
+/// Maintenance windows (O3).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceConfig {
+    /// Minimum notice before a window starts: `7d` (Hai Phong, the default) or `24h` (Hanoi);
+    /// shorter only as an emergency with a reason.
+    #[serde(default = "d_min_notice")]
+    pub min_notice: String,
+    /// The reminder goes out this long before the start.
+    #[serde(default = "d_reminder")]
+    pub reminder_before: String,
+}
+
+fn d_min_notice() -> String {
+    "7d".into()
+}
+fn d_reminder() -> String {
+    "24h".into()
+}
+
+impl Default for MaintenanceConfig {
+    fn default() -> Self {
+        MaintenanceConfig { min_notice: d_min_notice(), reminder_before: d_reminder() }
+    }
+}
+
+impl MaintenanceConfig {
+    pub fn min_notice_secs(&self) -> u64 {
+        crate::registry::rules::parse_duration(&self.min_notice).unwrap_or(7 * 86_400)
+    }
+    pub fn reminder_secs(&self) -> u64 {
+        crate::registry::rules::parse_duration(&self.reminder_before).unwrap_or(86_400)
+    }
+}
+
+impl NotifyConfig {
+    pub fn retry_base_secs(&self) -> u64 {
+        crate::registry::rules::parse_duration(&self.retry_base).unwrap_or(30)
+    }
+}
+
 impl Config {
     /// The address peers dial for this node's cluster listener.
     pub fn cluster_advertise(&self, bound: SocketAddr) -> Result<String, ConfigError> {
@@ -386,6 +507,8 @@ impl Config {
             log: LogConfig::default(),
             cluster: ClusterConfig::default(),
             status: StatusConfig::default(),
+            notify: NotifyConfig::default(),
+            maintenance: MaintenanceConfig::default(),
             dev_mode: true,
         }
     }
@@ -475,6 +598,7 @@ impl Config {
                 return Err(ConfigError::Invalid { key, reason: format!("{v} is not a percentage (0 to 100)") });
             }
         }
+        self.validate_notify()?;
         let l = &self.listen;
         let addrs =
             [("listen.gateway", l.gateway), ("listen.admin", l.admin), ("listen.metrics", l.metrics), ("listen.cluster", l.cluster)];
@@ -496,6 +620,81 @@ impl Config {
                 if let Err(e) = std::fs::metadata(p) {
                     return Err(ConfigError::Invalid { key, reason: format!("cannot read {}: {e}", p.display()) });
                 }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    fn validate_notify(&self) -> Result<(), ConfigError> {
+        use crate::registry::rules::parse_duration;
+        let m = &self.maintenance;
+        let floor = if self.dev_mode { 0 } else { 3600 };
+        match parse_duration(&m.min_notice) {
+            Some(s) if s >= floor => {}
+            _ => {
+                return Err(ConfigError::Invalid {
+                    key: "maintenance.min_notice",
+                    reason: format!("{:?} is not a duration of at least 1h, like \"7d\" (Hai Phong) or \"24h\" (Hanoi)", m.min_notice),
+                })
+            }
+        }
+        match parse_duration(&m.reminder_before) {
+            Some(s) if s >= floor.min(60) => {}
+            _ => {
+                return Err(ConfigError::Invalid {
+                    key: "maintenance.reminder_before",
+                    reason: format!("{:?} is not a duration like \"24h\"", m.reminder_before),
+                })
+            }
+        }
+        let n = &self.notify;
+        if parse_duration(&n.retry_base).is_none_or(|s| s < 1) {
+            return Err(ConfigError::Invalid {
+                key: "notify.retry_base",
+                reason: format!("{:?} is not a duration of at least 1s, like \"30s\"", n.retry_base),
+            });
+        }
+        if !(1..=100).contains(&n.max_attempts) {
+            return Err(ConfigError::Invalid { key: "notify.max_attempts", reason: "must be between 1 and 100".into() });
+        }
+        if let Some(s) = &n.smtp_server {
+            let host = s.rsplit_once(':').filter(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0)).map(|(h, _)| h);
+            let Some(host) = host else {
+                return Err(ConfigError::Invalid {
+                    key: "notify.smtp_server",
+                    reason: format!("{s:?} is not host:port, e.g. \"mail.example.gov.vn:587\""),
+                });
+            };
+            let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+            if n.smtp_security == SmtpSecurity::Plain && !loopback && !self.dev_mode {
+                return Err(ConfigError::Invalid {
+                    key: "notify.smtp_security",
+                    reason: "plain SMTP is allowed only to a relay on this host (localhost); use starttls or tls".into(),
+                });
+            }
+        }
+        for (key, f) in [
+            ("notify.smtp_password_file", &n.smtp_password_file),
+            ("notify.smtp_ca_file", &n.smtp_ca_file),
+            ("notify.operator_webhook_secret_file", &n.operator_webhook_secret_file),
+        ] {
+            if let Some(p) = f {
+                if let Err(e) = std::fs::metadata(p) {
+                    return Err(ConfigError::Invalid { key, reason: format!("cannot read {}: {e}", p.display()) });
+                }
+            }
+        }
+        if let Some(u) = &n.operator_webhook {
+            let allowed = u.starts_with("https://") || (u.starts_with("http://") && self.dev_mode);
+            if !allowed {
+                return Err(ConfigError::Invalid { key: "notify.operator_webhook", reason: format!("{u:?} must be an https:// URL") });
+            }
+        }
+        for e in &n.operator_emails {
+            if !e.contains('@') {
+                return Err(ConfigError::Invalid { key: "notify.operator_emails", reason: format!("{e:?} is not an email address") });
             }
         }
         Ok(())
@@ -524,6 +723,26 @@ mod tests {
         let cfg: Config = toml::from_str(text).expect("packaging/lgsp.toml matches Config");
         assert_eq!(cfg.listen.admin.port(), 9443);
         assert!(cfg.tls.is_some());
+    }
+
+    #[test]
+    fn notify_and_maintenance_defaults_validate_and_bad_values_are_named() {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let cfg = Config::dev(PathBuf::from("/x"), any, any, any);
+        cfg.validate().expect("defaults are valid");
+        assert_eq!(cfg.maintenance.min_notice_secs(), 7 * 86_400, "Hai Phong's 7 days by default");
+        let mut bad = cfg.clone();
+        bad.dev_mode = false;
+        bad.tls = None;
+        bad.maintenance.min_notice = "10m".into();
+        let e = bad.validate_notify().unwrap_err().to_string();
+        assert!(e.contains("maintenance.min_notice"), "{e}");
+        let mut plain = cfg;
+        plain.dev_mode = false;
+        plain.notify.smtp_server = Some("mail.example.gov.vn:25".into());
+        plain.notify.smtp_security = SmtpSecurity::Plain;
+        let e = plain.validate_notify().unwrap_err().to_string();
+        assert!(e.contains("notify.smtp_security"), "{e}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod gateway;
+pub mod notify;
 pub mod ops;
 pub mod registry;
 pub mod secrets;

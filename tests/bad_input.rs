@@ -313,6 +313,10 @@ fn json_endpoints(fx: &Fx, cred: &str, sub_req: &str, sub_pa: &str) -> Vec<(&'st
         ("POST", "/api/v1/cluster/join-tokens".into()),
         ("POST", "/api/v1/cluster/leader".into()),
         ("PUT", "/api/v1/cluster/test-partition".into()),
+        ("POST", "/api/v1/maintenance".into()),
+        ("PATCH", "/api/v1/maintenance/mw-x".into()),
+        ("POST", "/api/v1/maintenance/mw-x/cancel".into()),
+        ("PUT", format!("/api/v1/agencies/{P}/webhooks")),
     ]
 }
 

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod catalogs;
 pub mod cluster_api;
 pub mod error;
+pub mod maintenance_api;
 pub mod openapi;
 pub mod registry_api;
 pub mod transactions;
@@ -45,6 +46,8 @@ pub struct AdminState {
     pub audit_dir: std::path::PathBuf,
     /// The running audit log, to flush or sign its tail before reading.
     pub audit: Option<crate::audit::AuditLog>,
+    /// Minimum notice and reminder lead of maintenance windows.
+    pub maintenance: crate::config::MaintenanceConfig,
 }
 
 pub type Shared = Arc<AdminState>;
@@ -79,6 +82,7 @@ pub fn endpoints() -> Vec<Endpoint> {
     v.extend(catalogs::endpoints());
     v.extend(transactions::endpoints());
     v.extend(cluster_api::endpoints());
+    v.extend(maintenance_api::endpoints());
     v
 }
 

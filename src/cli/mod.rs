@@ -84,6 +84,9 @@ pub enum Cmd {
     /// This node's service state: drain it before maintenance, resume it after
     #[command(subcommand)]
     Node(NodeCmd),
+    /// Maintenance windows announced to affected agencies (minimum notice, office hours)
+    #[command(subcommand)]
+    Maintenance(MaintenanceCmd),
     /// Print shell completions
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff)
@@ -124,6 +127,10 @@ pub struct DevArgs {
     /// Raft election timeout (ms)
     #[arg(long)]
     pub election_timeout_ms: Option<u64>,
+    /// A TOML file with `[notify]` and `[maintenance]` sections (as in lgsp.toml), for trying
+    /// notices and maintenance windows in dev mode
+    #[arg(long)]
+    pub ops_config: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -169,6 +176,89 @@ pub enum ClusterCmd {
     Leave,
     /// Give the node you are connected to a new cluster certificate (no downtime)
     RotateCert,
+}
+
+/// What a window takes out of service, and its reason in both languages.
+#[derive(Debug, Args)]
+pub struct WindowArgs {
+    /// `platform`, `nodes:NAME[,NAME..]` or `services:CONTEXT[,CONTEXT..]`
+    #[arg(long)]
+    pub scope: Option<String>,
+    /// Start (RFC 3339, e.g. 2026-12-06T22:00:00+07:00)
+    #[arg(long)]
+    pub start: Option<String>,
+    /// End (RFC 3339)
+    #[arg(long)]
+    pub end: Option<String>,
+    /// Reason in Vietnamese
+    #[arg(long)]
+    pub reason_vi: Option<String>,
+    /// Reason in English
+    #[arg(long)]
+    pub reason_en: Option<String>,
+    /// Shorter notice than [maintenance] min_notice: give --emergency-reason
+    #[arg(long)]
+    pub emergency: bool,
+    #[arg(long, default_value = "")]
+    pub emergency_reason: String,
+}
+
+impl WindowArgs {
+    fn body(&self) -> Result<Value> {
+        let mut b = serde_json::Map::new();
+        if let Some(s) = &self.scope {
+            let scope = match s.split_once(':') {
+                None if s == "platform" => json!({"kind": "platform"}),
+                Some(("nodes", n)) => json!({"kind": "nodes", "nodes": n.split(',').map(str::trim).collect::<Vec<_>>()}),
+                Some(("services", v)) => json!({"kind": "services", "services": v.split(',').map(str::trim).collect::<Vec<_>>()}),
+                _ => anyhow::bail!("--scope {s:?}: use platform, nodes:NAME[,NAME] or services:CONTEXT[,CONTEXT]"),
+            };
+            b.insert("scope".into(), scope);
+        }
+        for (k, v) in [("start", &self.start), ("end", &self.end)] {
+            if let Some(v) = v {
+                b.insert(k.into(), json!(v));
+            }
+        }
+        match (&self.reason_vi, &self.reason_en) {
+            (Some(vi), Some(en)) => {
+                b.insert("reason".into(), json!({"vi": vi, "en": en}));
+            }
+            (None, None) => {}
+            _ => anyhow::bail!("give the reason in both languages: --reason-vi and --reason-en"),
+        }
+        if self.emergency {
+            b.insert("emergency".into(), json!(true));
+            b.insert("emergency_reason".into(), json!(self.emergency_reason));
+        }
+        Ok(Value::Object(b))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MaintenanceCmd {
+    /// List windows (newest start first)
+    List,
+    /// Announce a window; affected agencies and the operator are notified
+    Announce {
+        /// An id for the window (generated if left out)
+        #[arg(long)]
+        id: Option<String>,
+        #[command(flatten)]
+        window: WindowArgs,
+    },
+    /// Change a window's scope, times or reason
+    Change {
+        id: String,
+        #[command(flatten)]
+        window: WindowArgs,
+    },
+    /// Cancel a window
+    Cancel {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -586,6 +676,27 @@ pub fn main() -> ExitCode {
             }
             if let Some(v) = d.election_timeout_ms {
                 cfg.cluster.election_timeout_ms = v;
+            }
+            if let Some(p) = &d.ops_config {
+                #[derive(serde::Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct Ops {
+                    #[serde(default)]
+                    notify: crate::config::NotifyConfig,
+                    #[serde(default)]
+                    maintenance: crate::config::MaintenanceConfig,
+                }
+                let ops: Ops =
+                    match std::fs::read_to_string(p).map_err(|e| e.to_string()).and_then(|t| toml::from_str(&t).map_err(|e| e.to_string()))
+                    {
+                        Ok(o) => o,
+                        Err(e) => {
+                            eprintln!("lgsp: --ops-config {}: {e}", p.display());
+                            return ExitCode::from(EXIT_USAGE);
+                        }
+                    };
+                cfg.notify = ops.notify;
+                cfg.maintenance = ops.maintenance;
             }
             if let Err(e) = cfg.validate() {
                 eprintln!("lgsp: invalid configuration: {e}");
@@ -1016,6 +1127,34 @@ async fn remote(cmd: Cmd, conn: &Connection, j: bool) -> Result<()> {
             ClusterCmd::Leave => show(&c.post("/api/v1/cluster/leave", json!({})).await?, j, &[]),
             ClusterCmd::RotateCert => show(&c.post("/api/v1/cluster/certificate/rotate", json!({})).await?, j, &[]),
         },
+        Cmd::Maintenance(mc) => {
+            let cols = ["id", "status", "start", "end", "emergency", "office_hours"];
+            let one = |v: &Value| {
+                if let Some(ws) = v["warnings"].as_array() {
+                    for w in ws.iter().filter_map(Value::as_str) {
+                        eprintln!("warning: {w}");
+                    }
+                }
+            };
+            match mc {
+                MaintenanceCmd::List => show(&c.get("/api/v1/maintenance").await?, j, &cols),
+                MaintenanceCmd::Announce { id, window } => {
+                    let mut b = window.body()?;
+                    if let Some(id) = id {
+                        b["id"] = json!(id);
+                    }
+                    let v = c.post("/api/v1/maintenance", b).await?;
+                    one(&v);
+                    show(&v, j, &[]);
+                }
+                MaintenanceCmd::Change { id, window } => {
+                    let v = c.call(reqwest::Method::PATCH, &format!("/api/v1/maintenance/{id}"), Some(&window.body()?)).await?;
+                    one(&v);
+                    show(&v, j, &[]);
+                }
+                MaintenanceCmd::Cancel { id, reason } => show(&c.post(&format!("/api/v1/maintenance/{id}/cancel"), json!({"reason": reason})).await?, j, &[]),
+            }
+        }
         Cmd::Node(nc) => match nc {
             NodeCmd::Drain => show(&c.post("/api/v1/node/drain", json!({})).await?, j, &[]),
             NodeCmd::Resume => show(&c.post("/api/v1/node/resume", json!({})).await?, j, &[]),

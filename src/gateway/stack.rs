@@ -183,6 +183,9 @@ impl Gateway {
         } else if path == "/revoke" {
             d.service = "revoke".into();
             self.revoke(req, &view, &mut d).await
+        } else if path == "/maintenance.json" || path == "/maintenance.atom" {
+            d.service = "maintenance-feed".into();
+            Ok(Reply::Local(super::feed::response(&view, path.ends_with(".atom"), Utc::now())))
         } else if let Some(rest) = path.strip_prefix("/dmdc/") {
             d.service = "dmdc".into();
             let rest = rest.to_owned();
@@ -352,6 +355,22 @@ impl Gateway {
         let (svc, ver, rest) = route(view, req.uri().path())?;
         d.service = svc.context.clone();
         d.version = ver.version.clone();
+        let now = Utc::now();
+        if let Some(w) = view.maintenance_for(&svc.context, now) {
+            let secs = u64::try_from((w.end - now).num_seconds()).unwrap_or(0).max(1);
+            return Err(Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "MAINTENANCE",
+                format!(
+                    "Dịch vụ đang bảo trì đến {}: {} / The service is under maintenance until {}: {}",
+                    rules::local_time(w.end),
+                    w.reason.vi,
+                    rules::local_time(w.end),
+                    w.reason.en
+                ),
+            )
+            .retry_after(secs));
+        }
         if svc.provider_unavailable {
             return Err(Refusal::new(
                 StatusCode::SERVICE_UNAVAILABLE,

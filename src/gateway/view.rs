@@ -13,7 +13,8 @@ use http::{HeaderValue, Method};
 
 use super::httpsig::ParsedKey;
 use crate::registry::{
-    AgencyStatus, Catalog, Environment, PublicKey, RateLimit, SecretHash, SigAlg, State, SubscriptionState, UpstreamAuth, VersionState,
+    AgencyStatus, Catalog, Environment, MaintenanceWindow, PublicKey, RateLimit, SecretHash, SigAlg, State, SubscriptionState,
+    UpstreamAuth, VersionState,
 };
 use crate::secrets::SecretsKey;
 
@@ -141,6 +142,9 @@ pub struct View {
     revoked: HashSet<String>,
     consumers: HashMap<String, ConsumerStatus>,
     catalogs: HashMap<String, Arc<Catalog>>,
+    /// Maintenance windows, newest start first (enforced against the request's clock, and
+    /// published in the feed).
+    maintenance: Vec<Arc<MaintenanceWindow>>,
 }
 
 fn sub_key(system: &str, context: &str, version: &str, env: Environment) -> String {
@@ -284,7 +288,19 @@ impl View {
         for c in state.catalogs.values() {
             v.catalogs.insert(c.code.clone(), Arc::new(c.clone()));
         }
+        v.maintenance = state.maintenance.values().map(|w| Arc::new(w.clone())).collect();
+        v.maintenance.sort_by(|a, b| b.start.cmp(&a.start).then_with(|| a.id.cmp(&b.id)));
         v
+    }
+
+    /// The window in force for this service at `now` (the one ending last if several).
+    pub fn maintenance_for(&self, context: &str, now: chrono::DateTime<chrono::Utc>) -> Option<&Arc<MaintenanceWindow>> {
+        self.maintenance.iter().filter(|w| w.active_at(now) && w.scope.covers_service(context)).max_by_key(|w| w.end)
+    }
+
+    /// Every window, newest start first.
+    pub fn maintenance_windows(&self) -> &[Arc<MaintenanceWindow>] {
+        &self.maintenance
     }
 
     pub fn service(&self, context: &str) -> Option<&Arc<RouteService>> {

@@ -12,6 +12,7 @@ use super::error::RegistryError as E;
 use super::model::*;
 use super::rules;
 use super::state::State;
+use super::{maintenance, notice};
 
 /// What a successful command did, for the caller and the admin audit trail.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +100,7 @@ impl Cx<'_> {
             successors: vec![],
             created_at: self.at,
             history: vec![agency_event(self.at, &self.actor.user, "created", detail)],
+            webhooks: vec![],
         });
         Ok(())
     }
@@ -157,6 +159,7 @@ impl Cx<'_> {
                     successors: vec![],
                     created_at: self.at,
                     history: vec![agency_event(self.at, &self.actor.user, "created", name.clone())],
+                    webhooks: vec![],
                 });
             }
             UpdateAgency { code, contacts, parent } => {
@@ -890,6 +893,86 @@ impl Cx<'_> {
                 self.s.put_subscription(sub.clone());
             }
             UpsertCredential { credential } => self.put_credential(credential, false)?,
+
+            SetAgencyWebhooks { code, webhooks } => {
+                let mut a = self.agency(code)?;
+                for (i, w) in webhooks.iter().enumerate() {
+                    if !w.url.starts_with("https://") && !w.url.starts_with("http://") {
+                        return Err(E::invalid(&format!("webhooks[{i}].url"), "must be an http:// or https:// URL"));
+                    }
+                    if webhooks[..i].iter().any(|o| o.url == w.url) {
+                        return Err(E::invalid(&format!("webhooks[{i}].url"), "is listed twice"));
+                    }
+                }
+                a.webhooks = webhooks.clone();
+                a.history.push(agency_event(self.at, &self.actor.user, "updated", format!("{} webhook(s)", webhooks.len())));
+                self.s.agencies.put(a);
+            }
+            AnnounceMaintenance { id, scope, start, end, reason, emergency, emergency_reason, min_notice_secs } => {
+                let d = maintenance::Draft {
+                    scope,
+                    start: *start,
+                    end: *end,
+                    reason,
+                    emergency: *emergency,
+                    emergency_reason,
+                    min_notice_secs: *min_notice_secs,
+                };
+                maintenance::announce(self.s, id, d, self.at, &self.actor.user)?;
+            }
+            ChangeMaintenance { id, scope, start, end, reason, emergency, emergency_reason, min_notice_secs } => {
+                maintenance::change(
+                    self.s,
+                    id,
+                    scope.as_ref(),
+                    *start,
+                    *end,
+                    reason.as_ref(),
+                    *emergency,
+                    emergency_reason,
+                    *min_notice_secs,
+                    self.at,
+                    &self.actor.user,
+                )?;
+            }
+            CancelMaintenance { id, reason } => maintenance::cancel(self.s, id, reason, self.at, &self.actor.user)?,
+            MaintenanceStage { id, stage } => maintenance::stage(self.s, id, stage, self.at, &self.actor.user)?,
+            RecordDeliveries { results } => {
+                for r in results {
+                    // A notice pruned or a delivery already settled (by an earlier leader) is skipped.
+                    let Some(mut n) = self.s.notices.get(&r.notice).cloned() else { continue };
+                    let Some(d) = n.deliveries.get_mut(r.index as usize) else { continue };
+                    if d.state != DeliveryState::Pending {
+                        continue;
+                    }
+                    d.attempts += 1;
+                    match &r.outcome {
+                        DeliveryOutcome::Sent => {
+                            d.state = DeliveryState::Sent;
+                            d.sent_at = Some(self.at);
+                            d.next_at = None;
+                        }
+                        DeliveryOutcome::Retry { error, next_at } => {
+                            d.last_error = error.clone();
+                            d.next_at = Some(*next_at);
+                        }
+                        DeliveryOutcome::Failed { error } => {
+                            d.state = DeliveryState::Failed;
+                            d.last_error = error.clone();
+                            d.next_at = None;
+                        }
+                    }
+                    self.s.notices.put(n);
+                }
+            }
+            FlushProbeAlert { target } => notice::flush_probe_alert(self.s, target, self.at),
+            PruneNotices { before } => {
+                let old: Vec<String> =
+                    self.s.notices.values().filter(|n| n.created_at < *before && !n.pending()).map(|n| n.id.clone()).collect();
+                for id in old {
+                    self.s.notices.remove(&id);
+                }
+            }
 
             Batch { label: _, commands } => {
                 for (i, c) in commands.iter().enumerate() {

@@ -318,10 +318,92 @@ pub enum Command {
         credential: Credential,
     },
 
+    /// Replaces an agency's notice webhooks (secrets sealed by the proposer).
+    SetAgencyWebhooks {
+        code: String,
+        webhooks: Vec<Webhook>,
+    },
+    /// A new maintenance window. `min_notice_secs` is the proposer's configured minimum notice
+    /// (`[maintenance] min_notice`), carried so that `apply` checks it deterministically.
+    AnnounceMaintenance {
+        id: String,
+        scope: MaintenanceScope,
+        start: Timestamp,
+        end: Timestamp,
+        reason: Bilingual,
+        #[serde(default)]
+        emergency: bool,
+        #[serde(default)]
+        emergency_reason: String,
+        min_notice_secs: u64,
+    },
+    /// Changes a window that has not ended; fields left out keep their value.
+    ChangeMaintenance {
+        id: String,
+        #[serde(default)]
+        scope: Option<MaintenanceScope>,
+        #[serde(default)]
+        start: Option<Timestamp>,
+        #[serde(default)]
+        end: Option<Timestamp>,
+        #[serde(default)]
+        reason: Option<Bilingual>,
+        #[serde(default)]
+        emergency: bool,
+        #[serde(default)]
+        emergency_reason: String,
+        min_notice_secs: u64,
+    },
+    CancelMaintenance {
+        id: String,
+        reason: String,
+    },
+    /// The leader's scheduler: a window reached a stage (`reminder`, `start`, `end`); queues its
+    /// notice once (a stage already reached is a no-op).
+    MaintenanceStage {
+        id: String,
+        stage: String,
+    },
+    /// The leader's dispatcher reports what became of deliveries it attempted.
+    RecordDeliveries {
+        results: Vec<DeliveryResult>,
+    },
+    /// The leader's scheduler: a probe alert's hold-down ended; notify the settled status.
+    FlushProbeAlert {
+        target: String,
+    },
+    /// The leader's scheduler: forgets settled notices (nothing pending) created before `before`.
+    PruneNotices {
+        before: Timestamp,
+    },
+
     /// All or nothing: if one command fails, none of them took effect.
     Batch {
         label: String,
         commands: Vec<Command>,
+    },
+}
+
+/// What became of one attempted delivery (`index` into the notice's deliveries).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryResult {
+    pub notice: String,
+    pub index: u32,
+    pub outcome: DeliveryOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum DeliveryOutcome {
+    Sent,
+    /// Failed this time; try again at `next_at`.
+    Retry {
+        error: String,
+        next_at: Timestamp,
+    },
+    /// Failed for good (attempts exhausted, or the channel is not configured).
+    Failed {
+        error: String,
     },
 }
 
@@ -394,6 +476,14 @@ impl Command {
             UpsertService { .. } => "upsert_service",
             UpsertSubscription { .. } => "upsert_subscription",
             UpsertCredential { .. } => "upsert_credential",
+            SetAgencyWebhooks { .. } => "set_agency_webhooks",
+            AnnounceMaintenance { .. } => "announce_maintenance",
+            ChangeMaintenance { .. } => "change_maintenance",
+            CancelMaintenance { .. } => "cancel_maintenance",
+            MaintenanceStage { .. } => "maintenance_stage",
+            RecordDeliveries { .. } => "record_deliveries",
+            FlushProbeAlert { .. } => "flush_probe_alert",
+            PruneNotices { .. } => "prune_notices",
             Batch { .. } => "batch",
         }
     }
@@ -441,6 +531,13 @@ impl Command {
             UpsertService { service } => format!("service/{}", service.context),
             UpsertSubscription { subscription } => format!("subscription/{}", subscription.id),
             UpsertCredential { credential } => format!("credential/{}", credential.id),
+            SetAgencyWebhooks { code, .. } => format!("agency/{code}/webhooks"),
+            AnnounceMaintenance { id, .. } | ChangeMaintenance { id, .. } | CancelMaintenance { id, .. } | MaintenanceStage { id, .. } => {
+                format!("maintenance/{id}")
+            }
+            RecordDeliveries { results } => format!("notices ({} deliveries)", results.len()),
+            FlushProbeAlert { target } => format!("probe/{target}"),
+            PruneNotices { .. } => "notices/*".into(),
             Batch { label, commands } => format!("batch/{label} ({} commands)", commands.len()),
         }
     }
@@ -455,7 +552,8 @@ impl Command {
             | DissolveAgency { reason, .. }
             | SetAgencySuspended { reason, .. }
             | RevokeCredential { reason, .. }
-            | DecideSubscription { reason, .. } => Some(reason),
+            | DecideSubscription { reason, .. }
+            | CancelMaintenance { reason, .. } => Some(reason),
             DeprecateVersion { reason, override_reason, .. } | RetireVersion { reason, override_reason, .. } => {
                 Some(override_reason.as_deref().unwrap_or(reason))
             }
@@ -465,6 +563,14 @@ impl Command {
 
     /// Routine bookkeeping that is not an administrative change (kept out of the admin trail).
     pub fn is_bookkeeping(&self) -> bool {
-        matches!(self, Command::RecordLoginSuccess { .. } | Command::PruneRevokedTokens)
+        matches!(
+            self,
+            Command::RecordLoginSuccess { .. }
+                | Command::PruneRevokedTokens
+                | Command::RecordDeliveries { .. }
+                | Command::MaintenanceStage { .. }
+                | Command::FlushProbeAlert { .. }
+                | Command::PruneNotices { .. }
+        )
     }
 }

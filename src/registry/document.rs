@@ -497,6 +497,7 @@ fn plan_agency(p: &mut Planner, a: &AgencyDoc) {
             successors: vec![],
             created_at: p.at,
             history: vec![event(p, "created", "import")],
+            webhooks: vec![],
         },
     };
     p.commands.push(Command::UpsertAgency { agency: new });

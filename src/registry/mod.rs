@@ -10,12 +10,14 @@ pub mod command;
 pub mod document;
 pub mod dvhc;
 pub mod error;
+pub mod maintenance;
 pub mod model;
+pub mod notice;
 pub mod rules;
 pub mod state;
 
 pub use apply::{apply, Outcome};
-pub use command::{Actor, Command, Decision, Envelope, NewAgency, ServiceSpec, FORMAT};
+pub use command::{Actor, Command, Decision, DeliveryOutcome, DeliveryResult, Envelope, NewAgency, ServiceSpec, FORMAT};
 pub use error::RegistryError;
 pub use model::*;
 pub use state::State;

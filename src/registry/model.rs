@@ -88,6 +88,17 @@ pub struct Agency {
     pub created_at: Timestamp,
     #[serde(default)]
     pub history: Vec<AgencyEvent>,
+    /// Where the agency wants machine-readable notices (O2, O3).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<Webhook>,
+}
+
+/// An HTTPS endpoint receiving notices as JSON, signed with HMAC-SHA256 under `secret`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Webhook {
+    pub url: String,
+    /// The shared signing secret, sealed with the cluster's secrets key.
+    pub secret: Sealed,
 }
 
 /// How a system is cleared to connect (R3): an approved security level or a signed commitment.
@@ -555,4 +566,198 @@ pub struct Settings {
     /// Public holidays (local dates) skipped by the 5-working-day clock.
     #[serde(default)]
     pub holidays: Vec<NaiveDate>,
+}
+
+/// A text in Vietnamese and English (notices, maintenance reasons).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Bilingual {
+    pub vi: String,
+    pub en: String,
+}
+
+/// What a maintenance window takes out of service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum MaintenanceScope {
+    /// Every service on every node.
+    Platform,
+    /// These nodes (by name): `/status` answers 503 so load balancers move away.
+    Nodes { nodes: Vec<String> },
+    /// These services (by context) on every node: the gateway answers 503 `MAINTENANCE`.
+    Services { services: Vec<String> },
+}
+
+impl MaintenanceScope {
+    pub fn covers_service(&self, context: &str) -> bool {
+        match self {
+            MaintenanceScope::Platform => true,
+            MaintenanceScope::Nodes { .. } => false,
+            MaintenanceScope::Services { services } => services.iter().any(|s| s == context),
+        }
+    }
+    pub fn covers_node(&self, name: &str) -> bool {
+        match self {
+            MaintenanceScope::Nodes { nodes } => nodes.iter().any(|n| n == name),
+            _ => false,
+        }
+    }
+}
+
+/// One entry in a window's history (announced, changed, cancelled, reminder, started, ended).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaintenanceEvent {
+    pub at: Timestamp,
+    pub by: String,
+    pub kind: String,
+    #[serde(default)]
+    pub detail: String,
+}
+
+/// A planned (or emergency) maintenance window (O3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaintenanceWindow {
+    pub id: String,
+    pub scope: MaintenanceScope,
+    pub start: Timestamp,
+    pub end: Timestamp,
+    pub reason: Bilingual,
+    /// Announced with less than the minimum notice; `emergency_reason` says why.
+    #[serde(default)]
+    pub emergency: bool,
+    #[serde(default)]
+    pub emergency_reason: String,
+    /// The window touches office hours (Mon–Fri 07:30–17:00 Vietnam time, holidays excepted).
+    #[serde(default)]
+    pub office_hours: bool,
+    /// Incremented by every change; part of the change notices' dedup keys.
+    #[serde(default)]
+    pub revision: u32,
+    pub announced_at: Timestamp,
+    pub announced_by: String,
+    #[serde(default)]
+    pub updated_at: Option<Timestamp>,
+    #[serde(default)]
+    pub cancelled_at: Option<Timestamp>,
+    /// Stages whose notice was queued: `reminder`, `start`, `end`.
+    #[serde(default)]
+    pub stages: Vec<String>,
+    #[serde(default)]
+    pub history: Vec<MaintenanceEvent>,
+}
+
+impl MaintenanceWindow {
+    /// In force at `now` (not cancelled, start ≤ now < end).
+    pub fn active_at(&self, now: Timestamp) -> bool {
+        self.cancelled_at.is_none() && self.start <= now && now < self.end
+    }
+    pub fn stage_done(&self, stage: &str) -> bool {
+        self.stages.iter().any(|s| s == stage)
+    }
+}
+
+/// Where one copy of a notice goes.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Channel {
+    /// A contact of an agency, system or subscription.
+    Email { to: String },
+    /// An agency's webhook (its secret is looked up in the agency when sending).
+    Webhook { agency: String, url: String },
+    /// The operator's addresses from `[notify] operator_emails`.
+    OperatorEmail,
+    /// `[notify] operator_webhook`.
+    OperatorWebhook,
+}
+
+impl Channel {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Channel::Email { .. } => "email",
+            Channel::Webhook { .. } => "webhook",
+            Channel::OperatorEmail => "operator_email",
+            Channel::OperatorWebhook => "operator_webhook",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    Pending,
+    Sent,
+    /// Gave up after the configured attempts, or nothing is configured for this channel.
+    Failed,
+}
+
+/// One recipient of a notice and how delivering to it went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub channel: Channel,
+    pub state: DeliveryState,
+    #[serde(default)]
+    pub attempts: u32,
+    /// Not before this instant (backoff after a failure); `None` = at once.
+    #[serde(default)]
+    pub next_at: Option<Timestamp>,
+    #[serde(default)]
+    pub last_error: String,
+    #[serde(default)]
+    pub sent_at: Option<Timestamp>,
+}
+
+/// A notice in the replicated outbox; `id` is its dedup key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Notice {
+    pub id: String,
+    /// e.g. `maintenance.announced`, `probe.down`, `probe.cert_expiring`.
+    pub kind: String,
+    pub subject: Bilingual,
+    pub body: Bilingual,
+    /// Machine-readable facts for webhooks.
+    #[serde(default)]
+    pub data: serde_json::Value,
+    pub created_at: Timestamp,
+    pub deliveries: Vec<Delivery>,
+}
+
+impl Notice {
+    pub fn pending(&self) -> bool {
+        self.deliveries.iter().any(|d| d.state == DeliveryState::Pending)
+    }
+}
+
+/// Connection status of a probed target (O2), as the probes report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeStatus {
+    Up,
+    Degraded,
+    Down,
+}
+
+impl ProbeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeStatus::Up => "up",
+            ProbeStatus::Degraded => "degraded",
+            ProbeStatus::Down => "down",
+        }
+    }
+}
+
+/// What was last notified about a probed target (dedup and flapping hold-down).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeAlert {
+    pub target: String,
+    /// The system whose contacts are told (its agency's too).
+    pub system: String,
+    pub notified: ProbeStatus,
+    #[serde(default)]
+    pub notified_at: Option<Timestamp>,
+    /// The latest reported status and since when.
+    pub current: ProbeStatus,
+    pub current_since: Timestamp,
+    #[serde(default)]
+    pub reason: String,
 }

@@ -118,6 +118,76 @@ pub fn add_working_days(from: Timestamp, n: u32, holidays: &[NaiveDate]) -> Naiv
     d
 }
 
+/// Office hours in Vietnam (O3 prefers maintenance outside them): Monday to Friday,
+/// 07:30 to 17:00 local time, public holidays excepted.
+pub const OFFICE_OPEN: (u32, u32) = (7, 30);
+pub const OFFICE_CLOSE: (u32, u32) = (17, 0);
+
+/// Whether `[start, end)` overlaps office hours on some working day.
+pub fn touches_office_hours(start: Timestamp, end: Timestamp, holidays: &[NaiveDate]) -> bool {
+    let tz = vietnam();
+    let mut day = local_date(start);
+    let last = local_date(end);
+    // Bounded by the window's length (windows are at most a few weeks long).
+    while day <= last {
+        if is_working_day(day, holidays) {
+            let at = |(h, m): (u32, u32)| day.and_hms_opt(h, m, 0).and_then(|n| n.and_local_timezone(tz).single()).map(|t| t.to_utc());
+            if let (Some(open), Some(close)) = (at(OFFICE_OPEN), at(OFFICE_CLOSE)) {
+                if start < close && open < end {
+                    return true;
+                }
+            }
+        }
+        day += Duration::days(1);
+    }
+    false
+}
+
+/// A local (Vietnam) rendering of an instant for notices: `2026-11-30 22:00 (UTC+7)`.
+pub fn local_time(t: Timestamp) -> String {
+    t.with_timezone(&vietnam()).format("%Y-%m-%d %H:%M (UTC+7)").to_string()
+}
+
+/// `"7d"`, `"24h"`, `"30m"`, `"45s"` (or a sum like `"1d12h"`) as seconds.
+pub fn parse_duration(s: &str) -> Option<u64> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    let mut total: u64 = 0;
+    let mut num = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: u64 = num.parse().ok()?;
+        num.clear();
+        let unit = match c {
+            'd' => 86_400,
+            'h' => 3_600,
+            'm' => 60,
+            's' => 1,
+            _ => return None,
+        };
+        total = total.checked_add(n.checked_mul(unit)?)?;
+    }
+    if !num.is_empty() {
+        return None;
+    }
+    Some(total)
+}
+
+/// Seconds as the shortest `7d`, `24h`, `90m` or `45s` form that is exact.
+pub fn format_duration(secs: u64) -> String {
+    for (unit, name) in [(86_400, "d"), (3_600, "h"), (60, "m")] {
+        if secs >= unit && secs % unit == 0 {
+            return format!("{}{name}", secs / unit);
+        }
+    }
+    format!("{secs}s")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,6 +211,34 @@ mod tests {
         assert!(version_label("v", "v2.10").is_ok());
         assert!(version_label("v", "1").is_err());
         assert!(version_label("v", "v1.").is_err());
+    }
+
+    #[test]
+    fn office_hours_are_weekdays_0730_to_1700_local_without_holidays() {
+        let utc = |d, h, m| chrono::Utc.with_ymd_and_hms(2026, 11, d, h, m, 0).unwrap();
+        // Monday 2026-11-23: 07:30 local = 00:30 UTC, 17:00 local = 10:00 UTC.
+        assert!(touches_office_hours(utc(23, 2, 0), utc(23, 3, 0), &[]));
+        assert!(!touches_office_hours(utc(23, 10, 0), utc(23, 23, 0), &[]), "17:00 to 06:00 local is outside");
+        assert!(touches_office_hours(utc(23, 9, 59), utc(23, 11, 0), &[]), "ends after 16:59 local");
+        assert!(!touches_office_hours(utc(23, 0, 0), utc(23, 0, 30), &[]), "07:00-07:30 local is before opening");
+        // Saturday 2026-11-28 all day.
+        assert!(!touches_office_hours(utc(27, 17, 0), utc(29, 17, 0), &[]));
+        let hol = [NaiveDate::from_ymd_opt(2026, 11, 23).unwrap()];
+        assert!(!touches_office_hours(utc(23, 2, 0), utc(23, 3, 0), &hol), "a public holiday has no office hours");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("7d"), Some(7 * 86_400));
+        assert_eq!(parse_duration("24h"), Some(86_400));
+        assert_eq!(parse_duration("1d12h"), Some(129_600));
+        assert_eq!(parse_duration("0s"), Some(0));
+        for bad in ["", "7", "d", "7x", "-1d"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+        assert_eq!(format_duration(7 * 86_400), "7d");
+        assert_eq!(format_duration(86_400), "1d");
+        assert_eq!(format_duration(90), "90s");
     }
 
     #[test]

@@ -36,6 +36,9 @@ entity!(Catalog, "catalogs", code);
 entity!(User, "users", username);
 entity!(ApiToken, "tokens", id);
 entity!(RevokedToken, "revoked_tokens", jti);
+entity!(MaintenanceWindow, "maintenance", id);
+entity!(Notice, "notices", id);
+entity!(ProbeAlert, "probe_alerts", target);
 
 /// A keyed collection that journals every change.
 #[derive(Debug, Clone)]
@@ -136,6 +139,10 @@ pub struct State {
     pub users: Table<User>,
     pub tokens: Table<ApiToken>,
     pub revoked_tokens: Table<RevokedToken>,
+    pub maintenance: Table<MaintenanceWindow>,
+    /// The replicated outbox (see `notice`).
+    pub notices: Table<Notice>,
+    pub probe_alerts: Table<ProbeAlert>,
     pub settings: Settings,
     settings_undo: Vec<Settings>,
     settings_touched: bool,
@@ -149,7 +156,7 @@ pub struct State {
 
 /// A point to roll back to.
 #[derive(Debug, Clone, Copy)]
-pub struct Checkpoint([usize; 10]);
+pub struct Checkpoint([usize; 13]);
 
 /// What changed in one successful apply, for the store to persist.
 #[derive(Debug, Default)]
@@ -177,6 +184,9 @@ impl State {
             self.tokens.mark(),
             self.settings_undo.len(),
             self.revoked_tokens.mark(),
+            self.maintenance.mark(),
+            self.notices.mark(),
+            self.probe_alerts.mark(),
         ])
     }
 
@@ -191,6 +201,9 @@ impl State {
         self.users.rollback(m[6]);
         self.tokens.rollback(m[7]);
         self.revoked_tokens.rollback(m[9]);
+        self.maintenance.rollback(m[10]);
+        self.notices.rollback(m[11]);
+        self.probe_alerts.rollback(m[12]);
         while self.settings_undo.len() > m[8] {
             if let Some(s) = self.settings_undo.pop() {
                 self.settings = s;
@@ -222,6 +235,9 @@ impl State {
         take(&mut self.users, &mut rows);
         take(&mut self.tokens, &mut rows);
         take(&mut self.revoked_tokens, &mut rows);
+        take(&mut self.maintenance, &mut rows);
+        take(&mut self.notices, &mut rows);
+        take(&mut self.probe_alerts, &mut rows);
         self.settings_undo.clear();
         let settings = std::mem::take(&mut self.settings_touched).then(|| encode(&self.settings));
         Changes { rows, settings }
@@ -246,6 +262,9 @@ impl State {
         take(&self.users, &mut rows);
         take(&self.tokens, &mut rows);
         take(&self.revoked_tokens, &mut rows);
+        take(&self.maintenance, &mut rows);
+        take(&self.notices, &mut rows);
+        take(&self.probe_alerts, &mut rows);
         let settings = self.settings_touched.then(|| encode(&self.settings));
         Changes { rows, settings }
     }
@@ -261,12 +280,15 @@ impl State {
         self.users.clear_journal();
         self.tokens.clear_journal();
         self.revoked_tokens.clear_journal();
+        self.maintenance.clear_journal();
+        self.notices.clear_journal();
+        self.probe_alerts.clear_journal();
         self.settings_undo.clear();
         self.settings_touched = false;
     }
 
     /// Names of every persistent table, for the store.
-    pub const TABLES: [&'static str; 9] = [
+    pub const TABLES: [&'static str; 12] = [
         Agency::TABLE,
         System::TABLE,
         Service::TABLE,
@@ -276,6 +298,9 @@ impl State {
         User::TABLE,
         ApiToken::TABLE,
         RevokedToken::TABLE,
+        MaintenanceWindow::TABLE,
+        Notice::TABLE,
+        ProbeAlert::TABLE,
     ];
 
     /// Loads one stored row into the right table (used when opening the store).
@@ -290,6 +315,9 @@ impl State {
             "users" => self.users.load(serde_json::from_slice(bytes)?),
             "tokens" => self.tokens.load(serde_json::from_slice(bytes)?),
             "revoked_tokens" => self.revoked_tokens.load(serde_json::from_slice(bytes)?),
+            "maintenance" => self.maintenance.load(serde_json::from_slice(bytes)?),
+            "notices" => self.notices.load(serde_json::from_slice(bytes)?),
+            "probe_alerts" => self.probe_alerts.load(serde_json::from_slice(bytes)?),
             _ => {}
         }
         Ok(())
