@@ -9,5 +9,6 @@ pub mod cluster;
 pub mod config;
 pub mod gateway;
 pub mod ops;
+pub mod probes;
 pub mod registry;
 pub mod secrets;

@@ -556,3 +556,86 @@ pub struct Settings {
     #[serde(default)]
     pub holidays: Vec<NaiveDate>,
 }
+
+/// What a probe checks (issue 6). See ARCHITECTURE.md "Probes".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeKind {
+    /// GET the URL; healthy when it answers `expect_status` within the timeout.
+    Http,
+    /// Connect to `host:port` within the timeout.
+    Tcp,
+    /// TLS handshake with `host:port`; reports the days left on the server certificate.
+    Tls,
+}
+
+/// A health probe agreed at registration for a system or a service version.
+///
+/// Invariants (enforced by [`ProbeSpec::validate`]): the interval is within
+/// [`ProbeSpec::MIN_INTERVAL_S`]..=[`ProbeSpec::MAX_INTERVAL_S`]; the timeout is positive and
+/// not longer than the interval; `target` is an `http(s)://` URL for `http` and `host:port`
+/// otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeSpec {
+    pub kind: ProbeKind,
+    /// URL (`http`) or `host:port` (`tcp`, `tls`).
+    pub target: String,
+    pub interval_s: u32,
+    #[serde(default = "ProbeSpec::default_timeout_ms")]
+    pub timeout_ms: u32,
+    /// HTTP status meaning healthy (`http` only).
+    #[serde(default = "ProbeSpec::default_expect_status")]
+    pub expect_status: u16,
+    /// Fewer days left on the certificate than this is `degraded` (`tls`, and `http` over https).
+    #[serde(default = "ProbeSpec::default_tls_warn_days")]
+    pub tls_warn_days: u32,
+}
+
+impl ProbeSpec {
+    pub const MIN_INTERVAL_S: u32 = 10;
+    pub const MAX_INTERVAL_S: u32 = 3600;
+
+    fn default_timeout_ms() -> u32 {
+        5000
+    }
+    fn default_expect_status() -> u16 {
+        200
+    }
+    fn default_tls_warn_days() -> u32 {
+        21
+    }
+
+    /// Checks the invariants; the error is a sentence for the operator.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(Self::MIN_INTERVAL_S..=Self::MAX_INTERVAL_S).contains(&self.interval_s) {
+            return Err(format!(
+                "interval_s must be between {} and {} seconds, not {}",
+                Self::MIN_INTERVAL_S,
+                Self::MAX_INTERVAL_S,
+                self.interval_s
+            ));
+        }
+        if self.timeout_ms == 0 || u64::from(self.timeout_ms) > u64::from(self.interval_s) * 1000 {
+            return Err(format!("timeout_ms must be positive and at most the interval ({} ms), not {}", self.interval_s * 1000, self.timeout_ms));
+        }
+        match self.kind {
+            ProbeKind::Http => {
+                let lower = self.target.to_ascii_lowercase();
+                let rest = lower.strip_prefix("https://").or_else(|| lower.strip_prefix("http://"));
+                if rest.is_none_or(|r| r.is_empty() || r.starts_with('/')) {
+                    return Err(format!("an http probe needs an http:// or https:// URL with a host, not {:?}", self.target));
+                }
+                if !(100..=599).contains(&self.expect_status) {
+                    return Err(format!("expect_status must be an HTTP status (100-599), not {}", self.expect_status));
+                }
+            }
+            ProbeKind::Tcp | ProbeKind::Tls => {
+                let ok = self.target.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+                if !ok {
+                    return Err(format!("a tcp or tls probe needs host:port, not {:?}", self.target));
+                }
+            }
+        }
+        Ok(())
+    }
+}

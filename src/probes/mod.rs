@@ -1,0 +1,36 @@
+//! 24/7 health probes of registered systems and service versions (issue 6; requirements O2,
+//! O3; design in ARCHITECTURE.md "Probes").
+//!
+//! Owns: the checks themselves (`check`: HTTP(S), TCP connect, TLS certificate expiry), flap
+//! suppression and status changes (`state`), and which live node probes which target
+//! (`assign`). The scheduler, history store, gossip of results and Raft status-change events
+//! are designed but not built yet (see PROBES-STATUS.md).
+//!
+//! May import `registry` (read-only model types such as `ProbeSpec`) and `config`; never
+//! `cluster`, `admin` or `gateway` (`app.rs` wires probes to them). Keeps the registry pure:
+//! nothing here writes to it except through commands proposed by `app`.
+
+pub mod assign;
+pub mod check;
+pub mod state;
+
+use serde::{Deserialize, Serialize};
+
+/// One check's verdict, ordered from best to worst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    Up,
+    Degraded,
+    Down,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Up => "up",
+            Health::Degraded => "degraded",
+            Health::Down => "down",
+        }
+    }
+}
