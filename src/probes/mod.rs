@@ -12,6 +12,7 @@
 
 pub mod assign;
 pub mod check;
+pub mod runner;
 pub mod state;
 
 use serde::{Deserialize, Serialize};
