@@ -12,6 +12,7 @@
 
 pub mod assign;
 pub mod check;
+pub mod history;
 pub mod runner;
 pub mod state;
 
