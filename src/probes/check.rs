@@ -161,7 +161,10 @@ impl Checker {
         let mut out = if days < i64::from(spec.tls_warn_days) {
             Outcome::new(
                 Health::Degraded,
-                format!("the certificate of {} expires in {days} days ({when}), under the {} day warning; renew it", spec.target, spec.tls_warn_days),
+                format!(
+                    "the certificate of {} expires in {days} days ({when}), under the {} day warning; renew it",
+                    spec.target, spec.tls_warn_days
+                ),
             )
         } else {
             Outcome::new(Health::Up, format!("the certificate of {} is valid for {days} more days ({when})", spec.target))

@@ -114,7 +114,8 @@ impl History {
             let mut daily = tx.open_table(DAILY).map_err(io)?;
             for s in samples {
                 for (table, start) in [(&mut hourly, s.at - s.at.rem_euclid(3600)), (&mut daily, s.at - s.at.rem_euclid(86_400))] {
-                    let mut agg = table.get((s.target.as_str(), start)).map_err(io)?.map(|v| Aggregate::from_bytes(v.value())).unwrap_or_default();
+                    let mut agg =
+                        table.get((s.target.as_str(), start)).map_err(io)?.map(|v| Aggregate::from_bytes(v.value())).unwrap_or_default();
                     agg.add_result(s.health, s.latency_ms);
                     table.insert((s.target.as_str(), start), agg.to_bytes().as_slice()).map_err(io)?;
                 }
@@ -133,7 +134,13 @@ impl History {
         self.rows(HOURLY, target, from, to)
     }
 
-    fn rows(&self, def: TableDefinition<(&str, i64), &[u8]>, target: &str, from: i64, to: i64) -> Result<Vec<(i64, Aggregate)>, HistoryError> {
+    fn rows(
+        &self,
+        def: TableDefinition<(&str, i64), &[u8]>,
+        target: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(i64, Aggregate)>, HistoryError> {
         let tx = self.db.begin_read().map_err(io)?;
         let table = tx.open_table(def).map_err(io)?;
         let mut out = Vec::new();
@@ -181,9 +188,14 @@ mod tests {
         let s = |target: &str, at: i64, health, latency_ms| Sample { target: target.into(), at, health, latency_ms };
         {
             let h = History::open(&path).expect("open");
-            h.record(&[s("system:a", day + 10, Health::Up, 5), s("system:a", day + 40, Health::Down, 50), s("system:b", day + 10, Health::Up, 1)])
+            h.record(&[
+                s("system:a", day + 10, Health::Up, 5),
+                s("system:a", day + 40, Health::Down, 50),
+                s("system:b", day + 10, Health::Up, 1),
+            ])
+            .expect("record");
+            h.record(&[s("system:a", day + 3600 + 1, Health::Degraded, 7), s("system:a", day + 86_400 + 1, Health::Up, 3)])
                 .expect("record");
-            h.record(&[s("system:a", day + 3600 + 1, Health::Degraded, 7), s("system:a", day + 86_400 + 1, Health::Up, 3)]).expect("record");
         }
         let h = History::open(&path).expect("reopen");
         let hours = h.hourly("system:a", day, day + 86_400).expect("hourly");
@@ -196,7 +208,7 @@ mod tests {
         assert_eq!(Aggregate::default().uptime(), None);
 
         // Hourly rows kept one day, daily rows kept 90 days.
-        let removed = h.prune(day + 2 * 86_400 + 10, 1, 90).expect("prune");
+        let removed = h.prune(day + 86_400 + 3600 + 10, 1, 90).expect("prune");
         assert_eq!(removed, 3, "the first day's three hourly rows (a, a, b)");
         assert_eq!(h.hourly("system:a", 0, i64::MAX).expect("hourly").len(), 1);
         assert_eq!(h.daily("system:a", 0, i64::MAX).expect("daily").len(), 2);

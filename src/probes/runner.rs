@@ -247,7 +247,8 @@ mod tests {
         });
         let checker = Checker::new(Arc::new(rustls::RootCertStore::empty())).expect("checker");
         let (runner, mut rx) = Runner::start("node-a".into(), checker, Rules::default(), 16);
-        let spec = |kind, target: String| ProbeSpec { kind, target, interval_s: 10, timeout_ms: 1000, expect_status: 200, tls_warn_days: 21 };
+        let spec =
+            |kind, target: String| ProbeSpec { kind, target, interval_s: 10, timeout_ms: 1000, expect_status: 200, tls_warn_days: 21 };
         let fast = Duration::from_millis(100);
         runner.set_targets(vec![
             Target { id: "system:web".into(), spec: spec(ProbeKind::Http, format!("http://{addr}/")), interval: fast, seed: None },

@@ -36,9 +36,19 @@ impl Default for Rules {
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// The confirmed status changed (`from` is `None` for a target never confirmed before).
-    Changed { from: Option<Health>, to: Health, at: i64, notify: bool },
-    FlappingStarted { at: i64 },
-    FlappingEnded { status: Health, at: i64 },
+    Changed {
+        from: Option<Health>,
+        to: Health,
+        at: i64,
+        notify: bool,
+    },
+    FlappingStarted {
+        at: i64,
+    },
+    FlappingEnded {
+        status: Health,
+        at: i64,
+    },
 }
 
 /// One target's tracker.
@@ -126,7 +136,10 @@ mod tests {
         assert_eq!(feed(&mut t, &[(Down, 60), (Up, 90), (Up, 120)]), vec![]);
         assert_eq!(t.status(), Some(Up));
         assert_eq!(feed(&mut t, &[(Down, 150), (Down, 180)]), vec![Event::Changed { from: Some(Up), to: Down, at: 180, notify: true }]);
-        assert_eq!(feed(&mut t, &[(Degraded, 210), (Up, 240), (Up, 270)]), vec![Event::Changed { from: Some(Down), to: Up, at: 270, notify: true }]);
+        assert_eq!(
+            feed(&mut t, &[(Degraded, 210), (Up, 240), (Up, 270)]),
+            vec![Event::Changed { from: Some(Down), to: Up, at: 270, notify: true }]
+        );
     }
 
     #[test]

@@ -616,7 +616,11 @@ impl ProbeSpec {
             ));
         }
         if self.timeout_ms == 0 || u64::from(self.timeout_ms) > u64::from(self.interval_s) * 1000 {
-            return Err(format!("timeout_ms must be positive and at most the interval ({} ms), not {}", self.interval_s * 1000, self.timeout_ms));
+            return Err(format!(
+                "timeout_ms must be positive and at most the interval ({} ms), not {}",
+                self.interval_s * 1000,
+                self.timeout_ms
+            ));
         }
         match self.kind {
             ProbeKind::Http => {
