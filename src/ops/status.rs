@@ -202,6 +202,22 @@ pub fn clock_component(now: DateTime<Utc>) -> Component {
     }
 }
 
+/// The `probes` component from the probe scheduler's figures (`app` reads them from
+/// `probes::runner::Runner`): `degraded` when checks started more than an interval late in
+/// the last minute (the node cannot keep up with its targets).
+pub fn probes_component(targets: usize, checks: u64, late_last_minute: u64) -> Component {
+    let details = json!({ "targets": targets, "checks": checks, "late_last_minute": late_last_minute });
+    if late_last_minute > 0 {
+        Component::new(
+            Level::Degraded,
+            format!("{late_last_minute} probe checks ran more than an interval late in the last minute; the node is overloaded: raise probes.max_in_flight or add nodes"),
+            details,
+        )
+    } else {
+        Component::new(Level::Up, format!("probing {targets} targets on time"), details)
+    }
+}
+
 /// Runs every check (each bounded by [`CHECK_TIMEOUT`]) and returns the components by name.
 pub async fn check(services: &Services, health: Option<(bool, Value)>) -> BTreeMap<&'static str, Component> {
     let mut out = BTreeMap::new();
@@ -324,6 +340,15 @@ mod tests {
     fn no_quorum_is_degraded_not_down() {
         assert_eq!(raft_component(false, json!({"quorum": false})).status, Level::Degraded);
         assert_eq!(raft_component(true, json!({"quorum": true})).to_json()["quorum"], true);
+    }
+
+    #[test]
+    fn late_probes_are_degraded() {
+        assert_eq!(probes_component(10, 100, 0).status, Level::Up);
+        let c = probes_component(10, 100, 3);
+        assert_eq!(c.status, Level::Degraded);
+        assert!(c.message.contains("overloaded"), "{}", c.message);
+        assert_eq!(c.to_json()["targets"], 10);
     }
 
     #[test]
