@@ -45,6 +45,8 @@ pub enum AppError {
     Tls(String),
     #[error("cannot handle signals: {0}")]
     Signal(std::io::Error),
+    #[error("cannot start the systemd watchdog thread: {0}")]
+    Watchdog(std::io::Error),
     #[error("cannot write {path}: {source}")]
     Write { path: String, source: std::io::Error },
     #[error("bootstrap failed: {0}")]
@@ -59,13 +61,9 @@ pub enum AppError {
 
 /// `lgsp_cluster_*` gauges, refreshed from Raft's metrics at every scrape.
 fn cluster_gauges(metrics: &Metrics, node: Arc<ClusterNode>) -> Result<Arc<dyn Fn() + Send + Sync>, prometheus::Error> {
-    use prometheus::{IntGauge, IntGaugeVec, Opts};
+    use prometheus::{IntGaugeVec, Opts};
     let reg = metrics.registry();
-    let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
-        let g = IntGauge::new(name, help)?;
-        reg.register(Box::new(g.clone()))?;
-        Ok(g)
-    };
+    let gauge = |name: &str, help: &str| crate::ops::metrics::int_gauge(reg, name, help);
     let term = gauge("lgsp_cluster_term", "Current Raft term")?;
     let leader = gauge("lgsp_cluster_is_leader", "1 if this node is the Raft leader")?;
     let quorum = gauge("lgsp_cluster_quorum", "1 if this node knows a leader that reaches a quorum (admin writes work)")?;
@@ -233,8 +231,15 @@ impl Proposer for StoreProposer {
 }
 
 /// Rebuilds the gateway's view after every applied command (coalescing bursts).
-async fn maintain_view(store: Arc<Store>, key: SecretsKey, tx: tokio::sync::watch::Sender<Arc<View>>, stop: shutdown::Shutdown) {
-    let mut applied = store.subscribe();
+/// `applied` must be subscribed before the initial view is built, so that an entry applied in
+/// between (Raft replays committed entries during start-up) triggers a rebuild.
+async fn maintain_view(
+    store: Arc<Store>,
+    key: SecretsKey,
+    tx: tokio::sync::watch::Sender<Arc<View>>,
+    mut applied: tokio::sync::watch::Receiver<u64>,
+    stop: shutdown::Shutdown,
+) {
     let stopped = stop.wait();
     tokio::pin!(stopped);
     loop {
@@ -413,6 +418,8 @@ pub async fn run(cfg: Config, source: Option<PathBuf>) -> Result<(), AppError> {
         thresholds: cfg.status.clone(),
         storage: storage_probe(store.clone(), dir.clone()),
     });
+    // Subscribed first: what is applied while the view is built triggers a rebuild.
+    let applied_rx = store.subscribe();
     let initial = {
         let reg = store.read();
         View::build(&reg, &key, store.last_applied())
@@ -457,7 +464,7 @@ pub async fn run(cfg: Config, source: Option<PathBuf>) -> Result<(), AppError> {
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(serve(admin_l, admin_app, tls.clone(), stop.clone()));
     tasks.spawn(gateway::server::serve(gw.clone(), gateway_l, gateway_tls, stop.clone()));
-    tokio::spawn(maintain_view(store.clone(), key.clone(), view_tx, stop.clone()));
+    tokio::spawn(maintain_view(store.clone(), key.clone(), view_tx, applied_rx, stop.clone()));
     tasks.spawn(serve(metrics_l, metrics.router(), None, stop.clone()));
 
     if cfg.dev_mode {
@@ -496,12 +503,13 @@ pub async fn run(cfg: Config, source: Option<PathBuf>) -> Result<(), AppError> {
     let watchdog = match systemd::watchdog_interval() {
         Some(interval) => {
             let probe = store.clone();
-            // The registry lock can be taken and the registry file answers a read transaction.
+            // The registry lock can be taken and the registry file answers a read transaction
+            // (the same read as the `storage` component of `/status/services`).
             let storage: systemd::StorageCheck = Arc::new(move || {
                 drop(probe.read());
-                probe.audit(1, |_| true).map(|_| ()).map_err(|e| e.to_string())
+                probe.probe().map(|_| ()).map_err(|e| e.to_string())
             });
-            Some(systemd::Watchdog::start(interval, tokio::runtime::Handle::current(), storage).map_err(AppError::Signal)?)
+            Some(systemd::Watchdog::start(interval, tokio::runtime::Handle::current(), storage).map_err(AppError::Watchdog)?)
         }
         None => None,
     };

@@ -1071,6 +1071,8 @@ fn valid_body(method: &str, template: &str) -> Option<Value> {
         ("POST", "/api/v1/cluster/leader") => json!({"node_id": 1}),
         ("POST", "/api/v1/cluster/leave") => NB,
         ("POST", "/api/v1/cluster/certificate/rotate") => NB,
+        ("POST", "/api/v1/node/drain") => NB,
+        ("POST", "/api/v1/node/resume") => NB,
         ("PUT", "/api/v1/cluster/test-partition") => json!({"blocked": []}),
         _ => return None,
     };

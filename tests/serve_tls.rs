@@ -5,33 +5,18 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_lgsp");
+mod common;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
-}
+use common::serve::{Pki, Serve};
+use common::BIN;
 
 #[test]
 fn serve_speaks_tls_and_writes_initial_credentials() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let ca_key = rcgen::KeyPair::generate().expect("ca key");
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).expect("ca");
-    let key = rcgen::KeyPair::generate().expect("key");
-    let params = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).expect("params");
-    let cert = params.signed_by(&key, &ca, &ca_key).expect("cert");
+    let pki = Pki::new();
     let dir = tmp.path();
-    std::fs::write(dir.join("ca.crt"), ca.pem()).expect("write");
-    std::fs::write(dir.join("server.crt"), cert.pem()).expect("write");
-    std::fs::write(dir.join("server.key"), key.serialize_pem()).expect("write");
-    let (admin, gateway, metrics) = (free_port(), free_port(), free_port());
-    let cluster = std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("udp port");
-    let config = format!(
-        "[node]\ndata_dir = '{d}/data'\nname = 'tls-test'\n[listen]\nadmin = '127.0.0.1:{admin}'\ngateway = '127.0.0.1:{gateway}'\nmetrics = '127.0.0.1:{metrics}'\ncluster = '127.0.0.1:{cluster}'\n[tls]\ncert = '{d}/server.crt'\nkey = '{d}/server.key'\n",
-        d = dir.display()
-    );
-    std::fs::write(dir.join("lgsp.toml"), config).expect("write");
+    let node = Serve::write(dir, "tls-test", &pki.leaf("tls-test"), "");
+    let (admin, gateway) = (node.admin, node.gateway);
     // Before `cluster init`, serve refuses and says what to do.
     let out = Command::new(BIN).args(["serve", "--config"]).arg(dir.join("lgsp.toml")).output().expect("serve");
     let err = String::from_utf8_lossy(&out.stderr);
@@ -65,8 +50,7 @@ fn serve_speaks_tls_and_writes_initial_credentials() {
     assert!(!log_text.contains(token), "the token must never be logged");
     assert!(!log_text.contains(info["password"].as_str().expect("pw")), "the password must never be logged");
 
-    let root = reqwest::Certificate::from_pem(ca.pem().as_bytes()).expect("root");
-    let https = reqwest::blocking::Client::builder().add_root_certificate(root).build().expect("client");
+    let https = pki.client();
     let me: serde_json::Value =
         https.get(format!("https://localhost:{admin}/api/v1/auth/me")).bearer_auth(token).send().expect("https").json().expect("json");
     assert_eq!(me["role"], "operator");

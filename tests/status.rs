@@ -8,6 +8,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::serve::{Pki, Serve};
 use serde_json::Value;
 
 const COMPONENTS: [&str; 5] = ["storage", "raft", "disk", "memory", "clock"];
@@ -81,30 +82,14 @@ fn services_report_each_component_and_down_answers_503() {
     assert_eq!(code, 200);
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
-}
-
 /// `lgsp serve` from a config file whose `[status]` thresholds no disk can meet: the disk is
 /// degraded, so is the node, and it still answers 200.
 #[test]
 fn configured_disk_threshold_degrades_the_node_but_keeps_200() {
     let tmp = tempfile::tempdir().expect("tmp");
     let dir = tmp.path();
-    let key = rcgen::KeyPair::generate().expect("key");
-    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params").self_signed(&key).expect("cert");
-    std::fs::write(dir.join("server.crt"), cert.pem()).expect("write");
-    std::fs::write(dir.join("server.key"), key.serialize_pem()).expect("write");
-    let (admin, gateway, metrics) = (free_port(), free_port(), free_port());
-    let cluster = std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("udp port");
-    let config = format!(
-        "[node]\ndata_dir = '{d}/data'\nname = 'status-test'\n[listen]\nadmin = '127.0.0.1:{admin}'\ngateway = '127.0.0.1:{gateway}'\nmetrics = '127.0.0.1:{metrics}'\ncluster = '127.0.0.1:{cluster}'\n[tls]\ncert = '{d}/server.crt'\nkey = '{d}/server.key'\n[status]\ndisk_min_free_percent = 100\n",
-        d = dir.display()
-    );
-    let cfg = dir.join("lgsp.toml");
-    std::fs::write(&cfg, config).expect("write");
-    let out = Command::new(common::BIN).args(["cluster", "init", "--config"]).arg(&cfg).output().expect("init");
-    assert!(out.status.success(), "cluster init: {}", String::from_utf8_lossy(&out.stderr));
+    let node = Serve::prepare(dir, "status-test", &Pki::new().leaf("status-test"), "[status]\ndisk_min_free_percent = 100");
+    let (cfg, metrics) = (node.config.clone(), node.metrics);
     let log = std::fs::File::create(dir.join("log")).expect("log");
     let mut child =
         Command::new(common::BIN).args(["serve", "--config"]).arg(&cfg).stdout(Stdio::null()).stderr(log).spawn().expect("spawn");

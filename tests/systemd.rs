@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Api, BIN};
+use common::serve::{free_tcp_port, sha256_hex, Pki, Serve};
+use common::BIN;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -148,126 +148,6 @@ fn wait_exit(child: &mut Child, log: &Path) -> std::process::ExitStatus {
     }
 }
 
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("udp port")
-}
-
-fn sha256_hex(b: &[u8]) -> String {
-    hex::encode(Sha256::digest(b))
-}
-
-/// A test CA and server certificates for `localhost` signed by it.
-struct Pki {
-    ca: rcgen::Certificate,
-    ca_key: rcgen::KeyPair,
-}
-
-/// A server certificate and key as written to disk, and the certificate's fingerprint.
-struct Leaf {
-    cert_pem: String,
-    key_pem: String,
-    sha256: String,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let ca_key = rcgen::KeyPair::generate().expect("ca key");
-        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
-        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        p.distinguished_name.push(rcgen::DnType::CommonName, "lgsp test CA");
-        let ca = p.self_signed(&ca_key).expect("ca");
-        Pki { ca, ca_key }
-    }
-
-    fn leaf(&self, cn: &str) -> Leaf {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let mut p = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).expect("params");
-        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
-        let cert = p.signed_by(&key, &self.ca, &self.ca_key).expect("cert");
-        Leaf { cert_pem: cert.pem(), key_pem: key.serialize_pem(), sha256: sha256_hex(cert.der()) }
-    }
-
-    fn client(&self) -> reqwest::blocking::Client {
-        let root = reqwest::Certificate::from_pem(self.ca.pem().as_bytes()).expect("root");
-        reqwest::blocking::Client::builder()
-            .add_root_certificate(root)
-            .tls_info(true)
-            .timeout(Duration::from_secs(60))
-            .build()
-            .expect("https client")
-    }
-}
-
-/// A `lgsp serve` node's files: TLS pair, config, initialised cluster (not started).
-struct Serve {
-    dir: PathBuf,
-    config: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-    admin: u16,
-    gateway: u16,
-    metrics: u16,
-    cluster: u16,
-}
-
-impl Serve {
-    /// Writes `leaf` and a config with `log` as its `[log]` section, and runs `cluster init`.
-    fn prepare(dir: &Path, leaf: &Leaf, log: &str) -> Serve {
-        let s = Serve {
-            dir: dir.to_owned(),
-            config: dir.join("lgsp.toml"),
-            cert: dir.join("server.crt"),
-            key: dir.join("server.key"),
-            admin: free_tcp_port(),
-            gateway: free_tcp_port(),
-            metrics: free_tcp_port(),
-            cluster: free_udp_port(),
-        };
-        s.install(leaf);
-        s.write_config(s.admin, log);
-        let out = Command::new(BIN).args(["cluster", "init", "--config"]).arg(&s.config).output().expect("cluster init");
-        assert!(out.status.success(), "cluster init: {}", String::from_utf8_lossy(&out.stderr));
-        s
-    }
-
-    fn install(&self, leaf: &Leaf) {
-        std::fs::write(&self.cert, &leaf.cert_pem).expect("write cert");
-        std::fs::write(&self.key, &leaf.key_pem).expect("write key");
-    }
-
-    fn write_config(&self, admin: u16, log: &str) {
-        let text = format!(
-            "[node]\ndata_dir = '{d}/data'\nname = 'sd-test'\n[listen]\nadmin = '127.0.0.1:{admin}'\ngateway = '127.0.0.1:{g}'\nmetrics = '127.0.0.1:{m}'\ncluster = '127.0.0.1:{c}'\n[tls]\ncert = '{cert}'\nkey = '{key}'\n[log]\n{log}\n",
-            d = self.dir.display(),
-            g = self.gateway,
-            m = self.metrics,
-            c = self.cluster,
-            cert = self.cert.display(),
-            key = self.key.display(),
-        );
-        std::fs::write(&self.config, text).expect("write config");
-    }
-
-    fn admin_url(&self) -> String {
-        format!("https://localhost:{}", self.admin)
-    }
-
-    fn gateway_url(&self) -> String {
-        format!("https://localhost:{}", self.gateway)
-    }
-
-    /// The operator API, with the token `serve` wrote on first start.
-    fn operator(&self, http: &reqwest::blocking::Client) -> Api {
-        let creds: Value =
-            serde_json::from_slice(&std::fs::read(self.dir.join("data/initial-admin.json")).expect("initial-admin.json")).expect("json");
-        Api { base: self.admin_url(), token: creds["api_token"].as_str().map(str::to_owned), http: http.clone() }
-    }
-}
-
 /// SHA-256 of the certificate the server at `url` presented on the connection that answered.
 #[track_caller]
 fn served_cert(client: &reqwest::blocking::Client, url: &str) -> String {
@@ -383,7 +263,7 @@ fn sighup_reloads_certificate_and_level_and_survives_bad_files() {
     let pki = Pki::new();
     let a = pki.leaf("cert-a");
     let b = pki.leaf("cert-b");
-    let node = Serve::prepare(tmp.path(), &a, "format = 'json'\nlevel = 'info'");
+    let node = Serve::prepare(tmp.path(), "sd-test", &a, "[log]\nformat = 'json'\nlevel = 'info'");
     let mut notify = Notify::bind(tmp.path());
     let log = tmp.path().join("lgsp.log");
     let mut child = spawn(
@@ -423,7 +303,7 @@ fn sighup_reloads_certificate_and_level_and_survives_bad_files() {
     // The matching pair B, a more verbose level and a listener move (needs a restart).
     node.install(&b);
     let moved = free_tcp_port();
-    node.write_config(moved, "format = 'json'\nlevel = 'info,lgsp::transaction=debug'");
+    node.write_config(moved, "[log]\nformat = 'json'\nlevel = 'info,lgsp::transaction=debug'");
     let mark = json_lines(&log).len();
     signal(pid, "HUP");
     notify.wait_for("RELOADING=1", &mut child, &log);
@@ -471,7 +351,7 @@ fn sighup_reloads_certificate_and_level_and_survives_bad_files() {
     assert_eq!(served_cert(&pki.client(), &gw_url), b.sha256);
 
     // A file that parses but does not validate.
-    node.write_config(moved, "format = 'json'\nlevel = 'info,lgsp::transaction=debug'\n[gateway]\nretries = 99");
+    node.write_config(moved, "[log]\nformat = 'json'\nlevel = 'info,lgsp::transaction=debug'\n[gateway]\nretries = 99");
     let mark = json_lines(&log).len();
     signal(pid, "HUP");
     notify.wait_for("READY=1", &mut child, &log);
@@ -647,7 +527,8 @@ fn logs_reach_journald_with_upper_case_fields() {
     let pki = Pki::new();
     // `auto`: journald because stderr is the stream JOURNAL_STREAM names, as under systemd.
     // Every transaction is logged (successes at debug), to see both kinds in the journal.
-    let node = Serve::prepare(tmp.path(), &pki.leaf("journald"), "format = 'auto'\nlevel = 'info,lgsp::transaction=debug'");
+    let node =
+        Serve::prepare(tmp.path(), "sd-test", &pki.leaf("journald"), "[log]\nformat = 'auto'\nlevel = 'info,lgsp::transaction=debug'");
     let mut notify = Notify::bind(tmp.path());
     let stderr = tmp.path().join("stderr");
     std::fs::write(&stderr, "").expect("stderr file");

@@ -598,23 +598,15 @@ impl ClusterNode {
         let id = secrets::new_id("jt");
         let secret = secrets::random_string(32);
         let expires_at = Utc::now() + chrono::Duration::from_std(ttl).map_err(|e| ClusterError::Refused(e.to_string()))?;
-        let env = ClusterEnvelope {
-            at: Utc::now(),
-            actor,
-            command: ClusterCommand::CreateJoinToken { id: id.clone(), secret_sha256: pki::hash_secret(&secret), expires_at, voter },
-        };
-        match self.write(Request::Cluster(env)).await? {
-            Applied::Cluster(Ok(_)) => {}
-            Applied::Cluster(Err(e)) => return Err(ClusterError::Refused(e.to_string())),
-            _ => return Err(ClusterError::OutcomeUnknown),
-        }
+        let command = ClusterCommand::CreateJoinToken { id: id.clone(), secret_sha256: pki::hash_secret(&secret), expires_at, voter };
+        self.write_cluster(actor, command).await?;
         let ca = ClusterCa::load(&cluster_dir(&self.data_dir)).map_err(|e| ClusterError::Storage(e.to_string()))?;
         Ok((JoinTokenString::new(&id, &secret, ca.fingerprint()).to_string(), expires_at))
     }
 
     /// Whether an operator drained this node (`lgsp node drain`), as this node last applied.
     pub fn is_draining(&self) -> bool {
-        self.store.cluster_state().draining.contains(&self.id)
+        self.store.cluster().draining.contains(&self.id)
     }
 
     /// Takes this node out of service (`lgsp node drain`): refused when the voters left in
@@ -625,7 +617,7 @@ impl ClusterNode {
     /// load balancer stops sending more when `/status` answers 503.
     pub async fn drain(&self, actor: Actor) -> Result<DrainReport, ClusterError> {
         let st = self.status().await;
-        let draining = self.store.cluster_state().draining;
+        let draining = self.store.cluster().draining.clone();
         let voters: Vec<&NodeStatus> = st.nodes.iter().filter(|n| n.role != "learner").collect();
         let quorum = voters.len() / 2 + 1;
         let in_service: Vec<&NodeStatus> = voters
@@ -643,16 +635,18 @@ impl ClusterNode {
             )));
         }
         self.set_draining(actor, true).await?;
-        let mut leader = self.raft.metrics().borrow().current_leader;
-        if leader == Some(self.id) {
-            if let Some(to) = in_service.iter().min_by_key(|n| n.lag).map(|n| n.id) {
-                match self.membership(MembershipOp::TransferLeader { to }).await {
-                    Ok(()) => {}
-                    Err(e) => tracing::warn!(error = %e, "drained node could not hand over leadership yet; it keeps trying"),
+        // The leader's duty loop hands leadership to the most caught-up voter in service;
+        // wait (bounded) for that, so the caller learns who leads now.
+        let mut rx = self.raft.metrics();
+        let _ = tokio::time::timeout(self.election_max * 4 + Duration::from_secs(1), async {
+            while rx.borrow_and_update().current_leader == Some(self.id) {
+                if rx.changed().await.is_err() {
+                    return;
                 }
             }
-            leader = self.raft.metrics().borrow().current_leader;
-        }
+        })
+        .await;
+        let leader = self.raft.metrics().borrow().current_leader;
         Ok(DrainReport { node_id: self.id, draining: true, leader })
     }
 
@@ -663,9 +657,13 @@ impl ClusterNode {
     }
 
     async fn set_draining(&self, actor: Actor, draining: bool) -> Result<(), ClusterError> {
-        let env = ClusterEnvelope { at: Utc::now(), actor, command: ClusterCommand::SetDraining { node_id: self.id, draining } };
-        match self.write(Request::Cluster(env)).await? {
-            Applied::Cluster(Ok(_)) => Ok(()),
+        self.write_cluster(actor, ClusterCommand::SetDraining { node_id: self.id, draining }).await.map(|_| ())
+    }
+
+    /// Proposes a cluster command now; a refusal becomes [`ClusterError::Refused`].
+    async fn write_cluster(&self, actor: Actor, command: ClusterCommand) -> Result<ClusterOutcome, ClusterError> {
+        match self.write(Request::Cluster(ClusterEnvelope { at: Utc::now(), actor, command })).await? {
+            Applied::Cluster(Ok(o)) => Ok(o),
             Applied::Cluster(Err(e)) => Err(ClusterError::Refused(e.to_string())),
             _ => Err(ClusterError::OutcomeUnknown),
         }

@@ -261,6 +261,11 @@ impl Store {
         self.state.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The applied cluster bookkeeping, for reading in place. Do not hold across an `.await`.
+    pub fn cluster(&self) -> RwLockReadGuard<'_, ClusterState> {
+        self.cluster.read().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The applied cluster bookkeeping (join tokens, admitted nodes).
     pub fn cluster_state(&self) -> ClusterState {
         self.cluster.read().unwrap_or_else(|e| e.into_inner()).clone()

@@ -64,11 +64,7 @@ impl Host {
     /// Registers the gauges in `registry` and takes a first CPU reading (the baseline of the
     /// first scrape's usage figure).
     pub fn new(data_dir: &Path, registry: &Registry) -> Result<Host, prometheus::Error> {
-        let int = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
-            let g = IntGauge::new(name, help)?;
-            registry.register(Box::new(g.clone()))?;
-            Ok(g)
-        };
+        let int = |name: &str, help: &str| crate::ops::metrics::int_gauge(registry, name, help);
         let cpu = Gauge::new(
             "lgsp_host_cpu_usage_ratio",
             "Share of all CPUs' time spent busy since the previous reading (scrape or status check), 0 to 1",

@@ -16,6 +16,13 @@ use prometheus::{Encoder, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::ops::status::{self, Services};
 
+/// A new integer gauge, registered in `registry` (the one way gauges are made here).
+pub fn int_gauge(registry: &Registry, name: &str, help: &str) -> Result<prometheus::IntGauge, prometheus::Error> {
+    let g = prometheus::IntGauge::new(name, help)?;
+    registry.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
 /// Counts of registry objects, refreshed by `app` on every scrape.
 pub type CountsFn = Arc<dyn Fn() -> Vec<(&'static str, i64)> + Send + Sync>;
 /// The node's health for `/status`: whether it is fully up (not degraded) and details.
