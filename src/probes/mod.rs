@@ -16,23 +16,5 @@ pub mod history;
 pub mod runner;
 pub mod state;
 
-use serde::{Deserialize, Serialize};
-
-/// One check's verdict, ordered from best to worst.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Health {
-    Up,
-    Degraded,
-    Down,
-}
-
-impl Health {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Health::Up => "up",
-            Health::Degraded => "degraded",
-            Health::Down => "down",
-        }
-    }
-}
+/// One check's verdict, ordered from best to worst (the registry's replicated type).
+pub use crate::registry::model::ProbeHealth as Health;

@@ -318,6 +318,36 @@ pub enum Command {
         credential: Credential,
     },
 
+    /// Sets (or replaces) the health probe of a system or a service version (issue 6).
+    SetProbe {
+        owner: ProbeOwner,
+        spec: ProbeSpec,
+    },
+    /// Removes a probe; its replicated status and events go with it.
+    ClearProbe {
+        owner: ProbeOwner,
+    },
+    /// A prober confirmed a new status of `target` (`system:{id}` or
+    /// `service:{context}:{version}`). Applied only when `from` is the replicated status, so
+    /// each change is recorded once cluster-wide however many nodes saw it; a change with
+    /// `from == to` records the start or end of flapping only.
+    ProbeStatusChanged {
+        target: String,
+        from: Option<ProbeHealth>,
+        to: ProbeHealth,
+        at: Timestamp,
+        #[serde(default)]
+        notify: bool,
+        #[serde(default)]
+        flapping: bool,
+        #[serde(default)]
+        reason: String,
+        #[serde(default)]
+        cert_days_left: Option<i64>,
+        #[serde(default)]
+        node: String,
+    },
+
     /// All or nothing: if one command fails, none of them took effect.
     Batch {
         label: String,
@@ -394,6 +424,9 @@ impl Command {
             UpsertService { .. } => "upsert_service",
             UpsertSubscription { .. } => "upsert_subscription",
             UpsertCredential { .. } => "upsert_credential",
+            SetProbe { .. } => "set_probe",
+            ClearProbe { .. } => "clear_probe",
+            ProbeStatusChanged { .. } => "probe_status_changed",
             Batch { .. } => "batch",
         }
     }
@@ -441,6 +474,8 @@ impl Command {
             UpsertService { service } => format!("service/{}", service.context),
             UpsertSubscription { subscription } => format!("subscription/{}", subscription.id),
             UpsertCredential { credential } => format!("credential/{}", credential.id),
+            SetProbe { owner, .. } | ClearProbe { owner } => format!("probe/{}", owner.target_id()),
+            ProbeStatusChanged { target, .. } => format!("probe/{target}"),
             Batch { label, commands } => format!("batch/{label} ({} commands)", commands.len()),
         }
     }
@@ -465,6 +500,6 @@ impl Command {
 
     /// Routine bookkeeping that is not an administrative change (kept out of the admin trail).
     pub fn is_bookkeeping(&self) -> bool {
-        matches!(self, Command::RecordLoginSuccess { .. } | Command::PruneRevokedTokens)
+        matches!(self, Command::RecordLoginSuccess { .. } | Command::PruneRevokedTokens | Command::ProbeStatusChanged { .. })
     }
 }

@@ -119,6 +119,9 @@ pub struct System {
     #[serde(default)]
     pub disabled: bool,
     pub created_at: Timestamp,
+    /// The health probe agreed at registration (issue 6), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<ProbeSpec>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Hash)]
@@ -259,6 +262,9 @@ pub struct ServiceVersion {
     pub retired_at: Option<Timestamp>,
     #[serde(default)]
     pub history: Vec<LifecycleEvent>,
+    /// The health probe agreed at registration (issue 6), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<ProbeSpec>,
 }
 
 /// A data-sharing service (Form 01, R4).
@@ -576,6 +582,7 @@ pub enum ProbeKind {
 /// not longer than the interval; `target` is an `http(s)://` URL for `http` and `host:port`
 /// otherwise.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ProbeSpec {
     pub kind: ProbeKind,
     /// URL (`http`) or `host:port` (`tcp`, `tls`).
@@ -642,4 +649,103 @@ impl ProbeSpec {
         }
         Ok(())
     }
+}
+
+/// A probe's verdict, ordered from best to worst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeHealth {
+    Up,
+    Degraded,
+    Down,
+}
+
+impl ProbeHealth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeHealth::Up => "up",
+            ProbeHealth::Degraded => "degraded",
+            ProbeHealth::Down => "down",
+        }
+    }
+}
+
+/// What a probe belongs to: a system, or one version of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ProbeOwner {
+    System { id: String },
+    Version { service: String, version: String },
+}
+
+impl ProbeOwner {
+    /// The probe's target id: `system:{id}` or `service:{context}:{version}`.
+    pub fn target_id(&self) -> String {
+        match self {
+            ProbeOwner::System { id } => format!("system:{id}"),
+            ProbeOwner::Version { service, version } => format!("service:{service}:{version}"),
+        }
+    }
+
+    /// The owner named by a target id (the inverse of [`ProbeOwner::target_id`]).
+    pub fn parse(target: &str) -> Option<ProbeOwner> {
+        if let Some(id) = target.strip_prefix("system:") {
+            return (!id.is_empty() && !id.contains(':')).then(|| ProbeOwner::System { id: id.to_owned() });
+        }
+        let rest = target.strip_prefix("service:")?;
+        let (service, version) = rest.split_once(':')?;
+        (!service.is_empty() && !version.is_empty() && !version.contains(':'))
+            .then(|| ProbeOwner::Version { service: service.to_owned(), version: version.to_owned() })
+    }
+}
+
+/// One confirmed status change of a probe target, as replicated (issue 6). Carries what a
+/// notice needs: the owning system and agency, the change, why, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeEvent {
+    /// 1, 2, ... per target: with the target id, identifies the event cluster-wide.
+    pub seq: u64,
+    /// When the prober confirmed the change.
+    pub at: Timestamp,
+    /// `None` for the first confirmed status.
+    pub from: Option<ProbeHealth>,
+    pub to: ProbeHealth,
+    /// False while the target flaps (the change is recorded, nobody is told).
+    pub notify: bool,
+    /// The target flaps since this event (changes notify no more until it is stable).
+    #[serde(default)]
+    pub flapping: bool,
+    /// The check's own sentence (HTTP status, error text, certificate expiry).
+    #[serde(default)]
+    pub reason: String,
+    /// Days left on the server certificate (TLS checks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_days_left: Option<i64>,
+    /// The node whose checks confirmed the change.
+    #[serde(default)]
+    pub node: String,
+    /// The system the target belongs to (a service version's provider system).
+    pub system: String,
+    /// That system's agency when the change was applied.
+    pub agency: String,
+}
+
+/// The replicated status of one probe target and its recent status changes.
+///
+/// Invariants: `status` is the `to` of the last event; events are ordered by `seq` and
+/// bounded ([`ProbeStatus::MAX_EVENTS`] and [`ProbeStatus::KEEP_DAYS`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeStatus {
+    pub target: String,
+    pub status: ProbeHealth,
+    pub since: Timestamp,
+    #[serde(default)]
+    pub flapping: bool,
+    #[serde(default)]
+    pub events: Vec<ProbeEvent>,
+}
+
+impl ProbeStatus {
+    pub const MAX_EVENTS: usize = 500;
+    pub const KEEP_DAYS: i64 = 400;
 }

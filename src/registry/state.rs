@@ -36,6 +36,7 @@ entity!(Catalog, "catalogs", code);
 entity!(User, "users", username);
 entity!(ApiToken, "tokens", id);
 entity!(RevokedToken, "revoked_tokens", jti);
+entity!(ProbeStatus, "probe_status", target);
 
 /// A keyed collection that journals every change.
 #[derive(Debug, Clone)]
@@ -136,6 +137,7 @@ pub struct State {
     pub users: Table<User>,
     pub tokens: Table<ApiToken>,
     pub revoked_tokens: Table<RevokedToken>,
+    pub probe_status: Table<ProbeStatus>,
     pub settings: Settings,
     settings_undo: Vec<Settings>,
     settings_touched: bool,
@@ -149,7 +151,7 @@ pub struct State {
 
 /// A point to roll back to.
 #[derive(Debug, Clone, Copy)]
-pub struct Checkpoint([usize; 10]);
+pub struct Checkpoint([usize; 11]);
 
 /// What changed in one successful apply, for the store to persist.
 #[derive(Debug, Default)]
@@ -177,6 +179,7 @@ impl State {
             self.tokens.mark(),
             self.settings_undo.len(),
             self.revoked_tokens.mark(),
+            self.probe_status.mark(),
         ])
     }
 
@@ -191,6 +194,7 @@ impl State {
         self.users.rollback(m[6]);
         self.tokens.rollback(m[7]);
         self.revoked_tokens.rollback(m[9]);
+        self.probe_status.rollback(m[10]);
         while self.settings_undo.len() > m[8] {
             if let Some(s) = self.settings_undo.pop() {
                 self.settings = s;
@@ -222,6 +226,7 @@ impl State {
         take(&mut self.users, &mut rows);
         take(&mut self.tokens, &mut rows);
         take(&mut self.revoked_tokens, &mut rows);
+        take(&mut self.probe_status, &mut rows);
         self.settings_undo.clear();
         let settings = std::mem::take(&mut self.settings_touched).then(|| encode(&self.settings));
         Changes { rows, settings }
@@ -246,6 +251,7 @@ impl State {
         take(&self.users, &mut rows);
         take(&self.tokens, &mut rows);
         take(&self.revoked_tokens, &mut rows);
+        take(&self.probe_status, &mut rows);
         let settings = self.settings_touched.then(|| encode(&self.settings));
         Changes { rows, settings }
     }
@@ -261,12 +267,13 @@ impl State {
         self.users.clear_journal();
         self.tokens.clear_journal();
         self.revoked_tokens.clear_journal();
+        self.probe_status.clear_journal();
         self.settings_undo.clear();
         self.settings_touched = false;
     }
 
     /// Names of every persistent table, for the store.
-    pub const TABLES: [&'static str; 9] = [
+    pub const TABLES: [&'static str; 10] = [
         Agency::TABLE,
         System::TABLE,
         Service::TABLE,
@@ -276,6 +283,7 @@ impl State {
         User::TABLE,
         ApiToken::TABLE,
         RevokedToken::TABLE,
+        ProbeStatus::TABLE,
     ];
 
     /// Loads one stored row into the right table (used when opening the store).
@@ -290,6 +298,7 @@ impl State {
             "users" => self.users.load(serde_json::from_slice(bytes)?),
             "tokens" => self.tokens.load(serde_json::from_slice(bytes)?),
             "revoked_tokens" => self.revoked_tokens.load(serde_json::from_slice(bytes)?),
+            "probe_status" => self.probe_status.load(serde_json::from_slice(bytes)?),
             _ => {}
         }
         Ok(())
@@ -372,4 +381,50 @@ impl State {
     pub fn provider_agency(&self, context: &str) -> Option<&str> {
         self.services.get(context).and_then(|s| self.agency_of_system(&s.provider_system))
     }
+
+    /// Every probe that should run: (target id, spec, owning system, its agency). Probes of
+    /// disabled systems and retired versions do not run.
+    pub fn probe_targets(&self) -> Vec<ProbeTarget<'_>> {
+        let mut out = Vec::new();
+        for s in self.systems.values().filter(|s| !s.disabled) {
+            if let Some(spec) = &s.probe {
+                out.push(ProbeTarget { target: format!("system:{}", s.id), spec, system: &s.id, agency: &s.agency });
+            }
+        }
+        for svc in self.services.values() {
+            let Some(sys) = self.systems.get(&svc.provider_system) else { continue };
+            for v in svc.versions.values().filter(|v| v.state != VersionState::Retired) {
+                if let Some(spec) = &v.probe {
+                    out.push(ProbeTarget {
+                        target: format!("service:{}:{}", svc.context, v.version),
+                        spec,
+                        system: &sys.id,
+                        agency: &sys.agency,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// The probe spec of an owner, with the owning system (`None`: no such owner or no probe).
+    pub fn probe_of(&self, owner: &ProbeOwner) -> Option<(&ProbeSpec, &System)> {
+        match owner {
+            ProbeOwner::System { id } => self.systems.get(id).and_then(|s| s.probe.as_ref().map(|p| (p, s))),
+            ProbeOwner::Version { service, version } => {
+                let svc = self.services.get(service)?;
+                let sys = self.systems.get(&svc.provider_system)?;
+                svc.versions.get(version)?.probe.as_ref().map(|p| (p, sys))
+            }
+        }
+    }
+}
+
+/// One probe the cluster runs, as [`State::probe_targets`] lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeTarget<'a> {
+    pub target: String,
+    pub spec: &'a ProbeSpec,
+    pub system: &'a str,
+    pub agency: &'a str,
 }
