@@ -41,6 +41,8 @@ pub struct Config {
     pub cluster: ClusterConfig,
     #[serde(default)]
     pub status: StatusConfig,
+    #[serde(default)]
+    pub probes: ProbesConfig,
     /// Set only by `lgsp dev`; a config file cannot turn TLS off.
     #[serde(skip)]
     pub dev_mode: bool,
@@ -309,6 +311,60 @@ impl Default for StatusConfig {
     }
 }
 
+/// Health probes of registered systems and service versions (issue 6).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbesConfig {
+    /// Whether this node takes a share of the probes.
+    #[serde(default = "d_true_probes")]
+    pub enabled: bool,
+    /// Checks in flight at once on this node.
+    #[serde(default = "d_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Daily aggregates (uptime per day and month) are kept this many days (at least 90).
+    #[serde(default = "d_history_days")]
+    pub history_days: u32,
+    /// Hourly aggregates are kept this many days.
+    #[serde(default = "d_hourly_days")]
+    pub hourly_days: u32,
+    /// Consecutive agreeing results before a status change counts.
+    #[serde(default = "d_confirm")]
+    pub confirm: u32,
+    /// Test only (`LGSP_TEST_PROBE_INTERVAL_MS`, dev and test nodes): every probe runs at this
+    /// interval instead of its agreed one. Not settable from the file.
+    #[serde(skip)]
+    pub interval_override_ms: Option<u64>,
+}
+
+fn d_true_probes() -> bool {
+    true
+}
+fn d_max_in_flight() -> usize {
+    256
+}
+fn d_history_days() -> u32 {
+    100
+}
+fn d_hourly_days() -> u32 {
+    7
+}
+fn d_confirm() -> u32 {
+    2
+}
+
+impl Default for ProbesConfig {
+    fn default() -> Self {
+        ProbesConfig {
+            enabled: true,
+            max_in_flight: d_max_in_flight(),
+            history_days: d_history_days(),
+            hourly_days: d_hourly_days(),
+            confirm: d_confirm(),
+            interval_override_ms: None,
+        }
+    }
+}
+
 impl Config {
     /// The address peers dial for this node's cluster listener.
     pub fn cluster_advertise(&self, bound: SocketAddr) -> Result<String, ConfigError> {
@@ -386,6 +442,7 @@ impl Config {
             log: LogConfig::default(),
             cluster: ClusterConfig::default(),
             status: StatusConfig::default(),
+            probes: ProbesConfig::default(),
             dev_mode: true,
         }
     }
@@ -474,6 +531,22 @@ impl Config {
             if v > 100 {
                 return Err(ConfigError::Invalid { key, reason: format!("{v} is not a percentage (0 to 100)") });
             }
+        }
+        let p = &self.probes;
+        if !(1..=10_000).contains(&p.max_in_flight) {
+            return Err(ConfigError::Invalid { key: "probes.max_in_flight", reason: "must be between 1 and 10000".into() });
+        }
+        if !(90..=3650).contains(&p.history_days) {
+            return Err(ConfigError::Invalid {
+                key: "probes.history_days",
+                reason: "must be between 90 and 3650 (uptime is reported for at least 3 months)".into(),
+            });
+        }
+        if !(1..=90).contains(&p.hourly_days) {
+            return Err(ConfigError::Invalid { key: "probes.hourly_days", reason: "must be between 1 and 90".into() });
+        }
+        if !(1..=10).contains(&p.confirm) {
+            return Err(ConfigError::Invalid { key: "probes.confirm", reason: "must be between 1 and 10".into() });
         }
         let l = &self.listen;
         let addrs =

@@ -81,7 +81,13 @@ pub struct Services {
     pub data_dir: PathBuf,
     pub thresholds: StatusConfig,
     pub storage: StorageFn,
+    /// The `probes` component (absent when this node does not probe).
+    pub probes: Option<ProbesFn>,
 }
+
+/// Figures of the probe scheduler, read when `/status/services` is asked: (targets, checks
+/// completed, checks started late in the last minute).
+pub type ProbesFn = Arc<dyn Fn() -> (usize, u64, u64) + Send + Sync>;
 
 /// The node's state: the worst of its components (`up` when there are none).
 pub fn overall<'a>(components: impl IntoIterator<Item = &'a Component>) -> Level {
@@ -239,6 +245,10 @@ pub async fn check(services: &Services, health: Option<(bool, Value)>) -> BTreeM
         }
     }
     out.insert("clock", clock_component(Utc::now()));
+    if let Some(p) = &services.probes {
+        let (targets, checks, late) = p();
+        out.insert("probes", probes_component(targets, checks, late));
+    }
     out
 }
 

@@ -19,7 +19,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rustls::pki_types::ServerName;
 use rustls::RootCertStore;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -31,14 +31,14 @@ const MAX_BODY: usize = 64 * 1024;
 const USER_AGENT: &str = concat!("lgsp-probe/", env!("CARGO_PKG_VERSION"));
 
 /// What one check found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outcome {
     pub health: Health,
     pub latency_ms: u64,
     /// A sentence for the operator: what was seen, or what failed and why.
     pub detail: String,
     /// Whole days until the server certificate's `notAfter` (`tls` checks; negative once expired).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_days_left: Option<i64>,
 }
 

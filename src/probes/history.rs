@@ -12,7 +12,7 @@
 use std::path::Path;
 
 use redb::{Database, ReadableTable, TableDefinition};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::Health;
 
@@ -84,7 +84,7 @@ impl Aggregate {
 }
 
 /// One result to record.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Sample {
     pub target: String,
     pub at: i64,

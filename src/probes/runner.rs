@@ -16,12 +16,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
 
 use super::check::{Checker, Outcome};
+use super::history::Sample;
 use super::state::{Event, Rules, Tracker};
 use super::Health;
 use crate::registry::model::ProbeSpec;
@@ -39,7 +40,7 @@ pub struct Target {
 }
 
 /// The latest result of one target, as shown by the API and gossiped to the peers.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Latest {
     pub target: String,
     pub node: String,
@@ -59,7 +60,8 @@ struct Inner {
     checker: Checker,
     rules: Rules,
     entries: Mutex<HashMap<String, Entry>>,
-    events: mpsc::UnboundedSender<(String, Event)>,
+    events: mpsc::UnboundedSender<(String, Event, Outcome)>,
+    samples: Mutex<Vec<Sample>>,
     permits: Arc<Semaphore>,
     late: AtomicU64,
     checks: AtomicU64,
@@ -73,7 +75,12 @@ pub struct Runner {
 
 impl Runner {
     /// Starts the scheduler with no targets. Events arrive on the returned receiver.
-    pub fn start(node: String, checker: Checker, rules: Rules, max_in_flight: usize) -> (Runner, mpsc::UnboundedReceiver<(String, Event)>) {
+    pub fn start(
+        node: String,
+        checker: Checker,
+        rules: Rules,
+        max_in_flight: usize,
+    ) -> (Runner, mpsc::UnboundedReceiver<(String, Event, Outcome)>) {
         let (events, rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             node,
@@ -81,6 +88,7 @@ impl Runner {
             rules,
             entries: Mutex::new(HashMap::new()),
             events,
+            samples: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(max_in_flight.max(1))),
             late: AtomicU64::new(0),
             checks: AtomicU64::new(0),
@@ -104,6 +112,17 @@ impl Runner {
         out
     }
 
+    /// Results since the last call, for the history (bounded: new results are dropped beyond
+    /// [`MAX_SAMPLES`] if nobody takes them).
+    pub fn take_samples(&self) -> Vec<Sample> {
+        std::mem::take(&mut *self.inner.samples.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// How many targets this node probes.
+    pub fn targets(&self) -> usize {
+        self.targets.borrow().len()
+    }
+
     /// Checks started more than one interval after they were due (an overloaded node).
     pub fn late(&self) -> u64 {
         self.inner.late.load(Ordering::Relaxed)
@@ -114,6 +133,9 @@ impl Runner {
         self.inner.checks.load(Ordering::Relaxed)
     }
 }
+
+/// Results kept for [`Runner::take_samples`] at most.
+pub const MAX_SAMPLES: usize = 200_000;
 
 /// Where in its interval a target's checks fall.
 fn offset(id: &str, interval: Duration) -> Duration {
@@ -202,8 +224,14 @@ async fn run_one(inner: Arc<Inner>, t: Target) {
     let mut entries = inner.entries.lock().unwrap_or_else(|e| e.into_inner());
     let Some(entry) = entries.get_mut(&t.id) else { return }; // no longer ours
     for e in entry.tracker.observe(out.health, now, &inner.rules) {
-        if inner.events.send((t.id.clone(), e)).is_err() {
+        if inner.events.send((t.id.clone(), e, out.clone())).is_err() {
             tracing::debug!(target_id = %t.id, "nobody listens to probe events");
+        }
+    }
+    {
+        let mut samples = inner.samples.lock().unwrap_or_else(|e| e.into_inner());
+        if samples.len() < MAX_SAMPLES {
+            samples.push(Sample { target: t.id.clone(), at: now, health: out.health, latency_ms: out.latency_ms });
         }
     }
     entry.latest = Some(Latest {
@@ -227,9 +255,9 @@ mod tests {
         (http::StatusCode::from_u16(c).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR), [(http::header::CONNECTION, "close")], "")
     }
 
-    async fn next_change(rx: &mut mpsc::UnboundedReceiver<(String, Event)>) -> (String, Option<Health>, Health) {
+    async fn next_change(rx: &mut mpsc::UnboundedReceiver<(String, Event, Outcome)>) -> (String, Option<Health>, Health) {
         loop {
-            let (id, e) = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await.expect("an event within 30 s").expect("open");
+            let (id, e, _) = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await.expect("an event within 30 s").expect("open");
             if let Event::Changed { from, to, .. } = e {
                 return (id, from, to);
             }

@@ -913,7 +913,8 @@ impl Cx<'_> {
                 self.s.probe_status.remove(&owner.target_id());
             }
             ProbeStatusChanged { target, from, to, at, notify, flapping, reason, cert_days_left, node } => {
-                let owner = ProbeOwner::parse(target).ok_or_else(|| E::invalid("target", format!("{target:?} is not a probe target id")))?;
+                let owner =
+                    ProbeOwner::parse(target).ok_or_else(|| E::invalid("target", format!("{target:?} is not a probe target id")))?;
                 let (system, agency) = match self.s.probe_of(&owner) {
                     Some((_, sys)) => (sys.id.clone(), sys.agency.clone()),
                     None => return Err(E::not_found("probe", target)),
@@ -933,13 +934,8 @@ impl Cx<'_> {
                 if *from == Some(*to) && current.as_ref().is_some_and(|c| c.flapping == *flapping) {
                     return Err(E::conflict("PROBE_STATUS_STALE", format!("probe {target} is already {}", to.as_str())));
                 }
-                let mut st = current.unwrap_or(ProbeStatus {
-                    target: target.clone(),
-                    status: *to,
-                    since: *at,
-                    flapping: false,
-                    events: vec![],
-                });
+                let mut st =
+                    current.unwrap_or(ProbeStatus { target: target.clone(), status: *to, since: *at, flapping: false, events: vec![] });
                 if *from != Some(*to) {
                     st.since = *at;
                 }
