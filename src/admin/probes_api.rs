@@ -152,6 +152,7 @@ async fn clear_version(
 
 async fn list(State(st): State<Shared>, p: Principal) -> Result<Json<Value>, ApiError> {
     let latest = st.probes.get().map(|s| s.latest()).unwrap_or_default();
+    let mut here = st.probes.get().map(|s| s.mine()).unwrap_or_default();
     let reg = st.store.read();
     let mut items = Vec::new();
     for t in reg.probe_targets() {
@@ -171,7 +172,11 @@ async fn list(State(st): State<Shared>, p: Principal) -> Result<Json<Value>, Api
         }));
     }
     let total = items.len();
-    Ok(Json(json!({ "items": items, "total": total })))
+    let visible: std::collections::HashSet<String> =
+        reg.probe_targets().into_iter().filter(|x| p.sees_agency(x.agency)).map(|x| x.target).collect();
+    here.retain(|t| visible.contains(t));
+    let node = st.cluster.local_status().nodes.into_iter().find(|n| n.id == st.cluster.id).map(|n| n.info.name);
+    Ok(Json(json!({ "items": items, "total": total, "node": node, "probing_here": here })))
 }
 
 #[derive(Deserialize)]
