@@ -286,6 +286,13 @@ impl crate::probes::service::Cluster for ProbeCluster {
             .collect()
     }
 
+    fn status_of(&self, target: &str) -> Option<Option<crate::probes::Health>> {
+        let reg = self.0.store.read();
+        let owner = crate::registry::ProbeOwner::parse(target)?;
+        reg.probe_of(&owner)?;
+        Some(reg.probe_status.get(target).map(|s| s.status))
+    }
+
     fn propose(&self, command: Command) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
         Box::pin(
             async move { self.0.propose(Actor::system(), command).await.map(|_| ()).map_err(|e| format!("{}: {}", e.code, e.message)) },

@@ -268,3 +268,56 @@ fn three_nodes_share_the_targets_and_take_over_a_dead_nodes() {
     let h = ok(c.api(survivors[0]).get(&format!("/api/v1/probes/{first}/history")));
     assert_eq!(h["events"].as_array().map(Vec::len), Some(1), "{h}");
 }
+
+#[test]
+fn registry_documents_carry_probes_in_and_out() {
+    let node = Node::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let doc = r#"
+[[agency]]
+code = "000.00.00.H31"
+name = "UBND"
+
+[[system]]
+id = "web"
+agency = "000.00.00.H31"
+name = "Web"
+security_level = 3
+probe = { kind = "http", target = "http://127.0.0.1:9/status", interval_s = 60 }
+
+[[service]]
+context = "dancu"
+provider_system = "web"
+name = "Dân cư"
+
+[[service.version]]
+version = "v1"
+state = "published"
+upstream = { production = "http://127.0.0.1:9/api" }
+probe = { kind = "tls", target = "127.0.0.1:9", interval_s = 300, tls_warn_days = 30 }
+"#;
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, doc).expect("write");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, doc.replace("interval_s = 60", "interval_s = 5")).expect("write");
+
+    let out = node.cli(&["registry", "import", bad.to_str().expect("path")], None);
+    assert!(!out.status.success());
+    let err = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(err.contains("system[0].probe") && err.contains("interval_s"), "{err}");
+
+    let out = node.cli(&["registry", "import", good.to_str().expect("path")], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let list = ok(node.operator().get("/api/v1/probes"));
+    assert_eq!(probe(&list, "system:web")["spec"]["interval_s"], 60, "{list}");
+    assert_eq!(probe(&list, "service:dancu:v1")["spec"]["tls_warn_days"], 30, "{list}");
+
+    let out = node.cli(&["registry", "export", "--format", "json"], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let exported: Value = serde_json::from_slice(&out.stdout).expect("json export");
+    assert_eq!(exported["system"][0]["probe"]["target"], "http://127.0.0.1:9/status", "{exported}");
+    assert_eq!(exported["service"][0]["version"][0]["probe"]["kind"], "tls", "{exported}");
+    // Importing it again changes nothing.
+    let again = node.cli(&["registry", "import", good.to_str().expect("path")], None);
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+}

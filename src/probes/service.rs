@@ -48,6 +48,9 @@ pub trait Cluster: Send + Sync + 'static {
     fn members(&self) -> Vec<String>;
     /// The probes registered, from the locally applied registry.
     fn registered(&self) -> Vec<Registered>;
+    /// The replicated status of one registered probe (`None`: no such probe; `Some(None)`:
+    /// registered but never confirmed).
+    fn status_of(&self, target: &str) -> Option<Option<Health>>;
     /// Proposes a registry command as the appliance itself; `Err` is the refusal or failure.
     fn propose(&self, command: Command) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>>;
 }
@@ -74,6 +77,8 @@ struct Shared {
     outgoing: Vec<Sample>,
     /// Checks started late, sampled each second over the last minute.
     late_window: std::collections::VecDeque<u64>,
+    /// What the scheduler was last given.
+    assigned: Vec<(String, ProbeSpec, Duration)>,
 }
 
 /// The probe service of this node.
@@ -108,6 +113,7 @@ impl ProbeService {
                 sent: HashMap::new(),
                 outgoing: Vec::new(),
                 late_window: std::collections::VecDeque::new(),
+                assigned: Vec::new(),
             }),
         });
         tokio::spawn(assign_loop(Arc::downgrade(&svc)));
@@ -151,9 +157,15 @@ impl ProbeService {
                 Target { id: r.target, spec: r.spec, interval, seed: r.status }
             })
             .collect();
-        self.runner.set_targets(targets);
-        let late = self.runner.late();
         let mut sh = self.lock();
+        // Unchanged assignment (the usual case): leave the scheduler alone. Seeds matter only
+        // for targets new to this node, so they are not compared.
+        let key: Vec<(String, ProbeSpec, Duration)> = targets.iter().map(|t| (t.id.clone(), t.spec.clone(), t.interval)).collect();
+        if sh.assigned != key {
+            sh.assigned = key;
+            self.runner.set_targets(targets);
+        }
+        let late = self.runner.late();
         sh.late_window.push_back(late);
         while sh.late_window.len() > 61 {
             sh.late_window.pop_front();
@@ -332,8 +344,7 @@ async fn event_loop(svc: std::sync::Weak<ProbeService>, mut events: tokio::sync:
     while let Some((target, event, out)) = events.recv().await {
         let Some(s) = svc.upgrade() else { return };
         let at = |t: i64| chrono::DateTime::from_timestamp(t, 0).unwrap_or_else(chrono::Utc::now);
-        let current = s.cluster.registered().into_iter().find(|r| r.target == target).map(|r| r.status);
-        let Some(current) = current else { continue }; // the probe was removed meanwhile
+        let Some(current) = s.cluster.status_of(&target) else { continue }; // the probe was removed meanwhile
         let command = match event {
             Event::Changed { from, to, at: t, notify } => {
                 let flapping = s.runner.latest().iter().any(|l| l.target == target && l.flapping);
