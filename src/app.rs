@@ -286,6 +286,10 @@ impl crate::probes::service::Cluster for ProbeCluster {
             .collect()
     }
 
+    fn registry_version(&self) -> u64 {
+        self.0.store.last_applied()
+    }
+
     fn status_of(&self, target: &str) -> Option<Option<crate::probes::Health>> {
         let reg = self.0.store.read();
         let owner = crate::registry::ProbeOwner::parse(target)?;

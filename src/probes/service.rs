@@ -48,6 +48,8 @@ pub trait Cluster: Send + Sync + 'static {
     fn members(&self) -> Vec<String>;
     /// The probes registered, from the locally applied registry.
     fn registered(&self) -> Vec<Registered>;
+    /// A number that changes whenever the registry may have changed (the applied index).
+    fn registry_version(&self) -> u64;
     /// The replicated status of one registered probe (`None`: no such probe; `Some(None)`:
     /// registered but never confirmed).
     fn status_of(&self, target: &str) -> Option<Option<Health>>;
@@ -79,6 +81,8 @@ struct Shared {
     late_window: std::collections::VecDeque<u64>,
     /// What the scheduler was last given.
     assigned: Vec<(String, ProbeSpec, Duration)>,
+    /// The live set and registry version it was computed for.
+    assigned_for: Option<(Vec<String>, u64)>,
 }
 
 /// The probe service of this node.
@@ -114,6 +118,7 @@ impl ProbeService {
                 outgoing: Vec::new(),
                 late_window: std::collections::VecDeque::new(),
                 assigned: Vec::new(),
+                assigned_for: None,
             }),
         });
         tokio::spawn(assign_loop(Arc::downgrade(&svc)));
@@ -146,6 +151,20 @@ impl ProbeService {
             return;
         }
         let live = self.live();
+        let version = self.cluster.registry_version();
+        {
+            let mut sh = self.lock();
+            let late = self.runner.late();
+            sh.late_window.push_back(late);
+            while sh.late_window.len() > 61 {
+                sh.late_window.pop_front();
+            }
+            // Same live set, same registry: the assignment cannot have changed.
+            if sh.assigned_for.as_ref() == Some(&(live.clone(), version)) {
+                return;
+            }
+            sh.assigned_for = Some((live.clone(), version));
+        }
         let targets: Vec<Target> = self
             .cluster
             .registered()
@@ -164,11 +183,6 @@ impl ProbeService {
         if sh.assigned != key {
             sh.assigned = key;
             self.runner.set_targets(targets);
-        }
-        let late = self.runner.late();
-        sh.late_window.push_back(late);
-        while sh.late_window.len() > 61 {
-            sh.late_window.pop_front();
         }
     }
 
