@@ -189,6 +189,7 @@ fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
         ("status", a.status != b.status),
         ("notify", a.notify != b.notify),
         ("maintenance", a.maintenance != b.maintenance),
+        ("probes", a.probes != b.probes),
     ]
     .into_iter()
     .filter_map(|(k, changed)| changed.then_some(k))
@@ -267,6 +268,67 @@ async fn maintain_view(
             Err(e) => tracing::error!(error = %e, "gateway view rebuild failed; serving the previous view"),
         }
     }
+}
+
+/// What the probe service needs from the cluster: members in service, the registered probes
+/// and their replicated status, and proposing status changes as the appliance.
+struct ProbeCluster(admin::Shared);
+
+impl crate::probes::service::Cluster for ProbeCluster {
+    fn members(&self) -> Vec<String> {
+        let draining = self.0.store.cluster().draining.clone();
+        self.0.cluster.local_status().nodes.into_iter().filter(|n| !draining.contains(&n.id)).map(|n| n.info.name).collect()
+    }
+
+    fn registered(&self) -> Vec<crate::probes::service::Registered> {
+        let reg = self.0.store.read();
+        reg.probe_targets()
+            .into_iter()
+            .map(|t| crate::probes::service::Registered {
+                status: reg.probe_status.get(&t.target).map(|s| s.status),
+                spec: t.spec.clone(),
+                target: t.target,
+            })
+            .collect()
+    }
+
+    fn registry_version(&self) -> u64 {
+        self.0.store.last_applied()
+    }
+
+    fn status_of(&self, target: &str) -> Option<Option<crate::probes::Health>> {
+        let reg = self.0.store.read();
+        let owner = crate::registry::ProbeOwner::parse(target)?;
+        reg.probe_of(&owner)?;
+        Some(reg.probe_status.get(target).map(|s| s.status))
+    }
+
+    fn propose(&self, command: Command) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(
+            async move { self.0.propose(Actor::system(), command).await.map(|_| ()).map_err(|e| format!("{}: {}", e.code, e.message)) },
+        )
+    }
+}
+
+/// Starts this node's probe service (history in `DATA_DIR/probes.redb`, checks trusting the
+/// gateway's upstream roots) and hands it to the admin API.
+fn start_probes(
+    cfg: &Config,
+    st: &admin::Shared,
+    roots: Arc<rustls::RootCertStore>,
+) -> Result<Arc<crate::probes::service::ProbeService>, AppError> {
+    use crate::probes::{check::Checker, history::History, service::ProbeService};
+    let checker = Checker::new(roots).map_err(|e| AppError::Gateway(e.to_string()))?;
+    let history = History::open(&cfg.node.data_dir.join("probes.redb")).map_err(|e| AppError::Gateway(e.to_string()))?;
+    let mut pcfg = cfg.probes.clone();
+    // Test hook: black-box tests probe every few hundred milliseconds.
+    let test_hooks = cfg.dev_mode || std::env::var("LGSP_TEST_FAULTS").is_ok_and(|v| v == "1");
+    if test_hooks {
+        pcfg.interval_override_ms = std::env::var("LGSP_TEST_PROBE_INTERVAL_MS").ok().and_then(|v| v.parse().ok());
+    }
+    let svc = ProbeService::start(cfg.node.name.clone(), pcfg, checker, history, Arc::new(ProbeCluster(st.clone())));
+    let _ = st.probes.set(svc.clone());
+    Ok(svc)
 }
 
 /// What `lgsp dev` writes to `DIR/dev.json` (SPEC §8).
@@ -390,6 +452,7 @@ pub async fn run(cfg: Config, source: Option<PathBuf>) -> Result<(), AppError> {
         audit_dir: dir.join("audit"),
         audit: Some(audit_log.clone()),
         maintenance: cfg.maintenance.clone(),
+        probes: std::sync::OnceLock::new(),
     });
     let boot = if cluster.id == FIRST_NODE { bootstrap(&admin_state).await? } else { None };
 
@@ -432,6 +495,10 @@ pub async fn run(cfg: Config, source: Option<PathBuf>) -> Result<(), AppError> {
         data_dir: dir.clone(),
         thresholds: cfg.status.clone(),
         storage: storage_probe(store.clone(), dir.clone()),
+        probes: {
+            let st = admin_state.clone();
+            Some(Arc::new(move || st.probes.get().map(|p| p.figures()).unwrap_or((0, 0, 0))))
+        },
     });
     // Subscribed first: what is applied while the view is built triggers a rebuild.
     let applied_rx = store.subscribe();
@@ -446,6 +513,7 @@ pub async fn run(cfg: Config, source: Option<PathBuf>) -> Result<(), AppError> {
         std::time::Duration::from_millis(cfg.gateway.connect_timeout_ms),
     )
     .map_err(|e| AppError::Gateway(e.to_string()))?;
+    let probes = start_probes(&cfg, &admin_state, upstreams.roots())?;
     let gateway_tls = server_tls;
     let gw = Arc::new(Gateway::new(
         &cfg.node.name,
@@ -460,19 +528,34 @@ pub async fn run(cfg: Config, source: Option<PathBuf>) -> Result<(), AppError> {
         if gateway_tls.is_some() { "https" } else { "http" },
     ));
 
-    // Nonces, assertion ids and rate-limit usage travel between the gateways of all nodes.
+    // Nonces, assertion ids and rate-limit usage travel between the gateways of all nodes;
+    // probe results (and the heartbeat that says which nodes are alive) under `probes`.
     let (outbox, inbox) = (gw.shared(), gw.shared());
+    let (probes_out, probes_in) = (probes.clone(), probes.clone());
     cluster.start_sharing(
         Arc::new(move || {
             let o = outbox.take_outbox();
-            if o.is_empty() {
+            let p = probes_out.gossip_out();
+            if o.is_empty() && p.is_none() {
                 return None;
             }
-            serde_json::to_value(&o).ok().map(|payload| SharedBatch { payload })
+            let mut payload = serde_json::to_value(&o).ok()?;
+            if let (Some(p), Some(obj)) = (p, payload.as_object_mut()) {
+                obj.insert("probes".into(), serde_json::to_value(&p).ok()?);
+            }
+            Some(SharedBatch { payload })
         }),
-        Arc::new(move |from: &str, batch: SharedBatch| match serde_json::from_value::<gateway::Outbox>(batch.payload) {
-            Ok(o) => inbox.absorb(from, o),
-            Err(e) => tracing::warn!(peer = %from, error = %e, "ignored shared gateway state in an unknown format"),
+        Arc::new(move |from: &str, mut batch: SharedBatch| {
+            if let Some(p) = batch.payload.as_object_mut().and_then(|o| o.remove("probes")) {
+                match serde_json::from_value::<crate::probes::service::Gossip>(p) {
+                    Ok(g) => probes_in.absorb(from, g),
+                    Err(e) => tracing::warn!(peer = %from, error = %e, "ignored probe results in an unknown format"),
+                }
+            }
+            match serde_json::from_value::<gateway::Outbox>(batch.payload) {
+                Ok(o) => inbox.absorb(from, o),
+                Err(e) => tracing::warn!(peer = %from, error = %e, "ignored shared gateway state in an unknown format"),
+            }
         }),
     );
 

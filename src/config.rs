@@ -45,6 +45,8 @@ pub struct Config {
     pub notify: NotifyConfig,
     #[serde(default)]
     pub maintenance: MaintenanceConfig,
+    #[serde(default)]
+    pub probes: ProbesConfig,
     /// Set only by `lgsp dev`; a config file cannot turn TLS off.
     #[serde(skip)]
     pub dev_mode: bool,
@@ -370,6 +372,60 @@ impl Default for NotifyConfig {
     }
 }
 
+/// Health probes of registered systems and service versions (issue 6).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbesConfig {
+    /// Whether this node takes a share of the probes.
+    #[serde(default = "d_true_probes")]
+    pub enabled: bool,
+    /// Checks in flight at once on this node.
+    #[serde(default = "d_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Daily aggregates (uptime per day and month) are kept this many days (at least 90).
+    #[serde(default = "d_history_days")]
+    pub history_days: u32,
+    /// Hourly aggregates are kept this many days.
+    #[serde(default = "d_hourly_days")]
+    pub hourly_days: u32,
+    /// Consecutive agreeing results before a status change counts.
+    #[serde(default = "d_confirm")]
+    pub confirm: u32,
+    /// Test only (`LGSP_TEST_PROBE_INTERVAL_MS`, dev and test nodes): every probe runs at this
+    /// interval instead of its agreed one. Not settable from the file.
+    #[serde(skip)]
+    pub interval_override_ms: Option<u64>,
+}
+
+fn d_true_probes() -> bool {
+    true
+}
+fn d_max_in_flight() -> usize {
+    256
+}
+fn d_history_days() -> u32 {
+    100
+}
+fn d_hourly_days() -> u32 {
+    7
+}
+fn d_confirm() -> u32 {
+    2
+}
+
+impl Default for ProbesConfig {
+    fn default() -> Self {
+        ProbesConfig {
+            enabled: true,
+            max_in_flight: d_max_in_flight(),
+            history_days: d_history_days(),
+            hourly_days: d_hourly_days(),
+            confirm: d_confirm(),
+            interval_override_ms: None,
+        }
+    }
+}
+
 fn d_from() -> String {
     "LGSP <lgsp@localhost>".into()
 }
@@ -509,6 +565,7 @@ impl Config {
             status: StatusConfig::default(),
             notify: NotifyConfig::default(),
             maintenance: MaintenanceConfig::default(),
+            probes: ProbesConfig::default(),
             dev_mode: true,
         }
     }
@@ -599,6 +656,22 @@ impl Config {
             }
         }
         self.validate_notify()?;
+        let p = &self.probes;
+        if !(1..=10_000).contains(&p.max_in_flight) {
+            return Err(ConfigError::Invalid { key: "probes.max_in_flight", reason: "must be between 1 and 10000".into() });
+        }
+        if !(90..=3650).contains(&p.history_days) {
+            return Err(ConfigError::Invalid {
+                key: "probes.history_days",
+                reason: "must be between 90 and 3650 (uptime is reported for at least 3 months)".into(),
+            });
+        }
+        if !(1..=90).contains(&p.hourly_days) {
+            return Err(ConfigError::Invalid { key: "probes.hourly_days", reason: "must be between 1 and 90".into() });
+        }
+        if !(1..=10).contains(&p.confirm) {
+            return Err(ConfigError::Invalid { key: "probes.confirm", reason: "must be between 1 and 10".into() });
+        }
         let l = &self.listen;
         let addrs =
             [("listen.gateway", l.gateway), ("listen.admin", l.admin), ("listen.metrics", l.metrics), ("listen.cluster", l.cluster)];

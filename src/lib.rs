@@ -10,5 +10,6 @@ pub mod config;
 pub mod gateway;
 pub mod notify;
 pub mod ops;
+pub mod probes;
 pub mod registry;
 pub mod secrets;

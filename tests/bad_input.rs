@@ -291,6 +291,8 @@ fn json_endpoints(fx: &Fx, cred: &str, sub_req: &str, sub_pa: &str) -> Vec<(&'st
         ("POST", format!("/api/v1/agencies/{P}/reinstate")),
         ("POST", "/api/v1/systems".into()),
         ("PATCH", "/api/v1/systems/hp-dancu".into()),
+        ("PUT", "/api/v1/systems/hp-dancu/probe".into()),
+        ("PUT", "/api/v1/services/dancu/versions/v1/probe".into()),
         ("POST", "/api/v1/services".into()),
         ("PATCH", "/api/v1/services/dancu".into()),
         ("POST", "/api/v1/services/dancu/versions".into()),

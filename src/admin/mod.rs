@@ -4,7 +4,7 @@
 //! Invariants: every change goes through [`AdminState::propose`] (so it is a registry command,
 //! replicated and audited); every handler decides visibility with [`auth::Principal`] and
 //! answers 404 for objects outside an agency-admin's agency; may import `registry`, `cluster`
-//! (the store handle), `secrets` and `config`.
+//! (the store handle), `secrets`, `config` and `probes` (the running probe service's results).
 
 pub mod access;
 pub mod auth;
@@ -13,6 +13,7 @@ pub mod cluster_api;
 pub mod error;
 pub mod maintenance_api;
 pub mod openapi;
+pub mod probes_api;
 pub mod registry_api;
 pub mod transactions;
 
@@ -48,6 +49,8 @@ pub struct AdminState {
     pub audit: Option<crate::audit::AuditLog>,
     /// Minimum notice and reminder lead of maintenance windows.
     pub maintenance: crate::config::MaintenanceConfig,
+    /// This node's probe service, set once it runs (latest results and history).
+    pub probes: std::sync::OnceLock<Arc<crate::probes::service::ProbeService>>,
 }
 
 pub type Shared = Arc<AdminState>;
@@ -83,6 +86,7 @@ pub fn endpoints() -> Vec<Endpoint> {
     v.extend(transactions::endpoints());
     v.extend(cluster_api::endpoints());
     v.extend(maintenance_api::endpoints());
+    v.extend(probes_api::endpoints());
     v
 }
 

@@ -87,6 +87,9 @@ pub enum Cmd {
     /// Maintenance windows announced to affected agencies (minimum notice, office hours)
     #[command(subcommand)]
     Maintenance(MaintenanceCmd),
+    /// Health probes of systems and service versions: set, clear, list, history, uptime
+    #[command(subcommand)]
+    Probe(ProbeCmd),
     /// Print shell completions
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff)
@@ -269,6 +272,79 @@ pub enum NodeCmd {
     Drain,
     /// Put the node you are connected to back in service
     Resume,
+}
+
+/// What a probe belongs to: `--system ID`, or `--service CONTEXT --version V`.
+#[derive(Debug, Args)]
+pub struct ProbeOwnerArgs {
+    #[arg(long, conflicts_with_all = ["service", "version"], required_unless_present = "service")]
+    pub system: Option<String>,
+    #[arg(long, requires = "version")]
+    pub service: Option<String>,
+    #[arg(long, requires = "service")]
+    pub version: Option<String>,
+}
+
+impl ProbeOwnerArgs {
+    fn path(&self) -> String {
+        match (&self.system, &self.service, &self.version) {
+            (Some(id), _, _) => format!("/api/v1/systems/{id}/probe"),
+            (None, Some(s), Some(v)) => format!("/api/v1/services/{s}/versions/{v}/probe"),
+            _ => String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProbeCmd {
+    /// Set (or replace) the probe agreed at registration
+    Set {
+        #[command(flatten)]
+        owner: ProbeOwnerArgs,
+        /// http (GET a URL, expect a status), tcp (connect) or tls (handshake, certificate days left)
+        #[arg(long)]
+        kind: String,
+        /// URL for http, host:port for tcp and tls
+        #[arg(long)]
+        target: String,
+        /// Seconds between checks (10-3600)
+        #[arg(long, default_value_t = 30)]
+        interval: u32,
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u32,
+        /// HTTP status meaning healthy
+        #[arg(long, default_value_t = 200)]
+        expect_status: u16,
+        /// Fewer days left on the certificate than this is degraded
+        #[arg(long, default_value_t = 21)]
+        tls_warn_days: u32,
+    },
+    /// Remove a probe
+    Clear {
+        #[command(flatten)]
+        owner: ProbeOwnerArgs,
+    },
+    /// Every probe with its status and latest result (from whichever node probes it)
+    List,
+    /// Hourly or daily aggregates and status changes of one probe (target as in `list`)
+    History {
+        target: String,
+        #[arg(long)]
+        daily: bool,
+        /// RFC 3339 instant (default: 7 days before --to)
+        #[arg(long)]
+        from: Option<String>,
+        /// RFC 3339 instant (default: now)
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Uptime per day and for the month of a system's probes (and its service versions')
+    Uptime {
+        system: String,
+        /// YYYY-MM (default: this month, UTC)
+        #[arg(long)]
+        month: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -898,6 +974,13 @@ fn print_cluster(v: &Value) {
 }
 
 /// Prints a list as columns, or an object as indented JSON.
+/// Percent-encodes a query value (RFC 3339 instants carry `+` and `:`).
+fn urlencoding(s: &str) -> String {
+    s.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
 fn show(v: &Value, json_out: bool, cols: &[&str]) {
     if json_out {
         println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
@@ -1155,6 +1238,60 @@ async fn remote(cmd: Cmd, conn: &Connection, j: bool) -> Result<()> {
                 MaintenanceCmd::Cancel { id, reason } => show(&c.post(&format!("/api/v1/maintenance/{id}/cancel"), json!({"reason": reason})).await?, j, &[]),
             }
         }
+        Cmd::Probe(pc) => match pc {
+            ProbeCmd::Set { owner, kind, target, interval, timeout_ms, expect_status, tls_warn_days } => {
+                let body = json!({"kind": kind, "target": target, "interval_s": interval, "timeout_ms": timeout_ms, "expect_status": expect_status, "tls_warn_days": tls_warn_days});
+                show(&c.call(reqwest::Method::PUT, &owner.path(), Some(&body)).await?, j, &[])
+            }
+            ProbeCmd::Clear { owner } => show(&c.call(reqwest::Method::DELETE, &owner.path(), None).await?, j, &[]),
+            ProbeCmd::List => {
+                let v = c.get("/api/v1/probes").await?;
+                if j {
+                    show(&v, true, &[]);
+                } else {
+                    let items: Vec<Value> = v["items"]
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .map(|it| {
+                                    json!({
+                                        "target": it["target"], "agency": it["agency"], "status": it["status"],
+                                        "flapping": it["flapping"], "node": it["latest"]["node"],
+                                        "last": it["latest"]["last"]["health"], "detail": it["latest"]["last"]["detail"],
+                                    })
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    show(&json!({"items": items, "total": v["total"]}), false, &["target", "agency", "status", "flapping", "node", "last", "detail"]);
+                }
+            }
+            ProbeCmd::History { target, daily, from, to } => {
+                let mut q = vec![format!("granularity={}", if daily { "daily" } else { "hourly" })];
+                q.extend(from.map(|f| format!("from={}", urlencoding(&f))));
+                q.extend(to.map(|t| format!("to={}", urlencoding(&t))));
+                let v = c.get(&format!("/api/v1/probes/{target}/history?{}", q.join("&"))).await?;
+                if j {
+                    show(&v, true, &[]);
+                } else {
+                    show(&json!({"items": v["rows"]}), false, &["start", "checks", "up", "degraded", "down", "uptime", "latency_avg_ms", "latency_max_ms"]);
+                    println!();
+                    show(&json!({"items": v["events"]}), false, &["seq", "at", "from", "to", "notify", "node", "reason"]);
+                }
+            }
+            ProbeCmd::Uptime { system, month } => {
+                let q = month.map(|m| format!("?month={m}")).unwrap_or_default();
+                let v = c.get(&format!("/api/v1/systems/{system}/uptime{q}")).await?;
+                if j {
+                    show(&v, true, &[]);
+                } else {
+                    for t in v["targets"].as_array().cloned().unwrap_or_default() {
+                        println!("{}  month {}: uptime {}", t["target"].as_str().unwrap_or_default(), v["month"].as_str().unwrap_or_default(), t["month"]["uptime"]);
+                        show(&json!({"items": t["days"]}), false, &["day", "checks", "uptime"]);
+                    }
+                }
+            }
+        },
         Cmd::Node(nc) => match nc {
             NodeCmd::Drain => show(&c.post("/api/v1/node/drain", json!({})).await?, j, &[]),
             NodeCmd::Resume => show(&c.post("/api/v1/node/resume", json!({})).await?, j, &[]),

@@ -85,6 +85,12 @@ impl Upstreams {
         Ok(Upstreams { roots, connect_timeout, plain, mtls: Mutex::new(HashMap::new()) })
     }
 
+    /// The trust store for upstreams (system roots plus `gateway.upstream_ca_file`); the
+    /// health probes verify with the same.
+    pub fn roots(&self) -> Arc<rustls::RootCertStore> {
+        self.roots.clone()
+    }
+
     /// The client without a TLS client identity.
     pub fn plain(&self) -> &HttpClient {
         &self.plain

@@ -81,7 +81,13 @@ pub struct Services {
     pub data_dir: PathBuf,
     pub thresholds: StatusConfig,
     pub storage: StorageFn,
+    /// The `probes` component (absent when this node does not probe).
+    pub probes: Option<ProbesFn>,
 }
+
+/// Figures of the probe scheduler, read when `/status/services` is asked: (targets, checks
+/// completed, checks started late in the last minute).
+pub type ProbesFn = Arc<dyn Fn() -> (usize, u64, u64) + Send + Sync>;
 
 /// The node's state: the worst of its components (`up` when there are none).
 pub fn overall<'a>(components: impl IntoIterator<Item = &'a Component>) -> Level {
@@ -202,6 +208,22 @@ pub fn clock_component(now: DateTime<Utc>) -> Component {
     }
 }
 
+/// The `probes` component from the probe scheduler's figures (`app` reads them from
+/// `probes::runner::Runner`): `degraded` when checks started more than an interval late in
+/// the last minute (the node cannot keep up with its targets).
+pub fn probes_component(targets: usize, checks: u64, late_last_minute: u64) -> Component {
+    let details = json!({ "targets": targets, "checks": checks, "late_last_minute": late_last_minute });
+    if late_last_minute > 0 {
+        Component::new(
+            Level::Degraded,
+            format!("{late_last_minute} probe checks ran more than an interval late in the last minute; the node is overloaded: raise probes.max_in_flight or add nodes"),
+            details,
+        )
+    } else {
+        Component::new(Level::Up, format!("probing {targets} targets on time"), details)
+    }
+}
+
 /// Runs every check (each bounded by [`CHECK_TIMEOUT`]) and returns the components by name.
 pub async fn check(services: &Services, health: Option<(bool, Value)>) -> BTreeMap<&'static str, Component> {
     let mut out = BTreeMap::new();
@@ -223,6 +245,10 @@ pub async fn check(services: &Services, health: Option<(bool, Value)>) -> BTreeM
         }
     }
     out.insert("clock", clock_component(Utc::now()));
+    if let Some(p) = &services.probes {
+        let (targets, checks, late) = p();
+        out.insert("probes", probes_component(targets, checks, late));
+    }
     out
 }
 
@@ -324,6 +350,15 @@ mod tests {
     fn no_quorum_is_degraded_not_down() {
         assert_eq!(raft_component(false, json!({"quorum": false})).status, Level::Degraded);
         assert_eq!(raft_component(true, json!({"quorum": true})).to_json()["quorum"], true);
+    }
+
+    #[test]
+    fn late_probes_are_degraded() {
+        assert_eq!(probes_component(10, 100, 0).status, Level::Up);
+        let c = probes_component(10, 100, 3);
+        assert_eq!(c.status, Level::Degraded);
+        assert!(c.message.contains("overloaded"), "{}", c.message);
+        assert_eq!(c.to_json()["targets"], 10);
     }
 
     #[test]

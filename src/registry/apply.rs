@@ -325,6 +325,7 @@ impl Cx<'_> {
                     contacts: contacts.clone(),
                     disabled: false,
                     created_at: self.at,
+                    probe: None,
                 });
             }
             UpdateSystem { id, name, description, security, contacts, disabled } => {
@@ -414,6 +415,7 @@ impl Cx<'_> {
                         retire_at: None,
                         retired_at: None,
                         history: vec![],
+                        probe: None,
                     },
                 );
                 self.s.services.put(svc);
@@ -860,6 +862,10 @@ impl Cx<'_> {
                 rules::text("name", &system.name, 300)?;
                 check_security(&system.security)?;
                 self.active_agency("agency", &system.agency)?;
+                check_probe("probe", system.probe.as_ref())?;
+                if system.probe.is_none() {
+                    self.s.probe_status.remove(&format!("system:{}", system.id));
+                }
                 self.s.systems.put(system.clone());
             }
             UpsertService { service } => {
@@ -872,6 +878,10 @@ impl Cx<'_> {
                         return Err(E::invalid(&format!("version.{k}"), "key and version label differ"));
                     }
                     check_upstreams(&v.upstream)?;
+                    check_probe(&format!("version.{k}.probe"), v.probe.as_ref())?;
+                    if v.probe.is_none() {
+                        self.s.probe_status.remove(&format!("service:{}:{k}", service.context));
+                    }
                 }
                 self.s.services.put(service.clone());
             }
@@ -973,11 +983,104 @@ impl Cx<'_> {
                     self.s.notices.remove(&id);
                 }
             }
+            SetProbe { owner, spec } => {
+                check_probe("spec", Some(spec))?;
+                self.set_probe(owner, Some(spec.clone()))?;
+            }
+            ClearProbe { owner } => {
+                if self.s.probe_of(owner).is_none() {
+                    return Err(E::not_found("probe", &owner.target_id()));
+                }
+                self.set_probe(owner, None)?;
+                self.s.probe_status.remove(&owner.target_id());
+            }
+            ProbeStatusChanged { target, from, to, at, notify, flapping, reason, cert_days_left, node } => {
+                let owner =
+                    ProbeOwner::parse(target).ok_or_else(|| E::invalid("target", format!("{target:?} is not a probe target id")))?;
+                let (system, agency) = match self.s.probe_of(&owner) {
+                    Some((_, sys)) => (sys.id.clone(), sys.agency.clone()),
+                    None => return Err(E::not_found("probe", target)),
+                };
+                let current = self.s.probe_status.get(target).cloned();
+                let stored = current.as_ref().map(|c| c.status);
+                if stored != *from {
+                    return Err(E::conflict(
+                        "PROBE_STATUS_STALE",
+                        format!(
+                            "probe {target} is {} in the registry, not {}; the change was already recorded",
+                            stored.map_or("unconfirmed", ProbeHealth::as_str),
+                            from.map_or("unconfirmed", ProbeHealth::as_str)
+                        ),
+                    ));
+                }
+                if *from == Some(*to) && current.as_ref().is_some_and(|c| c.flapping == *flapping) {
+                    return Err(E::conflict("PROBE_STATUS_STALE", format!("probe {target} is already {}", to.as_str())));
+                }
+                let mut st =
+                    current.unwrap_or(ProbeStatus { target: target.clone(), status: *to, since: *at, flapping: false, events: vec![] });
+                if *from != Some(*to) {
+                    st.since = *at;
+                }
+                st.status = *to;
+                st.flapping = *flapping;
+                let seq = st.events.last().map_or(1, |e| e.seq + 1);
+                st.events.push(ProbeEvent {
+                    seq,
+                    at: *at,
+                    from: *from,
+                    to: *to,
+                    notify: *notify,
+                    flapping: *flapping,
+                    reason: reason.chars().take(500).collect(),
+                    cert_days_left: *cert_days_left,
+                    node: node.clone(),
+                    system: system.clone(),
+                    agency,
+                });
+                let oldest = *at - Duration::days(ProbeStatus::KEEP_DAYS);
+                st.events.retain(|e| e.at >= oldest);
+                let excess = st.events.len().saturating_sub(ProbeStatus::MAX_EVENTS);
+                st.events.drain(..excess);
+                self.s.probe_status.put(st);
+                // Notices (O2): a first status counts as a change from `up`, so a target that is
+                // down when first probed is reported; flapping changes (notify = false) are only
+                // recorded, and the leader flushes the settled status after the hold-down.
+                notice::on_probe_change(
+                    self.s,
+                    &notice::ProbeChange {
+                        target: target.clone(),
+                        system,
+                        from: from.unwrap_or(ProbeHealth::Up),
+                        to: *to,
+                        at: *at,
+                        reason: reason.chars().take(500).collect(),
+                        cert_days_left: *cert_days_left,
+                        notify: *notify,
+                    },
+                );
+            }
 
             Batch { label: _, commands } => {
                 for (i, c) in commands.iter().enumerate() {
                     self.run(c).map_err(|e| prefix_error(e, i))?;
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets or clears the probe of a system or a service version.
+    fn set_probe(&mut self, owner: &ProbeOwner, spec: Option<ProbeSpec>) -> Result<(), E> {
+        match owner {
+            ProbeOwner::System { id } => {
+                let mut sys = self.system(id)?;
+                sys.probe = spec;
+                self.s.systems.put(sys);
+            }
+            ProbeOwner::Version { service, version } => {
+                let mut svc = self.service(service)?;
+                version_mut(&mut svc, service, version)?.probe = spec;
+                self.s.services.put(svc);
             }
         }
         Ok(())
@@ -1104,6 +1207,13 @@ fn check_override(o: &Option<String>) -> Result<(), E> {
     match o {
         Some(r) => rules::text("override_reason", r, 1000),
         None => Ok(()),
+    }
+}
+
+fn check_probe(field: &str, spec: Option<&ProbeSpec>) -> Result<(), E> {
+    match spec.map(ProbeSpec::validate) {
+        Some(Err(reason)) => Err(E::invalid(field, reason)),
+        _ => Ok(()),
     }
 }
 

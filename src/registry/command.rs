@@ -376,6 +376,35 @@ pub enum Command {
     PruneNotices {
         before: Timestamp,
     },
+    /// Sets (or replaces) the health probe of a system or a service version (issue 6).
+    SetProbe {
+        owner: ProbeOwner,
+        spec: ProbeSpec,
+    },
+    /// Removes a probe; its replicated status and events go with it.
+    ClearProbe {
+        owner: ProbeOwner,
+    },
+    /// A prober confirmed a new status of `target` (`system:{id}` or
+    /// `service:{context}:{version}`). Applied only when `from` is the replicated status, so
+    /// each change is recorded once cluster-wide however many nodes saw it; a change with
+    /// `from == to` records the start or end of flapping only.
+    ProbeStatusChanged {
+        target: String,
+        from: Option<ProbeHealth>,
+        to: ProbeHealth,
+        at: Timestamp,
+        #[serde(default)]
+        notify: bool,
+        #[serde(default)]
+        flapping: bool,
+        #[serde(default)]
+        reason: String,
+        #[serde(default)]
+        cert_days_left: Option<i64>,
+        #[serde(default)]
+        node: String,
+    },
 
     /// All or nothing: if one command fails, none of them took effect.
     Batch {
@@ -484,6 +513,9 @@ impl Command {
             RecordDeliveries { .. } => "record_deliveries",
             FlushProbeAlert { .. } => "flush_probe_alert",
             PruneNotices { .. } => "prune_notices",
+            SetProbe { .. } => "set_probe",
+            ClearProbe { .. } => "clear_probe",
+            ProbeStatusChanged { .. } => "probe_status_changed",
             Batch { .. } => "batch",
         }
     }
@@ -538,6 +570,8 @@ impl Command {
             RecordDeliveries { results } => format!("notices ({} deliveries)", results.len()),
             FlushProbeAlert { target } => format!("probe/{target}"),
             PruneNotices { .. } => "notices/*".into(),
+            SetProbe { owner, .. } | ClearProbe { owner } => format!("probe/{}", owner.target_id()),
+            ProbeStatusChanged { target, .. } => format!("probe/{target}"),
             Batch { label, commands } => format!("batch/{label} ({} commands)", commands.len()),
         }
     }
@@ -571,6 +605,7 @@ impl Command {
                 | Command::MaintenanceStage { .. }
                 | Command::FlushProbeAlert { .. }
                 | Command::PruneNotices { .. }
+                | Command::ProbeStatusChanged { .. }
         )
     }
 }

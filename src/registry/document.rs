@@ -102,6 +102,9 @@ pub struct SystemDoc {
     pub security_commitment: Option<CommitmentDoc>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub contacts: Vec<Contact>,
+    /// The health probe agreed at registration (issue 6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<ProbeSpec>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -115,6 +118,9 @@ pub struct VersionDoc {
     pub max_body_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retire_at: Option<Timestamp>,
+    /// The health probe agreed at registration (issue 6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<ProbeSpec>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -295,6 +301,9 @@ pub fn plan(doc: &Document, state: &State, at: Timestamp, actor: &Actor, tool: &
         if !agency_ok(&s.agency) {
             p.err(format!("{path}.agency"), format!("agency {} is neither in the document nor an active agency of the registry", s.agency));
         }
+        if let Some(Err(e)) = s.probe.as_ref().map(ProbeSpec::validate) {
+            p.err(format!("{path}.probe"), e);
+        }
         match (&s.security_level, &s.security_commitment) {
             (Some(l), None) => p.check(&path, rules::security_level("security_level", *l)),
             (None, Some(c)) => p.check(&path, rules::text("security_commitment.document", &c.document, 500)),
@@ -344,6 +353,9 @@ pub fn plan(doc: &Document, state: &State, at: Timestamp, actor: &Actor, tool: &
                 if let Some(u) = url {
                     p.check(&vpath, rules::upstream_url(&format!("upstream.{env}"), u));
                 }
+            }
+            if let Some(Err(e)) = v.probe.as_ref().map(ProbeSpec::validate) {
+                p.err(format!("{vpath}.probe"), e);
             }
             if v.state != VersionState::Draft && v.upstream.production.is_none() && v.upstream.test.is_none() {
                 p.err(format!("{vpath}.upstream"), "a published, deprecated or retired version needs at least one upstream");
@@ -518,6 +530,7 @@ fn plan_system(p: &mut Planner, s: &SystemDoc) {
         contacts: s.contacts.clone(),
         disabled: false,
         created_at: p.at,
+        probe: s.probe.clone(),
     };
     if let Some(old) = p.s.systems.get(&s.id) {
         new.created_at = old.created_at;
@@ -574,8 +587,10 @@ fn plan_service(p: &mut Planner, s: &ServiceDoc) {
             retire_at: None,
             retired_at: None,
             history: vec![],
+            probe: None,
         });
         entry.upstream = v.upstream.clone();
+        entry.probe = v.probe.clone();
         entry.max_body_bytes = v.max_body_bytes;
         if v.retire_at.is_some() {
             entry.retire_at = v.retire_at;
@@ -730,6 +745,7 @@ pub fn export(state: &State) -> Document {
             security_level: level,
             security_commitment: commitment,
             contacts: s.contacts.clone(),
+            probe: s.probe.clone(),
         });
     }
     for s in state.services.values() {
@@ -751,6 +767,7 @@ pub fn export(state: &State) -> Document {
                     upstream: v.upstream.clone(),
                     max_body_bytes: v.max_body_bytes,
                     retire_at: v.retire_at,
+                    probe: v.probe.clone(),
                 })
                 .collect(),
         });

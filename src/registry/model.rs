@@ -130,6 +130,9 @@ pub struct System {
     #[serde(default)]
     pub disabled: bool,
     pub created_at: Timestamp,
+    /// The health probe agreed at registration (issue 6), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<ProbeSpec>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Hash)]
@@ -270,6 +273,9 @@ pub struct ServiceVersion {
     pub retired_at: Option<Timestamp>,
     #[serde(default)]
     pub history: Vec<LifecycleEvent>,
+    /// The health probe agreed at registration (issue 6), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<ProbeSpec>,
 }
 
 /// A data-sharing service (Form 01, R4).
@@ -727,21 +733,109 @@ impl Notice {
     }
 }
 
-/// Connection status of a probed target (O2), as the probes report it.
+/// What a probe checks (issue 6). See ARCHITECTURE.md "Probes".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "snake_case")]
-pub enum ProbeStatus {
+pub enum ProbeKind {
+    /// GET the URL; healthy when it answers `expect_status` within the timeout.
+    Http,
+    /// Connect to `host:port` within the timeout.
+    Tcp,
+    /// TLS handshake with `host:port`; reports the days left on the server certificate.
+    Tls,
+}
+
+/// A health probe agreed at registration for a system or a service version.
+///
+/// Invariants (enforced by [`ProbeSpec::validate`]): the interval is within
+/// [`ProbeSpec::MIN_INTERVAL_S`]..=[`ProbeSpec::MAX_INTERVAL_S`]; the timeout is positive and
+/// not longer than the interval; `target` is an `http(s)://` URL for `http` and `host:port`
+/// otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeSpec {
+    pub kind: ProbeKind,
+    /// URL (`http`) or `host:port` (`tcp`, `tls`).
+    pub target: String,
+    pub interval_s: u32,
+    #[serde(default = "ProbeSpec::default_timeout_ms")]
+    pub timeout_ms: u32,
+    /// HTTP status meaning healthy (`http` only).
+    #[serde(default = "ProbeSpec::default_expect_status")]
+    pub expect_status: u16,
+    /// Fewer days left on the certificate than this is `degraded` (`tls`, and `http` over https).
+    #[serde(default = "ProbeSpec::default_tls_warn_days")]
+    pub tls_warn_days: u32,
+}
+
+impl ProbeSpec {
+    pub const MIN_INTERVAL_S: u32 = 10;
+    pub const MAX_INTERVAL_S: u32 = 3600;
+
+    fn default_timeout_ms() -> u32 {
+        5000
+    }
+    fn default_expect_status() -> u16 {
+        200
+    }
+    fn default_tls_warn_days() -> u32 {
+        21
+    }
+
+    /// Checks the invariants; the error is a sentence for the operator.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(Self::MIN_INTERVAL_S..=Self::MAX_INTERVAL_S).contains(&self.interval_s) {
+            return Err(format!(
+                "interval_s must be between {} and {} seconds, not {}",
+                Self::MIN_INTERVAL_S,
+                Self::MAX_INTERVAL_S,
+                self.interval_s
+            ));
+        }
+        if self.timeout_ms == 0 || u64::from(self.timeout_ms) > u64::from(self.interval_s) * 1000 {
+            return Err(format!(
+                "timeout_ms must be positive and at most the interval ({} ms), not {}",
+                self.interval_s * 1000,
+                self.timeout_ms
+            ));
+        }
+        match self.kind {
+            ProbeKind::Http => {
+                let lower = self.target.to_ascii_lowercase();
+                let rest = lower.strip_prefix("https://").or_else(|| lower.strip_prefix("http://"));
+                if rest.is_none_or(|r| r.is_empty() || r.starts_with('/')) {
+                    return Err(format!("an http probe needs an http:// or https:// URL with a host, not {:?}", self.target));
+                }
+                if !(100..=599).contains(&self.expect_status) {
+                    return Err(format!("expect_status must be an HTTP status (100-599), not {}", self.expect_status));
+                }
+            }
+            ProbeKind::Tcp | ProbeKind::Tls => {
+                let ok = self.target.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+                if !ok {
+                    return Err(format!("a tcp or tls probe needs host:port, not {:?}", self.target));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A probe's verdict, ordered from best to worst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeHealth {
     Up,
     Degraded,
     Down,
 }
 
-impl ProbeStatus {
+impl ProbeHealth {
     pub fn as_str(self) -> &'static str {
         match self {
-            ProbeStatus::Up => "up",
-            ProbeStatus::Degraded => "degraded",
-            ProbeStatus::Down => "down",
+            ProbeHealth::Up => "up",
+            ProbeHealth::Degraded => "degraded",
+            ProbeHealth::Down => "down",
         }
     }
 }
@@ -752,12 +846,92 @@ pub struct ProbeAlert {
     pub target: String,
     /// The system whose contacts are told (its agency's too).
     pub system: String,
-    pub notified: ProbeStatus,
+    pub notified: ProbeHealth,
     #[serde(default)]
     pub notified_at: Option<Timestamp>,
     /// The latest reported status and since when.
-    pub current: ProbeStatus,
+    pub current: ProbeHealth,
     pub current_since: Timestamp,
     #[serde(default)]
     pub reason: String,
+}
+
+/// What a probe belongs to: a system, or one version of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ProbeOwner {
+    System { id: String },
+    Version { service: String, version: String },
+}
+
+impl ProbeOwner {
+    /// The probe's target id: `system:{id}` or `service:{context}:{version}`.
+    pub fn target_id(&self) -> String {
+        match self {
+            ProbeOwner::System { id } => format!("system:{id}"),
+            ProbeOwner::Version { service, version } => format!("service:{service}:{version}"),
+        }
+    }
+
+    /// The owner named by a target id (the inverse of [`ProbeOwner::target_id`]).
+    pub fn parse(target: &str) -> Option<ProbeOwner> {
+        if let Some(id) = target.strip_prefix("system:") {
+            return (!id.is_empty() && !id.contains(':')).then(|| ProbeOwner::System { id: id.to_owned() });
+        }
+        let rest = target.strip_prefix("service:")?;
+        let (service, version) = rest.split_once(':')?;
+        (!service.is_empty() && !version.is_empty() && !version.contains(':'))
+            .then(|| ProbeOwner::Version { service: service.to_owned(), version: version.to_owned() })
+    }
+}
+
+/// One confirmed status change of a probe target, as replicated (issue 6). Carries what a
+/// notice needs: the owning system and agency, the change, why, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeEvent {
+    /// 1, 2, ... per target: with the target id, identifies the event cluster-wide.
+    pub seq: u64,
+    /// When the prober confirmed the change.
+    pub at: Timestamp,
+    /// `None` for the first confirmed status.
+    pub from: Option<ProbeHealth>,
+    pub to: ProbeHealth,
+    /// False while the target flaps (the change is recorded, nobody is told).
+    pub notify: bool,
+    /// The target flaps since this event (changes notify no more until it is stable).
+    #[serde(default)]
+    pub flapping: bool,
+    /// The check's own sentence (HTTP status, error text, certificate expiry).
+    #[serde(default)]
+    pub reason: String,
+    /// Days left on the server certificate (TLS checks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_days_left: Option<i64>,
+    /// The node whose checks confirmed the change.
+    #[serde(default)]
+    pub node: String,
+    /// The system the target belongs to (a service version's provider system).
+    pub system: String,
+    /// That system's agency when the change was applied.
+    pub agency: String,
+}
+
+/// The replicated status of one probe target and its recent status changes.
+///
+/// Invariants: `status` is the `to` of the last event; events are ordered by `seq` and
+/// bounded ([`ProbeStatus::MAX_EVENTS`] and [`ProbeStatus::KEEP_DAYS`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeStatus {
+    pub target: String,
+    pub status: ProbeHealth,
+    pub since: Timestamp,
+    #[serde(default)]
+    pub flapping: bool,
+    #[serde(default)]
+    pub events: Vec<ProbeEvent>,
+}
+
+impl ProbeStatus {
+    pub const MAX_EVENTS: usize = 500;
+    pub const KEEP_DAYS: i64 = 400;
 }

@@ -221,8 +221,8 @@ pub struct ProbeChange {
     pub target: String,
     /// The system whose contacts (and its agency's) are told.
     pub system: String,
-    pub from: ProbeStatus,
-    pub to: ProbeStatus,
+    pub from: ProbeHealth,
+    pub to: ProbeHealth,
     pub at: Timestamp,
     pub reason: String,
     /// Days until the target's TLS certificate expires, when the probe saw one.
@@ -236,15 +236,15 @@ pub fn probe_notice(
     state: &State,
     target: &str,
     system: &str,
-    status: ProbeStatus,
+    status: ProbeHealth,
     since: Timestamp,
     reason: &str,
     at: Timestamp,
 ) -> Notice {
     let (vi_word, en_word, kind) = match status {
-        ProbeStatus::Down => ("Mất kết nối", "Connection lost", "probe.down"),
-        ProbeStatus::Degraded => ("Kết nối có nguy cơ", "Connection at risk", "probe.degraded"),
-        ProbeStatus::Up => ("Kết nối đã phục hồi", "Connection recovered", "probe.recovered"),
+        ProbeHealth::Down => ("Mất kết nối", "Connection lost", "probe.down"),
+        ProbeHealth::Degraded => ("Kết nối có nguy cơ", "Connection at risk", "probe.degraded"),
+        ProbeHealth::Up => ("Kết nối đã phục hồi", "Connection recovered", "probe.recovered"),
     };
     let when = rules::local_time(since);
     let (agencies, systems) = probe_owners(state, system);
@@ -290,15 +290,17 @@ fn probe_owners(state: &State, system: &str) -> (BTreeSet<String>, BTreeSet<Stri
     (agencies, BTreeSet::from([system.to_owned()]))
 }
 
-/// Records a probe's status change and queues what it should notify: the first `down` or
-/// `degraded` at once, `recovered` only after one of those was notified, the same status twice
-/// never (a probe moving to another node reports it again), and within [`FLAP_HOLD_SECS`] of
-/// the last notice nothing (the scheduler flushes the settled status later).
+/// Records a probe's status change and queues what it should notify: a change the probes
+/// confirmed as notifiable (`notify`) at once, `recovered` only after a `down` or `degraded`
+/// was notified, the same status twice never (a probe moving to another node reports it
+/// again). Changes recorded while the target flaps (`notify` false: the probes' tracker saw too
+/// many changes within the hour) notify nothing now; the leader's scheduler notifies the status
+/// the target settled in, at most once per [`FLAP_HOLD_SECS`].
 pub fn on_probe_change(state: &mut State, c: &ProbeChange) {
     let mut alert = state.probe_alerts.get(&c.target).cloned().unwrap_or(ProbeAlert {
         target: c.target.clone(),
         system: c.system.clone(),
-        notified: ProbeStatus::Up,
+        notified: ProbeHealth::Up,
         notified_at: None,
         current: c.from,
         current_since: c.at,
@@ -317,7 +319,7 @@ pub fn on_probe_change(state: &mut State, c: &ProbeChange) {
     }
     state.probe_alerts.put(alert);
     if c.notify {
-        flush_probe_alert(state, &c.target, c.at);
+        flush(state, &c.target, c.at, false);
     }
 }
 
@@ -333,8 +335,14 @@ pub fn probe_alert_due(state: &State, target: &str, _now: Timestamp) -> Option<T
 /// Notifies the target's settled status if it differs from the last notified one and the
 /// hold-down is over. Idempotent.
 pub fn flush_probe_alert(state: &mut State, target: &str, at: Timestamp) {
+    flush(state, target, at, true);
+}
+
+/// Notifies the settled status if it differs from the last notified one; with `hold`, not
+/// within [`FLAP_HOLD_SECS`] of the last notice.
+fn flush(state: &mut State, target: &str, at: Timestamp, hold: bool) {
     let Some(mut a) = state.probe_alerts.get(target).cloned() else { return };
-    if a.current == a.notified || a.notified_at.is_some_and(|t| at < t + Duration::seconds(FLAP_HOLD_SECS)) {
+    if a.current == a.notified || (hold && a.notified_at.is_some_and(|t| at < t + Duration::seconds(FLAP_HOLD_SECS))) {
         return;
     }
     let n = probe_notice(state, &a.target, &a.system, a.current, a.current_since, &a.reason, at);
@@ -377,11 +385,12 @@ mod tests {
             contacts: vec![Contact { name: "Ops".into(), email: "OPS@a.example".into(), phone: String::new() }],
             disabled: false,
             created_at: t(0, 0),
+            probe: None,
         });
         s
     }
 
-    fn change(from: ProbeStatus, to: ProbeStatus, at: Timestamp) -> ProbeChange {
+    fn change(from: ProbeHealth, to: ProbeHealth, at: Timestamp) -> ProbeChange {
         ProbeChange {
             target: "system/sys-a".into(),
             system: "sys-a".into(),
@@ -403,7 +412,7 @@ mod tests {
     #[test]
     fn probe_notices_for_down_degraded_recovered_and_certificates() {
         let s = registry();
-        let down = probe_notice(&s, "system/sys-a", "sys-a", ProbeStatus::Down, t(3, 0), "timeout", t(3, 0));
+        let down = probe_notice(&s, "system/sys-a", "sys-a", ProbeHealth::Down, t(3, 0), "timeout", t(3, 0));
         assert_eq!(down.kind, "probe.down");
         assert!(down.subject.vi.contains("Mất kết nối") && down.subject.en.contains("Connection lost"), "{:?}", down.subject);
         let channels: Vec<&Channel> = down.deliveries.iter().map(|d| &d.channel).collect();
@@ -418,8 +427,8 @@ mod tests {
             ]
         );
         assert!(down.deliveries.iter().all(|d| d.state == DeliveryState::Pending));
-        assert_eq!(probe_notice(&s, "x", "sys-a", ProbeStatus::Degraded, t(3, 0), "", t(3, 0)).kind, "probe.degraded");
-        let up = probe_notice(&s, "x", "sys-a", ProbeStatus::Up, t(3, 0), "", t(3, 0));
+        assert_eq!(probe_notice(&s, "x", "sys-a", ProbeHealth::Degraded, t(3, 0), "", t(3, 0)).kind, "probe.degraded");
+        let up = probe_notice(&s, "x", "sys-a", ProbeHealth::Up, t(3, 0), "", t(3, 0));
         assert_eq!(up.kind, "probe.recovered");
         assert!(up.body.en.contains("10:00 (UTC+7)"), "local time in the body: {}", up.body.en);
         let cert = cert_notice(&s, "x", "sys-a", 12, t(3, 0)).expect("12 days is within the 14-day threshold");
@@ -431,35 +440,48 @@ mod tests {
     #[test]
     fn one_notice_per_change_even_when_reported_twice() {
         let mut s = registry();
-        on_probe_change(&mut s, &change(ProbeStatus::Up, ProbeStatus::Down, t(3, 0)));
+        on_probe_change(&mut s, &change(ProbeHealth::Up, ProbeHealth::Down, t(3, 0)));
         // Another node's probe reports the same down state again.
-        on_probe_change(&mut s, &change(ProbeStatus::Up, ProbeStatus::Down, t(3, 1)));
-        on_probe_change(&mut s, &change(ProbeStatus::Down, ProbeStatus::Down, t(3, 2)));
+        on_probe_change(&mut s, &change(ProbeHealth::Up, ProbeHealth::Down, t(3, 1)));
+        on_probe_change(&mut s, &change(ProbeHealth::Down, ProbeHealth::Down, t(3, 2)));
         assert_eq!(kinds(&s), ["probe.down"]);
         // Recovery after the hold-down: notified at once.
-        on_probe_change(&mut s, &change(ProbeStatus::Down, ProbeStatus::Up, t(3, 10)));
+        on_probe_change(&mut s, &change(ProbeHealth::Down, ProbeHealth::Up, t(3, 10)));
         assert_eq!(kinds(&s), ["probe.down", "probe.recovered"]);
     }
 
     #[test]
     fn recovery_without_a_prior_alert_is_silent_and_notify_false_is_silent() {
         let mut s = registry();
-        on_probe_change(&mut s, &change(ProbeStatus::Up, ProbeStatus::Up, t(3, 0)));
+        on_probe_change(&mut s, &change(ProbeHealth::Up, ProbeHealth::Up, t(3, 0)));
         assert!(s.notices.is_empty());
-        let mut c = change(ProbeStatus::Up, ProbeStatus::Down, t(3, 1));
+        let mut c = change(ProbeHealth::Up, ProbeHealth::Down, t(3, 1));
         c.notify = false;
         on_probe_change(&mut s, &c);
         assert!(s.notices.is_empty());
     }
 
     #[test]
+    fn a_confirmed_recovery_is_notified_at_once() {
+        let mut s = registry();
+        on_probe_change(&mut s, &change(ProbeHealth::Up, ProbeHealth::Down, t(3, 0)));
+        on_probe_change(&mut s, &change(ProbeHealth::Down, ProbeHealth::Up, t(3, 1)));
+        assert_eq!(kinds(&s), ["probe.down", "probe.recovered"]);
+    }
+
+    #[test]
     fn flapping_is_held_down_and_the_settled_state_sent_later() {
         let mut s = registry();
-        on_probe_change(&mut s, &change(ProbeStatus::Up, ProbeStatus::Down, t(3, 0)));
-        on_probe_change(&mut s, &change(ProbeStatus::Down, ProbeStatus::Up, t(3, 1)));
-        on_probe_change(&mut s, &change(ProbeStatus::Up, ProbeStatus::Down, t(3, 2)));
-        on_probe_change(&mut s, &change(ProbeStatus::Down, ProbeStatus::Up, t(3, 3)));
-        assert_eq!(kinds(&s), ["probe.down"], "changes within the hold-down wait");
+        on_probe_change(&mut s, &change(ProbeHealth::Up, ProbeHealth::Down, t(3, 0)));
+        // The probes' tracker reports the following changes as flapping (notify = false).
+        for (from, to, m) in
+            [(ProbeHealth::Down, ProbeHealth::Up, 1), (ProbeHealth::Up, ProbeHealth::Down, 2), (ProbeHealth::Down, ProbeHealth::Up, 3)]
+        {
+            let mut c = change(from, to, t(3, m));
+            c.notify = false;
+            on_probe_change(&mut s, &c);
+        }
+        assert_eq!(kinds(&s), ["probe.down"], "changes while flapping wait");
         assert_eq!(probe_alert_due(&s, "system/sys-a", t(3, 3)), Some(t(3, 5)));
         flush_probe_alert(&mut s, "system/sys-a", t(3, 4));
         assert_eq!(kinds(&s), ["probe.down"], "not before the hold-down ends");
@@ -472,7 +494,7 @@ mod tests {
     #[test]
     fn queue_deduplicates_by_id() {
         let mut s = registry();
-        let n = probe_notice(&s, "x", "sys-a", ProbeStatus::Down, t(3, 0), "", t(3, 0));
+        let n = probe_notice(&s, "x", "sys-a", ProbeHealth::Down, t(3, 0), "", t(3, 0));
         assert!(queue(&mut s, n.clone()));
         assert!(!queue(&mut s, n));
         assert_eq!(s.notices.len(), 1);

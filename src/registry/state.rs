@@ -39,6 +39,7 @@ entity!(RevokedToken, "revoked_tokens", jti);
 entity!(MaintenanceWindow, "maintenance", id);
 entity!(Notice, "notices", id);
 entity!(ProbeAlert, "probe_alerts", target);
+entity!(ProbeStatus, "probe_status", target);
 
 /// A keyed collection that journals every change.
 #[derive(Debug, Clone)]
@@ -143,6 +144,7 @@ pub struct State {
     /// The replicated outbox (see `notice`).
     pub notices: Table<Notice>,
     pub probe_alerts: Table<ProbeAlert>,
+    pub probe_status: Table<ProbeStatus>,
     pub settings: Settings,
     settings_undo: Vec<Settings>,
     settings_touched: bool,
@@ -156,7 +158,7 @@ pub struct State {
 
 /// A point to roll back to.
 #[derive(Debug, Clone, Copy)]
-pub struct Checkpoint([usize; 13]);
+pub struct Checkpoint([usize; 14]);
 
 /// What changed in one successful apply, for the store to persist.
 #[derive(Debug, Default)]
@@ -187,6 +189,7 @@ impl State {
             self.maintenance.mark(),
             self.notices.mark(),
             self.probe_alerts.mark(),
+            self.probe_status.mark(),
         ])
     }
 
@@ -204,6 +207,7 @@ impl State {
         self.maintenance.rollback(m[10]);
         self.notices.rollback(m[11]);
         self.probe_alerts.rollback(m[12]);
+        self.probe_status.rollback(m[13]);
         while self.settings_undo.len() > m[8] {
             if let Some(s) = self.settings_undo.pop() {
                 self.settings = s;
@@ -238,6 +242,7 @@ impl State {
         take(&mut self.maintenance, &mut rows);
         take(&mut self.notices, &mut rows);
         take(&mut self.probe_alerts, &mut rows);
+        take(&mut self.probe_status, &mut rows);
         self.settings_undo.clear();
         let settings = std::mem::take(&mut self.settings_touched).then(|| encode(&self.settings));
         Changes { rows, settings }
@@ -265,6 +270,7 @@ impl State {
         take(&self.maintenance, &mut rows);
         take(&self.notices, &mut rows);
         take(&self.probe_alerts, &mut rows);
+        take(&self.probe_status, &mut rows);
         let settings = self.settings_touched.then(|| encode(&self.settings));
         Changes { rows, settings }
     }
@@ -283,12 +289,13 @@ impl State {
         self.maintenance.clear_journal();
         self.notices.clear_journal();
         self.probe_alerts.clear_journal();
+        self.probe_status.clear_journal();
         self.settings_undo.clear();
         self.settings_touched = false;
     }
 
     /// Names of every persistent table, for the store.
-    pub const TABLES: [&'static str; 12] = [
+    pub const TABLES: [&'static str; 13] = [
         Agency::TABLE,
         System::TABLE,
         Service::TABLE,
@@ -301,6 +308,7 @@ impl State {
         MaintenanceWindow::TABLE,
         Notice::TABLE,
         ProbeAlert::TABLE,
+        ProbeStatus::TABLE,
     ];
 
     /// Loads one stored row into the right table (used when opening the store).
@@ -318,6 +326,7 @@ impl State {
             "maintenance" => self.maintenance.load(serde_json::from_slice(bytes)?),
             "notices" => self.notices.load(serde_json::from_slice(bytes)?),
             "probe_alerts" => self.probe_alerts.load(serde_json::from_slice(bytes)?),
+            "probe_status" => self.probe_status.load(serde_json::from_slice(bytes)?),
             _ => {}
         }
         Ok(())
@@ -400,4 +409,50 @@ impl State {
     pub fn provider_agency(&self, context: &str) -> Option<&str> {
         self.services.get(context).and_then(|s| self.agency_of_system(&s.provider_system))
     }
+
+    /// Every probe that should run: (target id, spec, owning system, its agency). Probes of
+    /// disabled systems and retired versions do not run.
+    pub fn probe_targets(&self) -> Vec<ProbeTarget<'_>> {
+        let mut out = Vec::new();
+        for s in self.systems.values().filter(|s| !s.disabled) {
+            if let Some(spec) = &s.probe {
+                out.push(ProbeTarget { target: format!("system:{}", s.id), spec, system: &s.id, agency: &s.agency });
+            }
+        }
+        for svc in self.services.values() {
+            let Some(sys) = self.systems.get(&svc.provider_system) else { continue };
+            for v in svc.versions.values().filter(|v| v.state != VersionState::Retired) {
+                if let Some(spec) = &v.probe {
+                    out.push(ProbeTarget {
+                        target: format!("service:{}:{}", svc.context, v.version),
+                        spec,
+                        system: &sys.id,
+                        agency: &sys.agency,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// The probe spec of an owner, with the owning system (`None`: no such owner or no probe).
+    pub fn probe_of(&self, owner: &ProbeOwner) -> Option<(&ProbeSpec, &System)> {
+        match owner {
+            ProbeOwner::System { id } => self.systems.get(id).and_then(|s| s.probe.as_ref().map(|p| (p, s))),
+            ProbeOwner::Version { service, version } => {
+                let svc = self.services.get(service)?;
+                let sys = self.systems.get(&svc.provider_system)?;
+                svc.versions.get(version)?.probe.as_ref().map(|p| (p, sys))
+            }
+        }
+    }
+}
+
+/// One probe the cluster runs, as [`State::probe_targets`] lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeTarget<'a> {
+    pub target: String,
+    pub spec: &'a ProbeSpec,
+    pub system: &'a str,
+    pub agency: &'a str,
 }

@@ -319,3 +319,116 @@ fn golden_log_format() {
     }
     assert!(count >= 10, "golden file too small");
 }
+
+fn probe(kind: ProbeKind, target: &str) -> ProbeSpec {
+    ProbeSpec { kind, target: target.into(), interval_s: 30, timeout_ms: 2000, expect_status: 200, tls_warn_days: 21 }
+}
+
+fn changed(target: &str, from: Option<ProbeHealth>, to: ProbeHealth, at: Timestamp, notify: bool) -> Command {
+    Command::ProbeStatusChanged {
+        target: target.into(),
+        from,
+        to,
+        at,
+        notify,
+        flapping: false,
+        reason: format!("now {}", to.as_str()),
+        cert_days_left: None,
+        node: "node-a".into(),
+    }
+}
+
+#[test]
+fn probes_are_set_validated_listed_and_cleared() {
+    let mut r = Reg::basic();
+    let sys = ProbeOwner::System { id: "prov".into() };
+    let ver = ProbeOwner::Version { service: "dancu".into(), version: "v1".into() };
+    let bad = ProbeSpec { interval_s: 5, ..probe(ProbeKind::Http, "http://10.0.0.5/status") };
+    let e = r.run(Command::SetProbe { owner: sys.clone(), spec: bad }).unwrap_err();
+    assert_eq!(e.code(), "INVALID_INPUT");
+    assert!(e.to_string().contains("interval_s"), "{e}");
+    let e = r.run(Command::SetProbe { owner: ProbeOwner::System { id: "nope".into() }, spec: probe(ProbeKind::Tcp, "h:1") }).unwrap_err();
+    assert_eq!(e.code(), "NOT_FOUND");
+    r.ok(Command::SetProbe { owner: sys.clone(), spec: probe(ProbeKind::Http, "http://10.0.0.5/status") });
+    r.ok(Command::SetProbe { owner: ver.clone(), spec: probe(ProbeKind::Tls, "10.0.0.5:443") });
+    let targets: Vec<(String, String, String)> =
+        r.s.probe_targets().into_iter().map(|t| (t.target, t.system.to_owned(), t.agency.to_owned())).collect();
+    assert_eq!(
+        targets,
+        vec![
+            ("system:prov".into(), "prov".into(), "000.00.00.H31".into()),
+            ("service:dancu:v1".into(), "prov".into(), "000.00.00.H31".into())
+        ]
+    );
+    assert_eq!(ProbeOwner::parse("service:dancu:v1"), Some(ver.clone()));
+    assert_eq!(ProbeOwner::parse(&sys.target_id()), Some(sys.clone()));
+    assert_eq!(ProbeOwner::parse("sys:x"), None);
+
+    // A disabled system is not probed.
+    r.ok(Command::UpdateSystem { id: "prov".into(), name: None, description: None, security: None, contacts: None, disabled: Some(true) });
+    assert_eq!(r.s.probe_targets().len(), 1);
+
+    r.ok(changed("service:dancu:v1", None, ProbeHealth::Up, r.now, true));
+    r.ok(Command::ClearProbe { owner: ver.clone() });
+    assert!(r.s.probe_status.get("service:dancu:v1").is_none(), "clearing a probe forgets its status");
+    assert_eq!(r.run(Command::ClearProbe { owner: ver }).unwrap_err().code(), "NOT_FOUND");
+}
+
+#[test]
+fn a_status_change_is_recorded_once_with_what_a_notice_needs() {
+    let mut r = Reg::basic();
+    let t = "system:prov";
+    assert_eq!(r.run(changed(t, None, ProbeHealth::Up, r.now, true)).unwrap_err().code(), "NOT_FOUND", "no probe, no status");
+    r.ok(Command::SetProbe { owner: ProbeOwner::System { id: "prov".into() }, spec: probe(ProbeKind::Http, "http://10.0.0.5/") });
+    let at = r.now;
+    r.ok(changed(t, None, ProbeHealth::Up, at, true));
+    // A second node that saw the same first result proposes the same change: refused.
+    assert_eq!(r.run(changed(t, None, ProbeHealth::Up, at, true)).unwrap_err().code(), "PROBE_STATUS_STALE");
+    let later = at + Duration::minutes(5);
+    r.ok(Command::ProbeStatusChanged {
+        target: t.into(),
+        from: Some(ProbeHealth::Up),
+        to: ProbeHealth::Down,
+        at: later,
+        notify: true,
+        flapping: false,
+        reason: "http://10.0.0.5/ answered 503, expected 200".into(),
+        cert_days_left: None,
+        node: "node-b".into(),
+    });
+    assert_eq!(r.run(changed(t, Some(ProbeHealth::Up), ProbeHealth::Down, later, true)).unwrap_err().code(), "PROBE_STATUS_STALE");
+    assert_eq!(r.run(changed(t, Some(ProbeHealth::Down), ProbeHealth::Down, later, true)).unwrap_err().code(), "PROBE_STATUS_STALE");
+    let st = r.s.probe_status.get(t).expect("status").clone();
+    assert_eq!((st.status, st.since, st.flapping), (ProbeHealth::Down, later, false));
+    let last = st.events.last().expect("event");
+    assert_eq!(
+        (last.seq, last.from, last.to, last.system.as_str(), last.agency.as_str(), last.node.as_str()),
+        (2, Some(ProbeHealth::Up), ProbeHealth::Down, "prov", "000.00.00.H31", "node-b")
+    );
+    assert!(last.reason.contains("503"));
+
+    // Flapping starts without a status change; the status's `since` stays.
+    let mut flap = changed(t, Some(ProbeHealth::Down), ProbeHealth::Down, later + Duration::minutes(1), true);
+    if let Command::ProbeStatusChanged { flapping, .. } = &mut flap {
+        *flapping = true;
+    }
+    r.ok(flap);
+    let st = r.s.probe_status.get(t).expect("status");
+    assert!(st.flapping);
+    assert_eq!((st.since, st.events.len()), (later, 3));
+
+    // Events are bounded.
+    let mut from = ProbeHealth::Down;
+    for i in 0..(ProbeStatus::MAX_EVENTS + 20) {
+        let to = if from == ProbeHealth::Down { ProbeHealth::Up } else { ProbeHealth::Down };
+        let mut c = changed(t, Some(from), to, later + Duration::minutes(2 + i as i64), false);
+        if let Command::ProbeStatusChanged { flapping, .. } = &mut c {
+            *flapping = true;
+        }
+        r.ok(c);
+        from = to;
+    }
+    let st = r.s.probe_status.get(t).expect("status");
+    assert_eq!(st.events.len(), ProbeStatus::MAX_EVENTS);
+    assert_eq!(st.events.last().map(|e| e.seq), Some(3 + ProbeStatus::MAX_EVENTS as u64 + 20));
+}
