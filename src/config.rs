@@ -45,6 +45,8 @@ pub struct Config {
     pub notify: NotifyConfig,
     #[serde(default)]
     pub maintenance: MaintenanceConfig,
+    #[serde(default)]
+    pub backup: BackupConfig,
     /// Set only by `lgsp dev`; a config file cannot turn TLS off.
     #[serde(skip)]
     pub dev_mode: bool,
@@ -389,6 +391,25 @@ pub enum SmtpSecurity {
     Plain,
 }
 
+/// Backups (O4): where this node writes its files, retention and the post-backup hook.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    /// Directory of this node's backup files (default `DATA_DIR/backups`).
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// Keep at most this many of this node's files, newest kept (0 or unset: no limit).
+    #[serde(default)]
+    pub keep: usize,
+    /// Delete this node's files older than this many days (0 or unset: never).
+    #[serde(default)]
+    pub keep_days: u64,
+    /// Program run with the new file's path as its only argument (e.g. a script that copies
+    /// it to another machine); its failure is logged.
+    #[serde(default)]
+    pub post_hook: Option<PathBuf>,
+}
+
 /// Maintenance windows (O3).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -509,6 +530,7 @@ impl Config {
             status: StatusConfig::default(),
             notify: NotifyConfig::default(),
             maintenance: MaintenanceConfig::default(),
+            backup: BackupConfig::default(),
             dev_mode: true,
         }
     }

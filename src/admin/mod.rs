@@ -8,6 +8,7 @@
 
 pub mod access;
 pub mod auth;
+pub mod backup_api;
 pub mod catalogs;
 pub mod cluster_api;
 pub mod error;
@@ -48,6 +49,8 @@ pub struct AdminState {
     pub audit: Option<crate::audit::AuditLog>,
     /// Minimum notice and reminder lead of maintenance windows.
     pub maintenance: crate::config::MaintenanceConfig,
+    /// This node's backup writer (`None` until it runs).
+    pub backups: Option<Arc<crate::backup::writer::BackupService>>,
 }
 
 pub type Shared = Arc<AdminState>;
@@ -83,6 +86,7 @@ pub fn endpoints() -> Vec<Endpoint> {
     v.extend(transactions::endpoints());
     v.extend(cluster_api::endpoints());
     v.extend(maintenance_api::endpoints());
+    v.extend(backup_api::endpoints());
     v
 }
 

@@ -25,4 +25,4 @@ pub mod types;
 mod storage_tests;
 
 pub use log_store::{LogReader, LogStore};
-pub use store::{open_storage, Applied, AuditEntry, SnapshotBuilder, StateMachine, Store, StoreError};
+pub use store::{open_storage, Applied, AuditEntry, BackupSnapshot, SnapshotBuilder, StateMachine, Store, StoreError};
