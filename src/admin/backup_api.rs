@@ -46,7 +46,11 @@ struct CreateBody {
 }
 
 fn unavailable() -> ApiError {
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "BACKUP_UNAVAILABLE", "this node has no backup writer; it is starting or stopping, try again")
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "BACKUP_UNAVAILABLE",
+        "this node has no backup writer; it is starting or stopping, try again",
+    )
 }
 
 async fn create(State(st): State<Shared>, p: Principal, ApiJson(b): ApiJson<CreateBody>) -> Result<(StatusCode, Json<Value>), ApiError> {

@@ -114,9 +114,7 @@ impl BackupService {
             }
         }
         let me = self.clone();
-        tokio::task::spawn_blocking(move || me.write_blocking(&snap))
-            .await
-            .map_err(|e| format!("the backup task failed: {e}"))?
+        tokio::task::spawn_blocking(move || me.write_blocking(&snap)).await.map_err(|e| format!("the backup task failed: {e}"))?
     }
 
     fn existing(&self, id: &str) -> Option<PathBuf> {
@@ -159,7 +157,8 @@ impl BackupService {
             .into_iter()
             .filter_map(|l| {
                 let m = l.manifest?;
-                (m.node_id == self.cfg.node_id).then(|| (m.log_index, l.file.clone(), fs::metadata(&l.file).and_then(|x| x.modified()).ok()))
+                (m.node_id == self.cfg.node_id)
+                    .then(|| (m.log_index, l.file.clone(), fs::metadata(&l.file).and_then(|x| x.modified()).ok()))
             })
             .collect();
         mine.sort();
@@ -185,8 +184,12 @@ impl BackupService {
         let Some(hook) = &self.cfg.post_hook else { return };
         match std::process::Command::new(hook).arg(path).status() {
             Ok(s) if s.success() => tracing::info!(hook = %hook.display(), file = %path.display(), "post-backup hook succeeded"),
-            Ok(s) => tracing::error!(hook = %hook.display(), file = %path.display(), status = %s, "post-backup hook failed; the backup is only on this machine"),
-            Err(e) => tracing::error!(hook = %hook.display(), error = %e, "cannot run the post-backup hook; the backup is only on this machine"),
+            Ok(s) => {
+                tracing::error!(hook = %hook.display(), file = %path.display(), status = %s, "post-backup hook failed; the backup is only on this machine")
+            }
+            Err(e) => {
+                tracing::error!(hook = %hook.display(), error = %e, "cannot run the post-backup hook; the backup is only on this machine")
+            }
         }
     }
 }

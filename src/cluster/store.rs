@@ -42,7 +42,9 @@ use thiserror::Error;
 
 use super::log_store::LogStore;
 use super::snapshot::{new_snapshot_id, CurrentSnapshot, SnapshotDir, SnapshotDoc, SNAPSHOT_FORMAT, SNAPSHOT_VERSION};
-use super::types::{BackupPoint, ClusterCommand, ClusterEnvelope, ClusterOutcome, ClusterRefusal, ClusterState, NodeId, NodeInfo, Request, TypeConfig};
+use super::types::{
+    BackupPoint, ClusterCommand, ClusterEnvelope, ClusterOutcome, ClusterRefusal, ClusterState, NodeId, NodeInfo, Request, TypeConfig,
+};
 use crate::registry::{self, Envelope, Outcome, RegistryError, State, Timestamp};
 
 /// The registry file inside the data directory.
