@@ -184,7 +184,7 @@ fn parse_octal(f: &[u8]) -> Option<u64> {
 pub fn verify(path: &Path) -> Result<Verified, BackupError> {
     let bytes = fs::read(path).map_err(io("read the backup", path))?;
     let damaged = |part: &str, reason: String| BackupError::Damaged { path: path.to_path_buf(), part: part.to_owned(), reason };
-    if bytes.len() < BLOCK || !bytes.get(257..262).is_some_and(|m| m == b"ustar") {
+    if bytes.len() < BLOCK || bytes.get(257..262).is_none_or(|m| m != b"ustar") {
         return Err(BackupError::NotABackup { path: path.to_path_buf(), reason: "it is not a tar file written by lgsp backup".into() });
     }
     let mut members = read_members(path, &bytes)?;

@@ -12,6 +12,7 @@
 //! May import `cluster::snapshot` (the registry part is a Raft snapshot document) and `audit`.
 
 pub mod file;
+pub mod restore;
 pub mod writer;
 
 use std::path::PathBuf;

@@ -579,6 +579,29 @@ pub enum BackupCmd {
     /// Check a backup file offline: every checksum, the manifest, the registry snapshot and the
     /// audit chain (exit 1 naming the damaged part)
     Verify { file: PathBuf },
+    /// Offline: make DIR a new one-node cluster holding the backup's registry and audit log
+    /// (verifies first; refuses a directory with data unless --force, which moves it aside)
+    Restore {
+        file: PathBuf,
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Restore even if DIR holds data (its contents are moved to DIR.before-restore-TIME)
+        #[arg(long)]
+        force: bool,
+        /// The restored node's name (default: the backed-up node's)
+        #[arg(long)]
+        name: Option<String>,
+        /// host:port other nodes will dial for the cluster listener (port 0: pick a free one)
+        #[arg(long, default_value = "127.0.0.1:0")]
+        cluster_addr: String,
+        /// The cluster's secrets.key (keep a copy offline): without it sealed secrets and
+        /// access tokens issued before the backup do not survive
+        #[arg(long)]
+        secrets_key: Option<PathBuf>,
+        /// The node's audit-signing.key, to continue its audit chain with the same key
+        #[arg(long)]
+        audit_key: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -1010,6 +1033,39 @@ async fn remote(cmd: Cmd, conn: &Connection, j: bool) -> Result<()> {
         }
         return Ok(());
     }
+    if let Cmd::Backup(BackupCmd::Restore { file, data_dir, force, name, cluster_addr, secrets_key, audit_key }) = &cmd {
+        let opts = crate::backup::restore::RestoreOptions {
+            file: file.clone(),
+            data_dir: data_dir.clone(),
+            force: *force,
+            name: name.clone(),
+            cluster_addr: cluster_addr.clone(),
+            secrets_key: secrets_key.clone(),
+            audit_key: audit_key.clone(),
+        };
+        let r = tokio::task::spawn_blocking(move || crate::backup::restore::restore(&opts)).await??;
+        for w in &r.warnings {
+            eprintln!("warning: {w}");
+        }
+        if j {
+            show(&serde_json::to_value(&r)?, true, &[]);
+        } else {
+            println!(
+                "restored backup {} (log index {}) into {} as node {:?} of the new cluster {}; registry digest {} (identical to the backup's); {} audit segment(s). Start the node, then join the others with `lgsp cluster join`.",
+                r.backup_id,
+                r.log_index,
+                r.data_dir.display(),
+                r.node_name,
+                r.cluster_id,
+                r.registry_digest,
+                r.audit_segments
+            );
+            if let Some(a) = &r.moved_aside {
+                println!("the directory's previous contents are in {}", a.display());
+            }
+        }
+        return Ok(());
+    }
     if let Cmd::Login { username } = &cmd {
         let c = Client::new(conn, false)?;
         let password = read_stdin_line("password")?;
@@ -1296,7 +1352,7 @@ async fn remote(cmd: Cmd, conn: &Connection, j: bool) -> Result<()> {
             }
         }
         Cmd::Backup(BackupCmd::List) => show(&c.get("/api/v1/backups").await?, j, &["id", "log_index", "created_at", "node_name", "reason", "size", "file"]),
-        Cmd::Backup(BackupCmd::Verify { .. }) => unreachable!("offline verification is handled before connecting"),
+        Cmd::Backup(BackupCmd::Verify { .. } | BackupCmd::Restore { .. }) => unreachable!("offline verification is handled before connecting"),
         Cmd::Serve { .. } | Cmd::Dev(_) | Cmd::Login { .. } | Cmd::Completions { .. } | Cmd::Man => unreachable!("handled before connecting"),
     }
     Ok(())

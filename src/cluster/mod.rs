@@ -16,6 +16,7 @@ pub mod batch;
 pub mod log_store;
 pub mod node;
 pub mod pki;
+pub mod restore;
 pub mod snapshot;
 pub mod store;
 pub mod transport;

@@ -504,6 +504,12 @@ impl Store {
         tx.commit().map_err(storage)
     }
 
+    /// The applied state as a snapshot document (from one read transaction), without saving it.
+    pub fn snapshot_doc(&self) -> Result<SnapshotDoc, StoreError> {
+        let rtx = self.db.begin_read().map_err(storage)?;
+        dump(&rtx)
+    }
+
     /// Builds a snapshot of the applied state, keeps it as the current snapshot and returns it.
     pub fn build_snapshot(&self) -> Result<Snapshot<TypeConfig>, StoreError> {
         let doc = {
