@@ -4,7 +4,6 @@
 #![allow(clippy::disallowed_methods)]
 
 mod common;
-#[allow(dead_code)]
 mod gateway_support;
 
 use std::path::{Path, PathBuf};
@@ -109,7 +108,7 @@ fn create_list_verify_and_damaged_files_refused() {
     assert!(text.contains("hp-dancu") && text.contains("dancu"), "the registry part holds the registry");
     let password = node.info["password"].as_str().expect("password");
     assert!(!text.contains(password), "a plaintext password is in the backup");
-    assert!(member(&bytes, "config/lgsp.toml").len() > 0);
+    assert!(!member(&bytes, "config/lgsp.toml").is_empty());
 
     let tmp = tempfile::tempdir().expect("tempdir");
     // A flipped byte inside the registry snapshot: refused, naming the part.
