@@ -401,6 +401,9 @@ pub async fn run(cfg: Config, source: Option<PathBuf>) -> Result<(), AppError> {
     );
     store.set_backup_sink(backup_tx);
     tokio::spawn(backups.clone().run(backup_rx));
+    if let Some(every) = cfg.backup.interval_secs() {
+        tokio::spawn(crate::backup::writer::schedule(cluster.clone(), std::time::Duration::from_secs(every)));
+    }
     let admin_state = Arc::new(AdminState {
         store: store.clone(),
         cluster: cluster.clone(),

@@ -395,6 +395,10 @@ pub enum SmtpSecurity {
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackupConfig {
+    /// Scheduled backups: the leader asks for one when the last is older than this (`24h`,
+    /// `6h`, `30m`; unset: only on demand).
+    #[serde(default)]
+    pub interval: Option<String>,
     /// Directory of this node's backup files (default `DATA_DIR/backups`).
     #[serde(default)]
     pub dir: Option<PathBuf>,
@@ -408,6 +412,13 @@ pub struct BackupConfig {
     /// it to another machine); its failure is logged.
     #[serde(default)]
     pub post_hook: Option<PathBuf>,
+}
+
+impl BackupConfig {
+    /// The schedule's interval in seconds, if any.
+    pub fn interval_secs(&self) -> Option<u64> {
+        self.interval.as_deref().and_then(crate::registry::rules::parse_duration).filter(|s| *s > 0)
+    }
 }
 
 /// Maintenance windows (O3).
@@ -536,6 +547,14 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(i) = &self.backup.interval {
+            if crate::registry::rules::parse_duration(i).is_none_or(|s| s == 0) {
+                return Err(ConfigError::Invalid {
+                    key: "backup.interval",
+                    reason: format!("{i:?} is not a duration such as \"24h\", \"6h\" or \"30m\""),
+                });
+            }
+        }
         if self.node.data_dir.as_os_str().is_empty() {
             return Err(ConfigError::Invalid { key: "node.data_dir", reason: "must not be empty".into() });
         }

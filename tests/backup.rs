@@ -42,6 +42,19 @@ fn member(bytes: &[u8], name: &str) -> std::ops::Range<usize> {
     panic!("no member {name}");
 }
 
+/// Polls `f` every 100 ms for up to 60 s (scheduled work on a loaded machine) until it yields.
+#[track_caller]
+fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out waiting: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 fn verify(node: &Node, file: &Path) -> Output {
     node.cli(&["backup", "verify", file.to_str().expect("utf-8 path")], None)
 }
@@ -248,4 +261,40 @@ fn restore_drill_reproduces_registry_and_audit_and_refuses_a_used_dir() {
     // Its audit log continues the restored chain and still verifies.
     let o = restored.cli(&["audit", "verify"], None);
     assert!(o.status.success(), "the restored node's audit log does not verify: {}{}", stdout(&o), stderr(&o));
+}
+
+/// `[backup]` schedule, retention and post-backup hook: the leader asks for a backup every
+/// interval, the node keeps only `keep` files, and the hook receives each new file's path.
+#[test]
+fn scheduled_backups_are_pruned_and_handed_to_the_hook() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let offsite = tmp.path().join("offsite");
+    std::fs::create_dir_all(&offsite).expect("offsite dir");
+    let hook = tmp.path().join("hook.sh");
+    std::fs::write(&hook, format!("#!/bin/sh\nset -e\ncp \"$1\" '{}/'\n", offsite.display())).expect("hook");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let ops = tmp.path().join("ops.toml");
+    std::fs::write(&ops, format!("[backup]\ninterval = \"2s\"\nkeep = 2\npost_hook = '{}'\n", hook.display())).expect("ops config");
+    let node = Node::start_with(&["--ops-config", ops.to_str().expect("utf-8")]);
+
+    let count = |dir: &Path| {
+        std::fs::read_dir(dir).map(|d| d.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "lgspbak")).count()).unwrap_or(0)
+    };
+    poll("three scheduled backups reach the hook", || (count(&offsite) >= 3).then_some(()));
+    poll("retention keeps two files", || {
+        let o = node.cli(&["--json", "backup", "list"], None);
+        let v: Value = serde_json::from_str(&stdout(&o)).ok()?;
+        let items = v["items"].as_array()?.clone();
+        (items.len() == 2).then_some(items)
+    })
+    .iter()
+    .for_each(|it| assert_eq!(it["reason"], "scheduled", "{it}"));
+    for e in std::fs::read_dir(&offsite).expect("offsite").flatten() {
+        let o = verify(&node, &e.path());
+        assert!(o.status.success(), "{:?}: {}", e.path(), stderr(&o));
+    }
 }

@@ -218,3 +218,27 @@ fn audit_segments(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, String> {
     }
     Ok(out)
 }
+
+/// Scheduled backups: while this node leads, asks for a backup (`reason = "scheduled"`, by the
+/// system) whenever the newest backup point is older than `every`. Any node may run it; only
+/// the leader proposes, and a change of leader at worst yields one extra backup.
+pub async fn schedule(cluster: Arc<crate::cluster::node::ClusterNode>, every: Duration) {
+    let tick = (every / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    loop {
+        tokio::time::sleep(tick).await;
+        if cluster.leader() != Some(cluster.id) {
+            continue;
+        }
+        let last = cluster.store().cluster().backups.last().map(|b| b.at);
+        let now = chrono::Utc::now();
+        let due = last.is_none_or(|at| now.signed_duration_since(at).to_std().unwrap_or_default() >= every);
+        if !due {
+            continue;
+        }
+        let id = format!("{}-{}", now.format("%Y%m%dT%H%M%SZ"), hex::encode(crate::secrets::random_bytes::<3>()));
+        match cluster.backup(crate::registry::Actor::system(), id.clone(), "scheduled".into()).await {
+            Ok(index) => tracing::info!(backup = %id, index, "scheduled backup requested"),
+            Err(e) => tracing::warn!(error = %e, "cannot request the scheduled backup; retrying at the next tick"),
+        }
+    }
+}

@@ -130,8 +130,8 @@ pub struct DevArgs {
     /// Raft election timeout (ms)
     #[arg(long)]
     pub election_timeout_ms: Option<u64>,
-    /// A TOML file with `[notify]` and `[maintenance]` sections (as in lgsp.toml), for trying
-    /// notices and maintenance windows in dev mode
+    /// A TOML file with `[notify]`, `[maintenance]` and `[backup]` sections (as in lgsp.toml),
+    /// for trying notices, maintenance windows and scheduled backups in dev mode
     #[arg(long)]
     pub ops_config: Option<PathBuf>,
 }
@@ -726,6 +726,8 @@ pub fn main() -> ExitCode {
                     notify: crate::config::NotifyConfig,
                     #[serde(default)]
                     maintenance: crate::config::MaintenanceConfig,
+                    #[serde(default)]
+                    backup: crate::config::BackupConfig,
                 }
                 let ops: Ops =
                     match std::fs::read_to_string(p).map_err(|e| e.to_string()).and_then(|t| toml::from_str(&t).map_err(|e| e.to_string()))
@@ -738,6 +740,7 @@ pub fn main() -> ExitCode {
                     };
                 cfg.notify = ops.notify;
                 cfg.maintenance = ops.maintenance;
+                cfg.backup = ops.backup;
             }
             if let Err(e) = cfg.validate() {
                 eprintln!("lgsp: invalid configuration: {e}");
