@@ -396,6 +396,8 @@ pub async fn run(cfg: Config, source: Option<PathBuf>) -> Result<(), AppError> {
             keep: cfg.backup.keep,
             keep_days: cfg.backup.keep_days,
             post_hook: cfg.backup.post_hook.clone(),
+            recipients: cfg.backup.recipients.clone(),
+            data_dir: dir.clone(),
         },
         Some(audit_log.clone()),
     );

@@ -399,6 +399,10 @@ pub struct BackupConfig {
     /// `6h`, `30m`; unset: only on demand).
     #[serde(default)]
     pub interval: Option<String>,
+    /// age X25519 recipients (`age1...`, from `lgsp backup keygen`): the node's secret keys go
+    /// into each backup encrypted to them (`keys.age`); without, no key is in a backup.
+    #[serde(default)]
+    pub recipients: Vec<String>,
     /// Directory of this node's backup files (default `DATA_DIR/backups`).
     #[serde(default)]
     pub dir: Option<PathBuf>,
@@ -547,6 +551,9 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        for r in &self.backup.recipients {
+            crate::backup::keys::parse_recipient(r).map_err(|reason| ConfigError::Invalid { key: "backup.recipients", reason })?;
+        }
         if let Some(i) = &self.backup.interval {
             if crate::registry::rules::parse_duration(i).is_none_or(|s| s == 0) {
                 return Err(ConfigError::Invalid {

@@ -343,3 +343,82 @@ fn every_node_backs_up_the_same_state_at_the_same_index() {
     assert_eq!(seen[0].0, b["log_index"]);
     assert!(seen.iter().all(|s| *s == seen[0]), "nodes backed up different states: {seen:?}");
 }
+
+/// With `[backup] recipients`, the node's keys travel in the backup encrypted with age
+/// (`keys.age`), never in plaintext; restore with the identity file brings them back, so an
+/// access token issued before the backup works without the operator's separate key copies.
+#[test]
+fn keys_sealed_to_recipients_restore_with_the_identity() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let identity = tmp.path().join("backup-identity.txt");
+    let o = common::cli_in(tmp.path(), &["backup", "keygen", "--output", identity.to_str().expect("utf-8")], None);
+    assert!(o.status.success(), "keygen: {}", stderr(&o));
+    let recipient = stdout(&o).trim().to_owned();
+    assert!(recipient.starts_with("age1"), "{recipient}");
+    let o = common::cli_in(tmp.path(), &["backup", "keygen", "--output", identity.to_str().expect("utf-8")], None);
+    assert!(!o.status.success(), "an identity file was overwritten");
+    let ops = tmp.path().join("ops.toml");
+    std::fs::write(&ops, format!("[backup]\nrecipients = [\"{recipient}\"]\n")).expect("ops");
+
+    let gw = gateway_support::Gw::on(Node::start_with(&["--ops-config", ops.to_str().expect("utf-8")]));
+    let cred = gw.credential("stp-hotich", "production", false);
+    let token = gw.token(&cred);
+    let before = gw.bearer(&token, "GET", "/dancu/v1/citizens/1", None);
+    assert_ne!(before.status, 401);
+    let b = create(&gw.node, "sealed keys");
+    let file = PathBuf::from(b["file"].as_str().expect("file"));
+    let bytes = std::fs::read(&file).expect("read");
+    assert!(!member(&bytes, "keys.age").is_empty());
+    let secrets = std::fs::read(gw.node.dir.join("secrets.key")).expect("secrets.key");
+    let secret_text = String::from_utf8_lossy(&secrets).trim().to_owned();
+    assert!(!String::from_utf8_lossy(&bytes).contains(&secret_text), "the secrets key is in the backup in plaintext");
+    assert!(verify(&gw.node, &file).status.success());
+
+    // A wrong identity is refused with a clear error before anything is written.
+    let other = tmp.path().join("other-identity.txt");
+    assert!(common::cli_in(tmp.path(), &["backup", "keygen", "--output", other.to_str().expect("utf-8")], None).status.success());
+    let dir = tmp.path().join("restored");
+    let restore = |id: &Path, dir: &Path| {
+        common::cli_in(
+            tmp.path(),
+            &[
+                "backup",
+                "restore",
+                file.to_str().expect("utf-8"),
+                "--data-dir",
+                dir.to_str().expect("utf-8"),
+                "--identity",
+                id.to_str().expect("utf-8"),
+            ],
+            None,
+        )
+    };
+    let o = restore(&other, &tmp.path().join("wrong"));
+    assert!(!o.status.success(), "a wrong identity was accepted");
+    assert!(stderr(&o).contains("cannot be decrypted"), "{}", stderr(&o));
+    assert!(!tmp.path().join("wrong").exists(), "a refused restore created its directory");
+
+    let o = restore(&identity, &dir);
+    assert!(o.status.success(), "restore: {}{}", stdout(&o), stderr(&o));
+    assert_eq!(std::fs::read(dir.join("secrets.key")).expect("restored key"), secrets);
+    assert_eq!(
+        std::fs::read(dir.join("audit-signing.key")).expect("restored audit key"),
+        std::fs::read(gw.node.dir.join("audit-signing.key")).expect("audit key")
+    );
+    std::fs::copy(gw.node.dir.join("dev.json"), dir.join("dev.json")).expect("dev.json");
+    let restored = Node::start_in(&dir);
+    let url = restored.info["gateway_url"].as_str().expect("gateway_url").to_owned();
+    let http = gateway_support::gateway_client();
+    let after = poll("the restored gateway serves", || {
+        let r = gateway_support::send_to(
+            &http,
+            &url,
+            "GET",
+            "/dancu/v1/citizens/1",
+            &[gateway_support::h("authorization", &format!("Bearer {token}"))],
+            None,
+        );
+        (r.status != 503).then_some(r)
+    });
+    assert_eq!(after.status, before.status, "{}", after.text());
+}

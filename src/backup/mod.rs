@@ -12,6 +12,7 @@
 //! May import `cluster::snapshot` (the registry part is a Raft snapshot document) and `audit`.
 
 pub mod file;
+pub mod keys;
 pub mod restore;
 pub mod writer;
 
@@ -34,6 +35,7 @@ pub const MANIFEST_SUM: &str = "manifest.sha256";
 pub const REGISTRY_PART: &str = "registry.json";
 pub const CONFIG_PART: &str = "config/lgsp.toml";
 pub const AUDIT_PREFIX: &str = "audit/";
+pub const KEYS_PART: &str = "keys.age";
 
 /// What a backup file says about itself (`manifest.json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

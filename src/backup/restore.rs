@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::{file, BackupError, AUDIT_PREFIX, CONFIG_PART};
+use super::{file, BackupError, AUDIT_PREFIX, CONFIG_PART, KEYS_PART};
 use crate::cluster::node::{init_offline, pick_udp_port};
 use crate::cluster::types::NodeInfo;
 
@@ -31,6 +31,8 @@ pub struct RestoreOptions {
     pub secrets_key: Option<PathBuf>,
     /// The node's audit signing key (`audit-signing.key`), to continue the chain with it.
     pub audit_key: Option<PathBuf>,
+    /// An age identity file that opens the backup's `keys.age` (the keys given explicitly win).
+    pub identity: Option<PathBuf>,
 }
 
 /// What was restored, for the operator and the tests.
@@ -80,6 +82,18 @@ fn is_empty(dir: &Path) -> Result<bool, RestoreError> {
 pub fn restore(o: &RestoreOptions) -> Result<Restored, RestoreError> {
     let verified = file::verify(&o.file)?;
     let m = &verified.manifest;
+    let sealed = match (&o.identity, verified.parts.get(KEYS_PART)) {
+        (Some(p), Some(bytes)) => {
+            let text = fs::read_to_string(p).map_err(io_err("read the identity file", p))?;
+            super::keys::open(bytes, &text).map_err(RestoreError::Failed)?
+        }
+        (Some(_), None) => {
+            return Err(RestoreError::Failed(
+                "--identity was given, but this backup holds no keys.age ([backup] recipients were not set when it was made); use --secrets-key".into(),
+            ))
+        }
+        (None, _) => Default::default(),
+    };
     let mut moved_aside = None;
     if !is_empty(&o.data_dir)? {
         if !o.force {
@@ -96,7 +110,19 @@ pub fn restore(o: &RestoreOptions) -> Result<Restored, RestoreError> {
         fs::set_permissions(&o.data_dir, fs::Permissions::from_mode(0o700)).map_err(io_err("restrict", &o.data_dir))?;
     }
     let mut warnings = Vec::new();
+    if o.secrets_key.is_none() {
+        if let Some(b) = sealed.get("secrets.key") {
+            let text = String::from_utf8_lossy(b).into_owned();
+            crate::secrets::SecretsKey::install(&o.data_dir.join("secrets.key"), &text).map_err(|e| RestoreError::Failed(e.to_string()))?;
+        }
+    }
+    if o.audit_key.is_none() {
+        if let Some(b) = sealed.get("audit-signing.key") {
+            crate::secrets::write_private(&o.data_dir.join("audit-signing.key"), b).map_err(io_err("write", &o.data_dir))?;
+        }
+    }
     match &o.secrets_key {
+        None if sealed.contains_key("secrets.key") => {}
         Some(p) => {
             let text = fs::read_to_string(p).map_err(io_err("read the secrets key", p))?;
             crate::secrets::SecretsKey::install(&o.data_dir.join("secrets.key"), &text).map_err(|e| RestoreError::Failed(e.to_string()))?;
@@ -106,6 +132,7 @@ pub fn restore(o: &RestoreOptions) -> Result<Restored, RestoreError> {
         ),
     }
     match &o.audit_key {
+        None if sealed.contains_key("audit-signing.key") => {}
         Some(p) => {
             let dest = o.data_dir.join("audit-signing.key");
             fs::copy(p, &dest).map_err(io_err("copy the audit key", p))?;

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::{file, Header, AUDIT_PREFIX, CONFIG_PART, EXTENSION, REGISTRY_PART};
+use super::{file, Header, AUDIT_PREFIX, CONFIG_PART, EXTENSION, KEYS_PART, REGISTRY_PART};
 use crate::audit::AuditLog;
 use crate::cluster::BackupSnapshot;
 
@@ -35,6 +35,10 @@ pub struct WriterConfig {
     pub keep_days: u64,
     /// A command run with the new file's path as its only argument.
     pub post_hook: Option<PathBuf>,
+    /// age recipients of `keys.age` (empty: no keys in the backup).
+    pub recipients: Vec<String>,
+    /// The data directory, where the sealed files are read.
+    pub data_dir: PathBuf,
 }
 
 /// The outcome of one backup point on this node: the file, or why there is none.
@@ -132,6 +136,18 @@ impl BackupService {
             None => b"# lgsp dev: the embedded development configuration (no file)\n".to_vec(),
         };
         parts.push((CONFIG_PART.to_owned(), "config".to_owned(), config));
+        if !self.cfg.recipients.is_empty() {
+            let mut files = Vec::new();
+            for name in super::keys::SEALED_FILES {
+                let p = self.cfg.data_dir.join(name);
+                match fs::read(&p) {
+                    Ok(b) => files.push((name.to_owned(), b)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(format!("cannot read {}: {e}", p.display())),
+                }
+            }
+            parts.push((KEYS_PART.to_owned(), "keys".to_owned(), super::keys::seal(&files, &self.cfg.recipients)?));
+        }
         let header = Header {
             id: snap.point.id.clone(),
             reason: snap.point.reason.clone(),

@@ -601,6 +601,15 @@ pub enum BackupCmd {
         /// The node's audit-signing.key, to continue its audit chain with the same key
         #[arg(long)]
         audit_key: Option<PathBuf>,
+        /// An age identity file (from `lgsp backup keygen`) that opens the backup's keys.age
+        #[arg(long)]
+        identity: Option<PathBuf>,
+    },
+    /// Make an age identity for encrypting the keys in backups: writes the identity to FILE
+    /// (keep it offline) and prints the recipient for `[backup] recipients`
+    Keygen {
+        #[arg(long)]
+        output: PathBuf,
     },
 }
 
@@ -1036,7 +1045,21 @@ async fn remote(cmd: Cmd, conn: &Connection, j: bool) -> Result<()> {
         }
         return Ok(());
     }
-    if let Cmd::Backup(BackupCmd::Restore { file, data_dir, force, name, cluster_addr, secrets_key, audit_key }) = &cmd {
+    if let Cmd::Backup(BackupCmd::Keygen { output }) = &cmd {
+        if output.exists() {
+            bail!("{} exists; choose a new file (an identity is never overwritten)", output.display());
+        }
+        let (identity, recipient) = crate::backup::keys::keygen();
+        crate::secrets::write_private(output, identity.as_bytes()).with_context(|| format!("cannot write {}", output.display()))?;
+        if j {
+            show(&json!({"identity_file": output, "recipient": recipient}), true, &[]);
+        } else {
+            println!("{recipient}");
+            eprintln!("identity written to {} (keep it offline); put the line above in [backup] recipients", output.display());
+        }
+        return Ok(());
+    }
+    if let Cmd::Backup(BackupCmd::Restore { file, data_dir, force, name, cluster_addr, secrets_key, audit_key, identity }) = &cmd {
         let opts = crate::backup::restore::RestoreOptions {
             file: file.clone(),
             data_dir: data_dir.clone(),
@@ -1045,6 +1068,7 @@ async fn remote(cmd: Cmd, conn: &Connection, j: bool) -> Result<()> {
             cluster_addr: cluster_addr.clone(),
             secrets_key: secrets_key.clone(),
             audit_key: audit_key.clone(),
+            identity: identity.clone(),
         };
         let r = tokio::task::spawn_blocking(move || crate::backup::restore::restore(&opts)).await??;
         for w in &r.warnings {
@@ -1355,7 +1379,7 @@ async fn remote(cmd: Cmd, conn: &Connection, j: bool) -> Result<()> {
             }
         }
         Cmd::Backup(BackupCmd::List) => show(&c.get("/api/v1/backups").await?, j, &["id", "log_index", "created_at", "node_name", "reason", "size", "file"]),
-        Cmd::Backup(BackupCmd::Verify { .. } | BackupCmd::Restore { .. }) => unreachable!("offline verification is handled before connecting"),
+        Cmd::Backup(BackupCmd::Verify { .. } | BackupCmd::Restore { .. } | BackupCmd::Keygen { .. }) => unreachable!("offline verification is handled before connecting"),
         Cmd::Serve { .. } | Cmd::Dev(_) | Cmd::Login { .. } | Cmd::Completions { .. } | Cmd::Man => unreachable!("handled before connecting"),
     }
     Ok(())
