@@ -414,7 +414,7 @@ pub async fn run(cfg: Config, source: Option<PathBuf>) -> Result<(), AppError> {
         audit_dir: dir.join("audit"),
         audit: Some(audit_log.clone()),
         maintenance: cfg.maintenance.clone(),
-        backups: Some(backups),
+        backups: Some(backups.clone()),
     });
     let boot = if cluster.id == FIRST_NODE { bootstrap(&admin_state).await? } else { None };
 
@@ -452,6 +452,7 @@ pub async fn run(cfg: Config, source: Option<PathBuf>) -> Result<(), AppError> {
         }
     }));
     let host = Host::new(&dir, metrics.registry()).map_err(|e| AppError::Gateway(format!("host metrics: {e}")))?;
+    backups.register_metrics(metrics.registry()).map_err(|e| AppError::Gateway(format!("backup metrics: {e}")))?;
     let metrics = metrics.with_services(status::Services {
         host,
         data_dir: dir.clone(),

@@ -293,6 +293,15 @@ fn scheduled_backups_are_pruned_and_handed_to_the_hook() {
     })
     .iter()
     .for_each(|it| assert_eq!(it["reason"], "scheduled", "{it}"));
+    // The metrics say so too (Prometheus alerts on a stale last-success time).
+    let metrics_url = format!("{}/metrics", node.info["metrics_url"].as_str().expect("metrics_url"));
+    let text = reqwest::blocking::get(&metrics_url).expect("metrics").text().expect("metrics text");
+    let value = |name: &str| -> f64 {
+        text.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+    };
+    assert!(value("lgsp_backups_total{result=\"ok\"}") >= 3.0, "{text}");
+    assert!(value("lgsp_backup_last_success_timestamp_seconds") > 1.7e9, "{text}");
+    assert_eq!(value("lgsp_backup_hook_failures_total"), 0.0, "{text}");
     for e in std::fs::read_dir(&offsite).expect("offsite").flatten() {
         let o = verify(&node, &e.path());
         assert!(o.status.success(), "{:?}: {}", e.path(), stderr(&o));

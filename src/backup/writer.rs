@@ -47,6 +47,7 @@ pub type Outcome = Result<PathBuf, String>;
 /// A handle on the writer, shared with the admin API.
 pub struct BackupService {
     cfg: WriterConfig,
+    metrics: std::sync::OnceLock<BackupMetrics>,
     audit: Option<AuditLog>,
     results: Mutex<HashMap<String, Outcome>>,
     done: tokio::sync::Notify,
@@ -64,7 +65,31 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl BackupService {
     pub fn new(cfg: WriterConfig, audit: Option<AuditLog>) -> Arc<BackupService> {
-        Arc::new(BackupService { cfg, audit, results: Mutex::new(HashMap::new()), done: tokio::sync::Notify::new() })
+        Arc::new(BackupService {
+            cfg,
+            metrics: std::sync::OnceLock::new(),
+            audit,
+            results: Mutex::new(HashMap::new()),
+            done: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Registers the backup metrics (once; later calls change nothing).
+    pub fn register_metrics(&self, registry: &prometheus::Registry) -> Result<(), prometheus::Error> {
+        let total = prometheus::IntCounterVec::new(
+            prometheus::Opts::new("lgsp_backups_total", "Backup files this node tried to write, by result (ok, failed)"),
+            &["result"],
+        )?;
+        let last = prometheus::Gauge::new(
+            "lgsp_backup_last_success_timestamp_seconds",
+            "Unix time of this node's last backup file written (0: none since start)",
+        )?;
+        let hook = prometheus::IntCounter::new("lgsp_backup_hook_failures_total", "Post-backup hook runs that failed or could not start")?;
+        registry.register(Box::new(total.clone()))?;
+        registry.register(Box::new(last.clone()))?;
+        registry.register(Box::new(hook.clone()))?;
+        let _ = self.metrics.set(BackupMetrics { total, last, hook });
+        Ok(())
     }
 
     /// The directory holding this node's backup files.
@@ -80,6 +105,12 @@ impl BackupService {
             match &outcome {
                 Ok(path) => tracing::info!(backup = %id, file = %path.display(), "backup written"),
                 Err(e) => tracing::error!(backup = %id, error = %e, "backup failed on this node"),
+            }
+            if let Some(m) = self.metrics.get() {
+                m.total.with_label_values(&[if outcome.is_ok() { "ok" } else { "failed" }]).inc();
+                if outcome.is_ok() {
+                    m.last.set(chrono::Utc::now().timestamp() as f64);
+                }
             }
             {
                 let mut r = lock(&self.results);
@@ -198,16 +229,30 @@ impl BackupService {
 
     fn run_hook(&self, path: &Path) {
         let Some(hook) = &self.cfg.post_hook else { return };
+        let failed = || {
+            if let Some(m) = self.metrics.get() {
+                m.hook.inc();
+            }
+        };
         match std::process::Command::new(hook).arg(path).status() {
             Ok(s) if s.success() => tracing::info!(hook = %hook.display(), file = %path.display(), "post-backup hook succeeded"),
             Ok(s) => {
+                failed();
                 tracing::error!(hook = %hook.display(), file = %path.display(), status = %s, "post-backup hook failed; the backup is only on this machine")
             }
             Err(e) => {
+                failed();
                 tracing::error!(hook = %hook.display(), error = %e, "cannot run the post-backup hook; the backup is only on this machine")
             }
         }
     }
+}
+
+/// The node's backup metrics.
+struct BackupMetrics {
+    total: prometheus::IntCounterVec,
+    last: prometheus::Gauge,
+    hook: prometheus::IntCounter,
 }
 
 /// This node's audit segments (`audit-*.jsonl`) by name, the newest cut after its last
