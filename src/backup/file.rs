@@ -107,7 +107,7 @@ pub struct Verified {
 }
 
 impl Verified {
-    /// The registry part, decoded.
+    /// The registry part's bytes (an encoded `SnapshotDoc`).
     pub fn registry(&self) -> Option<&[u8]> {
         self.parts.get(REGISTRY_PART).map(Vec::as_slice)
     }
