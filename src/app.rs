@@ -444,6 +444,30 @@ pub async fn run(cfg: Config, source: Option<PathBuf>) -> Result<(), AppError> {
     };
     let (audit_log, audit_writer) = AuditLog::open(&dir.join("audit"), &cfg.node.name, audit_key, audit_cfg)?;
     let audit_task = tokio::spawn(audit_writer.run(audit_stop.wait()));
+    // Backups: the store hands each committed backup point (with the state at that entry) to
+    // this node's writer.
+    let (backup_tx, backup_rx) = tokio::sync::mpsc::unbounded_channel();
+    let backups = crate::backup::writer::BackupService::new(
+        crate::backup::writer::WriterConfig {
+            dir: cfg.backup.dir.clone().unwrap_or_else(|| dir.join("backups")),
+            node_id: cluster.id,
+            node_name: cfg.node.name.clone(),
+            cluster_id: cluster.cluster_id.clone(),
+            audit_dir: dir.join("audit"),
+            config_file: source.clone(),
+            keep: cfg.backup.keep,
+            keep_days: cfg.backup.keep_days,
+            post_hook: cfg.backup.post_hook.clone(),
+            recipients: cfg.backup.recipients.clone(),
+            data_dir: dir.clone(),
+        },
+        Some(audit_log.clone()),
+    );
+    store.set_backup_sink(backup_tx);
+    tokio::spawn(backups.clone().run(backup_rx));
+    if let Some(every) = cfg.backup.interval_secs() {
+        tokio::spawn(crate::backup::writer::schedule(cluster.clone(), std::time::Duration::from_secs(every)));
+    }
     let admin_state = Arc::new(AdminState {
         store: store.clone(),
         cluster: cluster.clone(),
@@ -453,6 +477,7 @@ pub async fn run(cfg: Config, source: Option<PathBuf>) -> Result<(), AppError> {
         audit: Some(audit_log.clone()),
         maintenance: cfg.maintenance.clone(),
         probes: std::sync::OnceLock::new(),
+        backups: Some(backups.clone()),
     });
     let boot = if cluster.id == FIRST_NODE { bootstrap(&admin_state).await? } else { None };
 
@@ -490,6 +515,7 @@ pub async fn run(cfg: Config, source: Option<PathBuf>) -> Result<(), AppError> {
         }
     }));
     let host = Host::new(&dir, metrics.registry()).map_err(|e| AppError::Gateway(format!("host metrics: {e}")))?;
+    backups.register_metrics(metrics.registry()).map_err(|e| AppError::Gateway(format!("backup metrics: {e}")))?;
     let metrics = metrics.with_services(status::Services {
         host,
         data_dir: dir.clone(),

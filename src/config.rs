@@ -47,6 +47,8 @@ pub struct Config {
     pub maintenance: MaintenanceConfig,
     #[serde(default)]
     pub probes: ProbesConfig,
+    #[serde(default)]
+    pub backup: BackupConfig,
     /// Set only by `lgsp dev`; a config file cannot turn TLS off.
     #[serde(skip)]
     pub dev_mode: bool,
@@ -445,6 +447,40 @@ pub enum SmtpSecurity {
     Plain,
 }
 
+/// Backups (O4): where this node writes its files, retention and the post-backup hook.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    /// Scheduled backups: the leader asks for one when the last is older than this (`24h`,
+    /// `6h`, `30m`; unset: only on demand).
+    #[serde(default)]
+    pub interval: Option<String>,
+    /// age X25519 recipients (`age1...`, from `lgsp backup keygen`): the node's secret keys go
+    /// into each backup encrypted to them (`keys.age`); without, no key is in a backup.
+    #[serde(default)]
+    pub recipients: Vec<String>,
+    /// Directory of this node's backup files (default `DATA_DIR/backups`).
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// Keep at most this many of this node's files, newest kept (0 or unset: no limit).
+    #[serde(default)]
+    pub keep: usize,
+    /// Delete this node's files older than this many days (0 or unset: never).
+    #[serde(default)]
+    pub keep_days: u64,
+    /// Program run with the new file's path as its only argument (e.g. a script that copies
+    /// it to another machine); its failure is logged.
+    #[serde(default)]
+    pub post_hook: Option<PathBuf>,
+}
+
+impl BackupConfig {
+    /// The schedule's interval in seconds, if any.
+    pub fn interval_secs(&self) -> Option<u64> {
+        self.interval.as_deref().and_then(crate::registry::rules::parse_duration).filter(|s| *s > 0)
+    }
+}
+
 /// Maintenance windows (O3).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -566,11 +602,23 @@ impl Config {
             notify: NotifyConfig::default(),
             maintenance: MaintenanceConfig::default(),
             probes: ProbesConfig::default(),
+            backup: BackupConfig::default(),
             dev_mode: true,
         }
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        for r in &self.backup.recipients {
+            crate::backup::keys::parse_recipient(r).map_err(|reason| ConfigError::Invalid { key: "backup.recipients", reason })?;
+        }
+        if let Some(i) = &self.backup.interval {
+            if crate::registry::rules::parse_duration(i).is_none_or(|s| s == 0) {
+                return Err(ConfigError::Invalid {
+                    key: "backup.interval",
+                    reason: format!("{i:?} is not a duration such as \"24h\", \"6h\" or \"30m\""),
+                });
+            }
+        }
         if self.node.data_dir.as_os_str().is_empty() {
             return Err(ConfigError::Invalid { key: "node.data_dir", reason: "must not be empty".into() });
         }

@@ -1070,6 +1070,7 @@ fn valid_body(method: &str, template: &str) -> Option<Value> {
         ("POST", "/api/v1/registry/import") => json!({"agency": [{"code": "000.00.08.H31", "name": "x"}]}),
         ("PUT", "/api/v1/settings/holidays") => json!({"holidays": ["2027-01-01"]}),
         ("POST", "/api/v1/maintenance") => json!({"scope": {"kind": "platform"}, "start": in_days(30), "end": in_days(31), "reason": {"vi": "Bảo trì", "en": "Upkeep"}}),
+        ("POST", "/api/v1/backups") => json!({"reason": "sweep"}),
         ("PATCH", "/api/v1/maintenance/{id}") => json!({"reason": {"vi": "Bảo trì", "en": "Upkeep"}}),
         ("POST", "/api/v1/maintenance/{id}/cancel") => json!({"reason": "r"}),
         ("PUT", "/api/v1/agencies/{code}/webhooks") => json!({"webhooks": [{"url": "https://hooks.example/x", "secret": "0123456789abcdef0123"}]}),

@@ -8,6 +8,7 @@
 
 pub mod access;
 pub mod auth;
+pub mod backup_api;
 pub mod catalogs;
 pub mod cluster_api;
 pub mod error;
@@ -51,6 +52,8 @@ pub struct AdminState {
     pub maintenance: crate::config::MaintenanceConfig,
     /// This node's probe service, set once it runs (latest results and history).
     pub probes: std::sync::OnceLock<Arc<crate::probes::service::ProbeService>>,
+    /// This node's backup writer (`None` until it runs).
+    pub backups: Option<Arc<crate::backup::writer::BackupService>>,
 }
 
 pub type Shared = Arc<AdminState>;
@@ -87,6 +90,7 @@ pub fn endpoints() -> Vec<Endpoint> {
     v.extend(cluster_api::endpoints());
     v.extend(maintenance_api::endpoints());
     v.extend(probes_api::endpoints());
+    v.extend(backup_api::endpoints());
     v
 }
 

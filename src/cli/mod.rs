@@ -90,6 +90,9 @@ pub enum Cmd {
     /// Health probes of systems and service versions: set, clear, list, history, uptime
     #[command(subcommand)]
     Probe(ProbeCmd),
+    /// Backups: create one on every node, list this node's, verify a file offline
+    #[command(subcommand)]
+    Backup(BackupCmd),
     /// Print shell completions
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff)
@@ -130,8 +133,8 @@ pub struct DevArgs {
     /// Raft election timeout (ms)
     #[arg(long)]
     pub election_timeout_ms: Option<u64>,
-    /// A TOML file with `[notify]` and `[maintenance]` sections (as in lgsp.toml), for trying
-    /// notices and maintenance windows in dev mode
+    /// A TOML file with `[notify]`, `[maintenance]` and `[backup]` sections (as in lgsp.toml),
+    /// for trying notices, maintenance windows and scheduled backups in dev mode
     #[arg(long)]
     pub ops_config: Option<PathBuf>,
 }
@@ -640,6 +643,53 @@ pub enum TokenCmd {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum BackupCmd {
+    /// Back up every node at one log index (each node writes its own file); waits for this node's
+    Create {
+        /// Why (kept in the backup's manifest and the admin audit trail), e.g. "before incident 42"
+        #[arg(long)]
+        reason: String,
+    },
+    /// This node's backup files
+    List,
+    /// Check a backup file offline: every checksum, the manifest, the registry snapshot and the
+    /// audit chain (exit 1 naming the damaged part)
+    Verify { file: PathBuf },
+    /// Offline: make DIR a new one-node cluster holding the backup's registry and audit log
+    /// (verifies first; refuses a directory with data unless --force, which moves it aside)
+    Restore {
+        file: PathBuf,
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Restore even if DIR holds data (its contents are moved to DIR.before-restore-TIME)
+        #[arg(long)]
+        force: bool,
+        /// The restored node's name (default: the backed-up node's)
+        #[arg(long)]
+        name: Option<String>,
+        /// host:port other nodes will dial for the cluster listener (port 0: pick a free one)
+        #[arg(long, default_value = "127.0.0.1:0")]
+        cluster_addr: String,
+        /// The cluster's secrets.key (keep a copy offline): without it sealed secrets and
+        /// access tokens issued before the backup do not survive
+        #[arg(long)]
+        secrets_key: Option<PathBuf>,
+        /// The node's audit-signing.key, to continue its audit chain with the same key
+        #[arg(long)]
+        audit_key: Option<PathBuf>,
+        /// An age identity file (from `lgsp backup keygen`) that opens the backup's keys.age
+        #[arg(long)]
+        identity: Option<PathBuf>,
+    },
+    /// Make an age identity for encrypting the keys in backups: writes the identity to FILE
+    /// (keep it offline) and prints the recipient for `[backup] recipients`
+    Keygen {
+        #[arg(long)]
+        output: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum AuditCmd {
     /// Search the transaction audit log (metadata of every call through the gateway)
     Search {
@@ -761,6 +811,8 @@ pub fn main() -> ExitCode {
                     notify: crate::config::NotifyConfig,
                     #[serde(default)]
                     maintenance: crate::config::MaintenanceConfig,
+                    #[serde(default)]
+                    backup: crate::config::BackupConfig,
                 }
                 let ops: Ops =
                     match std::fs::read_to_string(p).map_err(|e| e.to_string()).and_then(|t| toml::from_str(&t).map_err(|e| e.to_string()))
@@ -773,6 +825,7 @@ pub fn main() -> ExitCode {
                     };
                 cfg.notify = ops.notify;
                 cfg.maintenance = ops.maintenance;
+                cfg.backup = ops.backup;
             }
             if let Err(e) = cfg.validate() {
                 eprintln!("lgsp: invalid configuration: {e}");
@@ -1050,6 +1103,76 @@ async fn remote(cmd: Cmd, conn: &Connection, j: bool) -> Result<()> {
         }
         if !report.ok() {
             bail!("the audit log in {} failed verification", dir.display());
+        }
+        return Ok(());
+    }
+    if let Cmd::Backup(BackupCmd::Verify { file }) = &cmd {
+        let v = crate::backup::verify(file)?;
+        let m = &v.manifest;
+        let out = json!({
+            "ok": true, "file": file, "id": m.id, "reason": m.reason, "created_at": m.created_at, "cluster_id": m.cluster_id,
+            "node_id": m.node_id, "node_name": m.node_name, "log_index": m.log_index, "log_term": m.log_term,
+            "parts": m.parts, "registry_digest": v.registry_digest,
+        });
+        if j {
+            show(&out, true, &[]);
+        } else {
+            println!(
+                "{}: OK ({} parts checked; node {} at log index {}; registry digest {})",
+                file.display(),
+                m.parts.len(),
+                m.node_name,
+                m.log_index,
+                v.registry_digest
+            );
+        }
+        return Ok(());
+    }
+    if let Cmd::Backup(BackupCmd::Keygen { output }) = &cmd {
+        if output.exists() {
+            bail!("{} exists; choose a new file (an identity is never overwritten)", output.display());
+        }
+        let (identity, recipient) = crate::backup::keys::keygen();
+        crate::secrets::write_private(output, identity.as_bytes()).with_context(|| format!("cannot write {}", output.display()))?;
+        if j {
+            show(&json!({"identity_file": output, "recipient": recipient}), true, &[]);
+        } else {
+            println!("{recipient}");
+            eprintln!("identity written to {} (keep it offline); put the line above in [backup] recipients", output.display());
+        }
+        return Ok(());
+    }
+    if let Cmd::Backup(BackupCmd::Restore { file, data_dir, force, name, cluster_addr, secrets_key, audit_key, identity }) = &cmd {
+        let opts = crate::backup::restore::RestoreOptions {
+            file: file.clone(),
+            data_dir: data_dir.clone(),
+            force: *force,
+            name: name.clone(),
+            cluster_addr: cluster_addr.clone(),
+            secrets_key: secrets_key.clone(),
+            audit_key: audit_key.clone(),
+            identity: identity.clone(),
+        };
+        let r = tokio::task::spawn_blocking(move || crate::backup::restore::restore(&opts)).await??;
+        for w in &r.warnings {
+            eprintln!("warning: {w}");
+        }
+        if j {
+            show(&serde_json::to_value(&r)?, true, &[]);
+        } else {
+            println!(
+                "restored backup {} (log index {}) into {} as node {:?} of the new cluster {}; registry digest {} (identical to the backup's); {} audit segment(s). Start the node, then join the others with `lgsp cluster join`.",
+                r.backup_id,
+                r.log_index,
+                r.data_dir.display(),
+                r.node_name,
+                r.cluster_id,
+                r.registry_digest,
+                r.audit_segments
+            );
+            if let Some(a) = &r.moved_aside {
+                println!("the directory's previous contents are in {}", a.display());
+            }
         }
         return Ok(());
     }
@@ -1384,6 +1507,16 @@ async fn remote(cmd: Cmd, conn: &Connection, j: bool) -> Result<()> {
                 }
             }
         },
+        Cmd::Backup(BackupCmd::Create { reason }) => {
+            let v = c.post("/api/v1/backups", json!({"reason": reason})).await?;
+            if j {
+                show(&v, true, &[]);
+            } else {
+                println!("backup {} at log index {}: {}", v["id"].as_str().unwrap_or_default(), v["log_index"], v["file"].as_str().unwrap_or_default());
+            }
+        }
+        Cmd::Backup(BackupCmd::List) => show(&c.get("/api/v1/backups").await?, j, &["id", "log_index", "created_at", "node_name", "reason", "size", "file"]),
+        Cmd::Backup(BackupCmd::Verify { .. } | BackupCmd::Restore { .. } | BackupCmd::Keygen { .. }) => unreachable!("offline verification is handled before connecting"),
         Cmd::Serve { .. } | Cmd::Dev(_) | Cmd::Login { .. } | Cmd::Completions { .. } | Cmd::Man => unreachable!("handled before connecting"),
     }
     Ok(())

@@ -127,7 +127,7 @@ impl LogStore {
     }
 
     /// Deletes `[0, upto.index]` and records `upto` as the last purged id, together.
-    fn purge_upto(&self, upto: LogId<NodeId>) -> Result<(), StoreError> {
+    pub(super) fn purge_upto(&self, upto: LogId<NodeId>) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(storage("purge the log"))?;
         {
             let bytes = serde_json::to_vec(&upto).map_err(storage("encode the purge point"))?;

@@ -16,6 +16,7 @@ pub mod batch;
 pub mod log_store;
 pub mod node;
 pub mod pki;
+pub mod restore;
 pub mod snapshot;
 pub mod store;
 pub mod transport;
@@ -25,4 +26,4 @@ pub mod types;
 mod storage_tests;
 
 pub use log_store::{LogReader, LogStore};
-pub use store::{open_storage, Applied, AuditEntry, SnapshotBuilder, StateMachine, Store, StoreError};
+pub use store::{open_storage, Applied, AuditEntry, BackupSnapshot, SnapshotBuilder, StateMachine, Store, StoreError};

@@ -660,6 +660,13 @@ impl ClusterNode {
         self.write_cluster(actor, ClusterCommand::SetDraining { node_id: self.id, draining }).await.map(|_| ())
     }
 
+    /// Asks every node for a backup of the state at one log entry (`lgsp backup create`);
+    /// returns that entry's index once it is applied here.
+    pub async fn backup(&self, actor: Actor, id: String, reason: String) -> Result<u64, ClusterError> {
+        self.write_cluster(actor, ClusterCommand::Backup { id: id.clone(), reason }).await?;
+        self.store.cluster().backups.iter().find(|b| b.id == id).map(|b| b.index).ok_or(ClusterError::OutcomeUnknown)
+    }
+
     /// Proposes a cluster command now; a refusal becomes [`ClusterError::Refused`].
     async fn write_cluster(&self, actor: Actor, command: ClusterCommand) -> Result<ClusterOutcome, ClusterError> {
         match self.write(Request::Cluster(ClusterEnvelope { at: Utc::now(), actor, command })).await? {

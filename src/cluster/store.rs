@@ -42,7 +42,9 @@ use thiserror::Error;
 
 use super::log_store::LogStore;
 use super::snapshot::{new_snapshot_id, CurrentSnapshot, SnapshotDir, SnapshotDoc, SNAPSHOT_FORMAT, SNAPSHOT_VERSION};
-use super::types::{ClusterCommand, ClusterEnvelope, ClusterOutcome, ClusterRefusal, ClusterState, NodeId, NodeInfo, Request, TypeConfig};
+use super::types::{
+    BackupPoint, ClusterCommand, ClusterEnvelope, ClusterOutcome, ClusterRefusal, ClusterState, NodeId, NodeInfo, Request, TypeConfig,
+};
 use crate::registry::{self, Envelope, Outcome, RegistryError, State, Timestamp};
 
 /// The registry file inside the data directory.
@@ -155,6 +157,33 @@ pub struct Store {
     applied_tx: tokio::sync::watch::Sender<u64>,
     /// Applied batches committed without an fsync since the last durable commit.
     lazy_commits: std::sync::atomic::AtomicU32,
+    /// Where committed backup points go (see [`Store::set_backup_sink`]).
+    backup_sink: Mutex<Option<tokio::sync::mpsc::UnboundedSender<BackupSnapshot>>>,
+}
+
+/// A backup point committed at `log_id`, with the encoded state at exactly that entry (a
+/// [`SnapshotDoc`]), for the node's backup writer.
+#[derive(Debug, Clone)]
+pub struct BackupSnapshot {
+    pub point: BackupPoint,
+    pub log_id: LogId<NodeId>,
+    pub registry: Vec<u8>,
+}
+
+/// The ids of the backups an entry asks for (a batch's members included).
+fn backup_ids(e: &Entry<TypeConfig>) -> Vec<String> {
+    fn walk(r: &Request, out: &mut Vec<String>) {
+        match r {
+            Request::Cluster(ClusterEnvelope { command: ClusterCommand::Backup { id, .. }, .. }) => out.push(id.clone()),
+            Request::Batch(members) => members.iter().for_each(|m| walk(m, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    if let EntryPayload::Normal(r) = &e.payload {
+        walk(r, &mut out);
+    }
+    out
 }
 
 /// Every this many applied batches one is committed durably (the others are made durable by
@@ -245,6 +274,7 @@ impl Store {
             snapshot_lock: Mutex::new(()),
             outcomes: Mutex::new(BTreeMap::new()),
             lazy_commits: std::sync::atomic::AtomicU32::new(0),
+            backup_sink: Mutex::new(None),
             applied_tx,
         })
     }
@@ -307,7 +337,71 @@ impl Store {
         self.apply_locked(&w, entries.into_iter().collect())
     }
 
-    fn apply_locked(&self, _writer: &MutexGuard<'_, ()>, entries: Vec<Entry<TypeConfig>>) -> Result<Vec<(u64, Applied)>, StoreError> {
+    /// Applies entries; a batch is cut after each entry that asks for a backup, so the backup
+    /// reads the state at exactly that entry (a redb read transaction opened right after its
+    /// commit), before the rest of the batch is applied.
+    fn apply_locked(&self, writer: &MutexGuard<'_, ()>, mut rest: Vec<Entry<TypeConfig>>) -> Result<Vec<(u64, Applied)>, StoreError> {
+        let mut all = Vec::new();
+        while !rest.is_empty() {
+            let cut = rest.iter().position(|e| !backup_ids(e).is_empty()).map_or(rest.len(), |i| i + 1);
+            let tail = rest.split_off(cut);
+            let point = rest.last().map(|e| (e.log_id, backup_ids(e))).filter(|(_, ids)| !ids.is_empty());
+            all.extend(self.apply_chunk(writer, rest)?);
+            if let Some((log_id, ids)) = point {
+                self.hand_over_backups(log_id, &ids);
+            }
+            rest = tail;
+        }
+        Ok(all)
+    }
+
+    /// Sends the backup points just committed at `log_id` to the backup writer, each with the
+    /// state at exactly that entry (read in a thread from a read transaction opened now).
+    fn hand_over_backups(&self, log_id: LogId<NodeId>, ids: &[String]) {
+        let Some(sink) = lock(&self.backup_sink).clone() else { return };
+        let points: Vec<BackupPoint> =
+            self.cluster().backups.iter().filter(|b| ids.contains(&b.id) && b.index == log_id.index).cloned().collect();
+        if points.is_empty() {
+            return;
+        }
+        let rtx = match self.db.begin_read() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(index = log_id.index, error = %e, "cannot open a read transaction for a backup; no backup file is written on this node for it");
+                return;
+            }
+        };
+        let spawned = std::thread::Builder::new().name("lgsp-backup-dump".into()).spawn(move || {
+            let doc = match dump(&rtx) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::error!(index = log_id.index, error = %e, "cannot read the state for a backup; no backup file is written on this node for it");
+                    return;
+                }
+            };
+            let bytes = match doc.encode() {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot encode the state for a backup");
+                    return;
+                }
+            };
+            for point in points {
+                let _ = sink.send(BackupSnapshot { point, log_id, registry: bytes.clone() });
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the backup thread; no backup file is written on this node");
+        }
+    }
+
+    /// Where backup points go once committed (the node's backup writer). Without a sink, backup
+    /// entries are applied (and audited) but no file is written on this node.
+    pub fn set_backup_sink(&self, sink: tokio::sync::mpsc::UnboundedSender<BackupSnapshot>) {
+        *lock(&self.backup_sink) = Some(sink);
+    }
+
+    fn apply_chunk(&self, _writer: &MutexGuard<'_, ()>, entries: Vec<Entry<TypeConfig>>) -> Result<Vec<(u64, Applied)>, StoreError> {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
@@ -408,6 +502,12 @@ impl Store {
             put_json(&mut meta, MEMBERSHIP, &pos.membership)?;
         }
         tx.commit().map_err(storage)
+    }
+
+    /// The applied state as a snapshot document (from one read transaction), without saving it.
+    pub fn snapshot_doc(&self) -> Result<SnapshotDoc, StoreError> {
+        let rtx = self.db.begin_read().map_err(storage)?;
+        dump(&rtx)
     }
 
     /// Builds a snapshot of the applied state, keeps it as the current snapshot and returns it.
@@ -584,6 +684,11 @@ impl ApplyCx<'_, '_> {
                     *self.cluster_before = Some(self.cluster.clone());
                 }
                 let r = self.cluster.apply(env);
+                if let Ok(ClusterOutcome::BackupPoint) = &r {
+                    if let Some(b) = self.cluster.backups.last_mut() {
+                        b.index = index;
+                    }
+                }
                 if let Ok(o) = &r {
                     *self.cluster_changed = true;
                     put_audit(self.audit, &cluster_audit(index, env, o))?;
@@ -638,6 +743,9 @@ fn cluster_audit(index: u64, env: &ClusterEnvelope, outcome: &ClusterOutcome) ->
         (ClusterCommand::SetDraining { node_id, draining: true }, _) => ("node.drain", node_id.to_string()),
         (ClusterCommand::SetDraining { node_id, draining: false }, _) => ("node.resume", node_id.to_string()),
         (ClusterCommand::ConsumeJoinToken { id, .. }, _) => ("cluster.join", id.clone()),
+        (ClusterCommand::Backup { id, reason }, _) => {
+            return audit_entry(index, env.at, &env.actor, "backup.create", id.clone(), Some(reason.clone()))
+        }
     };
     audit_entry(index, env.at, &env.actor, action, target, None)
 }

@@ -81,6 +81,22 @@ pub enum ClusterCommand {
     ForgetNode { node_id: NodeId },
     /// The operator took a node out of service (`lgsp node drain`) or put it back (`resume`).
     SetDraining { node_id: NodeId, draining: bool },
+    /// `lgsp backup create`: every node writes a backup of the state at exactly this entry's
+    /// index (the store hands that point to the node's backup writer; see ARCHITECTURE.md).
+    Backup { id: String, reason: String },
+}
+
+/// How many backup points [`ClusterState::backups`] remembers.
+pub const BACKUPS_KEPT: usize = 64;
+
+/// A backup point as replicated: the entry at `index` asked every node for a backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupPoint {
+    pub id: String,
+    pub index: u64,
+    pub at: Timestamp,
+    pub by: String,
+    pub reason: String,
 }
 
 /// One join token as replicated (never the secret).
@@ -114,6 +130,9 @@ pub struct ClusterState {
     /// Nodes an operator drained: their `/status` answers 503 and they do not lead.
     #[serde(default)]
     pub draining: std::collections::BTreeSet<NodeId>,
+    /// The most recent backup points, oldest first (at most [`BACKUPS_KEPT`]).
+    #[serde(default)]
+    pub backups: Vec<BackupPoint>,
 }
 
 /// What applying a cluster command produced.
@@ -123,6 +142,7 @@ pub enum ClusterOutcome {
     Joined { node_id: NodeId },
     Forgotten,
     DrainSet,
+    BackupPoint,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -131,6 +151,8 @@ pub enum ClusterRefusal {
     BadJoinToken,
     #[error("a join token with id {0} already exists")]
     DuplicateToken(String),
+    #[error("a backup with id {0} was already made")]
+    DuplicateBackup(String),
     #[error("a node named {0:?} is already a member; choose another [node] name or remove the old node first")]
     NameTaken(String),
 }
@@ -197,6 +219,17 @@ impl ClusterState {
                     self.draining.remove(node_id);
                 }
                 Ok(ClusterOutcome::DrainSet)
+            }
+            ClusterCommand::Backup { id, reason } => {
+                if self.backups.iter().any(|b| &b.id == id) {
+                    return Err(ClusterRefusal::DuplicateBackup(id.clone()));
+                }
+                // The index is filled in by the store, which knows the entry's position.
+                self.backups.push(BackupPoint { id: id.clone(), index: 0, at: env.at, by: env.actor.user.clone(), reason: reason.clone() });
+                if self.backups.len() > BACKUPS_KEPT {
+                    self.backups.remove(0);
+                }
+                Ok(ClusterOutcome::BackupPoint)
             }
         }
     }
