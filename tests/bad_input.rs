@@ -318,6 +318,7 @@ fn json_endpoints(fx: &Fx, cred: &str, sub_req: &str, sub_pa: &str) -> Vec<(&'st
         ("POST", "/api/v1/maintenance".into()),
         ("PATCH", "/api/v1/maintenance/mw-x".into()),
         ("POST", "/api/v1/maintenance/mw-x/cancel".into()),
+        ("POST", "/api/v1/backups".into()),
         ("PUT", format!("/api/v1/agencies/{P}/webhooks")),
     ]
 }
