@@ -249,10 +249,16 @@ async fn maintain_view(
 ) {
     let stopped = stop.wait();
     tokio::pin!(stopped);
+    let mut built_at = tx.borrow().applied;
     loop {
         tokio::select! {
             r = applied.changed() => if r.is_err() { return },
             _ = &mut stopped => return,
+        }
+        // Probe results, notice deliveries and logins are applied often and change nothing
+        // the gateway reads: the view it serves stays current.
+        if store.last_changed(&View::READS) <= built_at {
+            continue;
         }
         let (store2, key2) = (store.clone(), key.clone());
         let built = tokio::task::spawn_blocking(move || {
@@ -263,6 +269,7 @@ async fn maintain_view(
         .await;
         match built {
             Ok(v) => {
+                built_at = v.applied;
                 tx.send_replace(Arc::new(v));
             }
             Err(e) => tracing::error!(error = %e, "gateway view rebuild failed; serving the previous view"),

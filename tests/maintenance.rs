@@ -9,6 +9,8 @@
 #![allow(clippy::disallowed_methods)]
 
 mod common;
+
+use common::wait_for;
 mod gateway_support;
 
 use std::path::{Path, PathBuf};
@@ -124,17 +126,6 @@ fn webhook_server(secrets: Vec<(&'static str, &'static str)>) -> (TestServer, Ar
         })
     });
     (server, got)
-}
-
-fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {secs} s waiting: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn rfc3339(t: chrono::DateTime<Utc>) -> String {

@@ -7,9 +7,11 @@
 
 mod common;
 
+use common::wait_for;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{Duration as CDuration, Utc};
@@ -17,17 +19,6 @@ use common::cluster::Cluster;
 use common::upstream::TestServer;
 use http_body_util::Full;
 use serde_json::{json, Value};
-
-fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {secs} s waiting: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 #[test]
 fn a_leader_killed_while_sending_does_not_lose_the_notice() {

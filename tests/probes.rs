@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::wait_for;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -110,18 +112,6 @@ fn registry(op: &Api, systems: &[&str]) {
     }
 }
 
-/// Polls `f` until it returns `Some`, panicking with `what` after `secs` seconds.
-fn wait<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "gave up waiting for {what}");
-        thread::sleep(Duration::from_millis(200));
-    }
-}
-
 fn probe<'a>(list: &'a Value, target: &str) -> &'a Value {
     list["items"].as_array().and_then(|a| a.iter().find(|i| i["target"] == target)).unwrap_or(&Value::Null)
 }
@@ -146,17 +136,17 @@ fn one_node_follows_a_target_that_goes_down_and_comes_back() {
     assert!(e.to_string().contains("interval_s"), "{e}");
     ok(op.put("/api/v1/systems/web/probe", json!({"kind": "http", "target": url, "interval_s": 30, "timeout_ms": 2000})));
 
-    let up = wait(60, "the target to be confirmed up", || status_is(&op, "system:web", "up"));
+    let up = wait_for("the target to be confirmed up", 60, || status_is(&op, "system:web", "up"));
     assert_eq!(up["system"], "web");
     assert_eq!(up["latest"]["node"], "dev");
     assert!(up["latest"]["last"]["detail"].as_str().is_some_and(|d| d.contains("200")), "{up}");
 
     target.down();
-    let down = wait(60, "the target to be confirmed down", || status_is(&op, "system:web", "down"));
+    let down = wait_for("the target to be confirmed down", 60, || status_is(&op, "system:web", "down"));
     assert!(down["latest"]["last"]["detail"].as_str().is_some_and(|d| d.contains("cannot reach")), "{down}");
 
     target.up();
-    wait(60, "the target to be confirmed up again", || status_is(&op, "system:web", "up"));
+    wait_for("the target to be confirmed up again", 60, || status_is(&op, "system:web", "up"));
 
     // The changes are replicated events carrying what a notice needs.
     let h = ok(op.get("/api/v1/probes/system:web/history?granularity=hourly"));
@@ -169,7 +159,7 @@ fn one_node_follows_a_target_that_goes_down_and_comes_back() {
     assert!(went_down["reason"].as_str().is_some_and(|r| r.contains("cannot reach")), "{went_down}");
 
     // History and uptime count the checks of both states (recorded about every second).
-    let h = wait(30, "history with up and down checks", || {
+    let h = wait_for("history with up and down checks", 30, || {
         let h = ok(op.get("/api/v1/probes/system:web/history?granularity=hourly"));
         (h["total"]["up"].as_u64() > Some(0) && h["total"]["down"].as_u64() > Some(0)).then_some(h)
     });
@@ -241,14 +231,14 @@ fn a_lost_connection_and_its_recovery_are_notified_once_each() {
     let mut target = Target::start();
     let url = format!("http://{}/status", target.addr);
     ok(op.put("/api/v1/systems/web/probe", json!({"kind": "http", "target": url, "interval_s": 30, "timeout_ms": 2000})));
-    wait(60, "the target to be confirmed up", || status_is(&op, "system:web", "up"));
+    wait_for("the target to be confirmed up", 60, || status_is(&op, "system:web", "up"));
 
     target.down();
-    wait(60, "the lost connection notified", || got.lock().expect("lock").iter().any(|(_, b)| b["kind"] == "probe.down").then_some(()));
+    wait_for("the lost connection notified", 60, || got.lock().expect("lock").iter().any(|(_, b)| b["kind"] == "probe.down").then_some(()));
     target.up();
-    wait(60, "the recovery notified", || got.lock().expect("lock").iter().any(|(_, b)| b["kind"] == "probe.recovered").then_some(()));
+    wait_for("the recovery notified", 60, || got.lock().expect("lock").iter().any(|(_, b)| b["kind"] == "probe.recovered").then_some(()));
     // Probes go on meanwhile; nothing else is notified.
-    wait(60, "a few more checks of the recovered target", || {
+    wait_for("a few more checks of the recovered target", 60, || {
         let h = ok(op.get("/api/v1/probes/system:web/history?granularity=hourly"));
         (h["total"]["up"].as_u64() > Some(10)).then_some(())
     });
@@ -282,7 +272,7 @@ fn three_nodes_share_the_targets_and_take_over_a_dead_nodes() {
     let ids: Vec<String> = systems.iter().map(|s| format!("system:{s}")).collect();
 
     // Each target is probed by exactly one node, and every node reads every result.
-    let owners = wait(90, "every target probed by exactly one node and seen up everywhere", || {
+    let owners = wait_for("every target probed by exactly one node and seen up everywhere", 90, || {
         let mut owner = std::collections::BTreeMap::new();
         for k in 1..=3 {
             let list = ok(c.api(k).get("/api/v1/probes?consistency=local"));
@@ -308,7 +298,7 @@ fn three_nodes_share_the_targets_and_take_over_a_dead_nodes() {
     let k: usize = victim.trim_start_matches("node-").parse().expect("node-K");
     c.kill(k);
     let survivors: Vec<usize> = (1..=3).filter(|x| *x != k).collect();
-    let (new_owner, taken_at) = wait(90, "a surviving node to probe the dead node's target", || {
+    let (new_owner, taken_at) = wait_for("a surviving node to probe the dead node's target", 90, || {
         let list = ok(c.api(survivors[0]).get("/api/v1/probes?consistency=local"));
         let latest = &probe(&list, &first)["latest"];
         let node = latest["node"].as_str()?;
@@ -316,13 +306,13 @@ fn three_nodes_share_the_targets_and_take_over_a_dead_nodes() {
     });
     assert!(survivors.iter().any(|s| new_owner == format!("node-{s}")), "{new_owner}");
     // The other survivor reads the same (gossiped) result.
-    wait(60, "the other survivor to see the new prober", || {
+    wait_for("the other survivor to see the new prober", 60, || {
         let list = ok(c.api(survivors[1]).get("/api/v1/probes?consistency=local"));
         let latest = &probe(&list, &first)["latest"];
         (latest["node"] == new_owner.as_str() && latest["checked_at"].as_i64() >= Some(taken_at)).then_some(())
     });
     // And after the move, still exactly one prober per target among the survivors.
-    wait(60, "the targets partitioned over the survivors", || {
+    wait_for("the targets partitioned over the survivors", 60, || {
         let mut seen = std::collections::BTreeSet::new();
         for s in &survivors {
             let list = ok(c.api(*s).get("/api/v1/probes?consistency=local"));

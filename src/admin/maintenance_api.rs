@@ -19,18 +19,8 @@ use super::{page, ApiError, ApiJson, ApiQuery, Endpoint, Shared};
 use crate::registry::{rules, Bilingual, Command, DeliveryState, MaintenanceScope, MaintenanceWindow, Timestamp, Webhook};
 
 fn window_json(w: &MaintenanceWindow) -> Value {
-    let now = Utc::now();
-    let status = if w.cancelled_at.is_some() {
-        "cancelled"
-    } else if now >= w.end {
-        "completed"
-    } else if now >= w.start {
-        "in_progress"
-    } else {
-        "scheduled"
-    };
     let mut v = json!(w);
-    v["status"] = status.into();
+    v["status"] = w.status_at(Utc::now()).into();
     let mut warnings = Vec::new();
     if w.office_hours {
         warnings.push(

@@ -92,29 +92,26 @@ fn owner_system(reg: &Registry, p: &Principal, owner: &ProbeOwner) -> Result<Str
     }
 }
 
-async fn set(st: Shared, p: Principal, owner: ProbeOwner, spec: ProbeSpec) -> Result<Json<Value>, ApiError> {
+/// Writers only, and among agency admins only the owning agency's.
+fn may_change(st: &Shared, p: &Principal, owner: &ProbeOwner) -> Result<(), ApiError> {
     p.require_write()?;
-    {
-        let reg = st.store.read();
-        let sys = owner_system(&reg, &p, &owner)?;
-        if !p.owns_system(&reg, &sys) {
-            return Err(ApiError::forbidden("only an operator or the owning agency's admin may change a probe"));
-        }
+    let reg = st.store.read();
+    let sys = owner_system(&reg, p, owner)?;
+    if !p.owns_system(&reg, &sys) {
+        return Err(ApiError::forbidden("only an operator or the owning agency's admin may change a probe"));
     }
+    Ok(())
+}
+
+async fn set(st: Shared, p: Principal, owner: ProbeOwner, spec: ProbeSpec) -> Result<Json<Value>, ApiError> {
+    may_change(&st, &p, &owner)?;
     let target = owner.target_id();
     st.propose(p.actor(), Command::SetProbe { owner, spec: spec.clone() }).await?;
     Ok(Json(json!({ "target": target, "spec": spec })))
 }
 
 async fn clear(st: Shared, p: Principal, owner: ProbeOwner) -> Result<Json<Value>, ApiError> {
-    p.require_write()?;
-    {
-        let reg = st.store.read();
-        let sys = owner_system(&reg, &p, &owner)?;
-        if !p.owns_system(&reg, &sys) {
-            return Err(ApiError::forbidden("only an operator or the owning agency's admin may change a probe"));
-        }
-    }
+    may_change(&st, &p, &owner)?;
     let target = owner.target_id();
     st.propose(p.actor(), Command::ClearProbe { owner }).await?;
     Ok(Json(json!({ "target": target, "cleared": true })))

@@ -275,6 +275,31 @@ async fn a_refused_command_is_an_outcome_and_changes_nothing() {
     assert_eq!(store.audit(10, |_| true).expect("audit").iter().map(|e| e.index).collect::<Vec<_>>(), vec![5, 1]);
 }
 
+/// Readers that depend on some tables only (the gateway view) learn from `last_changed`
+/// whether anything they read changed since they were built.
+#[test]
+fn last_changed_names_the_last_entry_that_changed_each_table() {
+    let dir = TempDir::new().expect("temp dir");
+    {
+        let (store, _log, _sm) = open(dir.path());
+        store.apply(vec![registry(1, 1, agency("000.00.00.H31"))]).expect("apply");
+        store.apply(vec![registry(1, 2, system("s1", "000.00.00.H31"))]).expect("apply");
+        store.apply(vec![registry(1, 3, agency("000.00.00.H31"))]).expect("apply"); // refused: changes nothing
+        assert_eq!(store.last_applied(), 3);
+        assert_eq!(store.last_changed(&["agencies"]), 1);
+        assert_eq!(store.last_changed(&["systems"]), 2);
+        assert_eq!(store.last_changed(&["agencies", "systems"]), 2);
+        assert_eq!(store.last_changed(&["users", "notices"]), 0, "untouched since the store was opened empty");
+        // Entries applied together count at the last index of their batch (an upper bound).
+        store.apply(vec![registry(1, 4, agency("000.00.01.H31")), registry(1, 5, system("s2", "000.00.00.H31"))]).expect("apply");
+        assert_eq!(store.last_changed(&["agencies"]), 5);
+        assert_eq!(store.last_changed(&["users"]), 0);
+    }
+    // Reopened, the store cannot tell what changed before: everything counts as changed then.
+    let (store, _log, _sm) = open(dir.path());
+    assert_eq!(store.last_changed(&["users"]), 5);
+}
+
 #[test]
 fn pending_changes_can_still_be_rolled_back() {
     // The store persists `pending_changes` and rolls back if the commit fails: the journal

@@ -24,7 +24,7 @@
 //!
 //! May import `registry` only (and the other `cluster` files); openraft and redb.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Cursor;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
@@ -58,6 +58,8 @@ pub const OUTCOMES_KEPT: usize = 65_536;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("settings");
+/// The name [`Store::last_changed`] knows the registry settings by.
+pub const SETTINGS_TABLE: &str = "settings";
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("admin_audit");
 const CLUSTER: TableDefinition<&str, &[u8]> = TableDefinition::new("cluster");
 const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
@@ -155,6 +157,11 @@ pub struct Store {
     outcomes: Mutex<BTreeMap<u64, Applied>>,
     /// Announces each newly applied index (read views rebuild from it).
     applied_tx: tokio::sync::watch::Sender<u64>,
+    /// For each registry table (and `settings`), the index of the last applied entry that
+    /// changed it; a table not listed last changed at or before `changed_floor`.
+    changed_at: Mutex<HashMap<&'static str, u64>>,
+    /// Index at which the whole state was last replaced (open, snapshot install).
+    changed_floor: std::sync::atomic::AtomicU64,
     /// Applied batches committed without an fsync since the last durable commit.
     lazy_commits: std::sync::atomic::AtomicU32,
     /// Where committed backup points go (see [`Store::set_backup_sink`]).
@@ -276,6 +283,8 @@ impl Store {
             lazy_commits: std::sync::atomic::AtomicU32::new(0),
             backup_sink: Mutex::new(None),
             applied_tx,
+            changed_at: Mutex::new(HashMap::new()),
+            changed_floor: std::sync::atomic::AtomicU64::new(index),
         })
     }
 
@@ -304,6 +313,16 @@ impl Store {
     /// Changes whenever entries have been applied and made durable (or a snapshot installed).
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.applied_tx.subscribe()
+    }
+
+    /// An index at or after the last applied entry that changed any of `tables` (registry
+    /// table names, or [`SETTINGS_TABLE`]; entries applied in one batch count at its last
+    /// index): a reader built from the state at that index or later is still current for them,
+    /// whatever was applied since.
+    pub fn last_changed(&self, tables: &[&str]) -> u64 {
+        let floor = self.changed_floor.load(std::sync::atomic::Ordering::Acquire);
+        let at = lock(&self.changed_at);
+        tables.iter().filter_map(|t| at.get(t).copied()).fold(floor, u64::max)
     }
 
     /// The index of the last applied entry; 0 if none.
@@ -412,19 +431,28 @@ impl Store {
         let mut cluster_before = None;
         let mut applied = Vec::with_capacity(entries.len());
         let result = self.apply_and_commit(&mut state, &mut cluster, &mut cluster_before, &mut pos, entries, &mut applied);
-        if let Err(e) = result {
-            state.rollback(cp);
-            state.clear_journal();
-            if let Some(before) = cluster_before {
-                *cluster = before;
+        let changed = match result {
+            Ok(changed) => changed,
+            Err(e) => {
+                state.rollback(cp);
+                state.clear_journal();
+                if let Some(before) = cluster_before {
+                    *cluster = before;
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
+        };
         state.clear_journal();
         drop(cluster);
         drop(state);
         let index = pos.log_id.map_or(0, |l| l.index);
         *self.position.write().unwrap_or_else(|e| e.into_inner()) = pos;
+        {
+            let mut at = lock(&self.changed_at);
+            for table in changed {
+                at.insert(table, index);
+            }
+        }
         {
             let mut outcomes = lock(&self.outcomes);
             outcomes.extend(applied.iter().cloned());
@@ -436,8 +464,8 @@ impl Store {
         Ok(applied)
     }
 
-    /// Applies `entries` to the in-memory state and commits their effects in one transaction.
-    /// On error the caller rolls the in-memory state back.
+    /// Applies `entries` to the in-memory state and commits their effects in one transaction;
+    /// returns the tables they changed. On error the caller rolls the in-memory state back.
     fn apply_and_commit(
         &self,
         state: &mut State,
@@ -446,7 +474,7 @@ impl Store {
         pos: &mut Position,
         entries: Vec<Entry<TypeConfig>>,
         applied: &mut Vec<(u64, Applied)>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<BTreeSet<&'static str>, StoreError> {
         let mut tx = self.db.begin_write().map_err(storage)?;
         // The Raft log is the durable record of committed entries: a batch lost here in a crash
         // is applied again from the log at start-up (openraft re-applies from the last applied
@@ -492,6 +520,10 @@ impl Store {
         if let Some(s) = &changes.settings {
             tx.open_table(SETTINGS).map_err(storage)?.insert("settings", s.as_slice()).map_err(storage)?;
         }
+        let mut changed: BTreeSet<&'static str> = changes.rows.iter().map(|(t, _, _)| *t).collect();
+        if changes.settings.is_some() {
+            changed.insert(SETTINGS_TABLE);
+        }
         if cluster_changed {
             put_json(&mut tx.open_table(CLUSTER).map_err(storage)?, CLUSTER_STATE, &*cluster)?;
         }
@@ -501,7 +533,8 @@ impl Store {
             put_json(&mut meta, APPLIED_LOG_ID, &pos.log_id)?;
             put_json(&mut meta, MEMBERSHIP, &pos.membership)?;
         }
-        tx.commit().map_err(storage)
+        tx.commit().map_err(storage)?;
+        Ok(changed)
     }
 
     /// The applied state as a snapshot document (from one read transaction), without saving it.
@@ -595,6 +628,8 @@ impl Store {
         *self.position.write().unwrap_or_else(|e| e.into_inner()) = Position { log_id: doc.last_applied, membership: doc.membership };
         // Outcomes of entries this node never applied are unknown; older ones are meaningless.
         lock(&self.outcomes).clear();
+        lock(&self.changed_at).clear();
+        self.changed_floor.store(index, std::sync::atomic::Ordering::Release);
         self.snapshots.remove_others(Some(&file));
         self.applied_tx.send_replace(index);
         Ok(())

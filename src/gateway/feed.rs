@@ -17,18 +17,6 @@ use crate::registry::{rules, MaintenanceWindow};
 /// Ended or cancelled windows stay in the feed this long.
 pub const KEEP_DAYS: i64 = 30;
 
-fn status(w: &MaintenanceWindow, now: DateTime<Utc>) -> &'static str {
-    if w.cancelled_at.is_some() {
-        "cancelled"
-    } else if now >= w.end {
-        "completed"
-    } else if now >= w.start {
-        "in_progress"
-    } else {
-        "scheduled"
-    }
-}
-
 fn updated(w: &MaintenanceWindow) -> DateTime<Utc> {
     [Some(w.announced_at), w.updated_at, w.cancelled_at].into_iter().flatten().max().unwrap_or(w.announced_at)
 }
@@ -57,7 +45,7 @@ fn json_feed(view: &View, now: DateTime<Utc>) -> Vec<u8> {
         .map(|w| {
             json!({
                 "id": w.id,
-                "status": status(w, now),
+                "status": w.status_at(now),
                 "scope": w.scope,
                 "start": w.start,
                 "end": w.end,
@@ -101,7 +89,7 @@ fn atom_feed(view: &View, now: DateTime<Utc>) -> Vec<u8> {
     x.push_str(&format!("  <updated>{}</updated>\n  <author><name>LGSP</name></author>\n", rfc3339(feed_updated)));
     x.push_str("  <link rel=\"self\" href=\"/maintenance.atom\"/>\n");
     for w in windows {
-        let st = status(w, now);
+        let st = w.status_at(now);
         let title = format!("[{st}] {} – {}: {} / {}", rules::local_time(w.start), rules::local_time(w.end), w.reason.vi, w.reason.en);
         let scope = serde_json::to_string(&w.scope).unwrap_or_default();
         let mut summary =

@@ -13,7 +13,7 @@ use http::{HeaderValue, Method};
 
 use super::httpsig::ParsedKey;
 use crate::registry::{
-    AgencyStatus, Catalog, Environment, MaintenanceWindow, PublicKey, RateLimit, SecretHash, SigAlg, State, SubscriptionState,
+    AgencyStatus, Catalog, Entity, Environment, MaintenanceWindow, PublicKey, RateLimit, SecretHash, SigAlg, State, SubscriptionState,
     UpstreamAuth, VersionState,
 };
 use crate::secrets::SecretsKey;
@@ -142,9 +142,12 @@ pub struct View {
     revoked: HashSet<String>,
     consumers: HashMap<String, ConsumerStatus>,
     catalogs: HashMap<String, Arc<Catalog>>,
-    /// Maintenance windows, newest start first (enforced against the request's clock, and
-    /// published in the feed).
+    /// Maintenance windows, newest start first (published in the feed).
     maintenance: Vec<Arc<MaintenanceWindow>>,
+    /// The windows not cancelled and not ended when the view was built: the only ones a
+    /// request can fall in (checked against its own clock), so the proxy path scans a handful
+    /// however many windows the registry remembers.
+    not_over: Vec<Arc<MaintenanceWindow>>,
 }
 
 fn sub_key(system: &str, context: &str, version: &str, env: Environment) -> String {
@@ -160,6 +163,20 @@ fn sub_key(system: &str, context: &str, version: &str, env: Environment) -> Stri
 }
 
 impl View {
+    /// The registry tables [`View::build`] reads (by [`crate::registry::Entity::TABLE`] name).
+    /// Entries that change none of them (probe status, the notice outbox, logins) leave the
+    /// view current, so it is not rebuilt for them. Keep in step with `build`.
+    pub const READS: [&'static str; 8] = [
+        <crate::registry::Agency as Entity>::TABLE,
+        <crate::registry::System as Entity>::TABLE,
+        <crate::registry::Service as Entity>::TABLE,
+        <crate::registry::Subscription as Entity>::TABLE,
+        <crate::registry::Credential as Entity>::TABLE,
+        <crate::registry::RevokedToken as Entity>::TABLE,
+        <Catalog as Entity>::TABLE,
+        <MaintenanceWindow as Entity>::TABLE,
+    ];
+
     /// Builds the view. Keys that fail to parse and secrets that fail to open are left out
     /// and logged (the affected callers or versions are refused, nothing else).
     pub fn build(state: &State, key: &SecretsKey, applied: u64) -> View {
@@ -290,12 +307,14 @@ impl View {
         }
         v.maintenance = state.maintenance.values().map(|w| Arc::new(w.clone())).collect();
         v.maintenance.sort_by(|a, b| b.start.cmp(&a.start).then_with(|| a.id.cmp(&b.id)));
+        let built = chrono::Utc::now();
+        v.not_over = v.maintenance.iter().filter(|w| w.cancelled_at.is_none() && w.end > built).cloned().collect();
         v
     }
 
     /// The window in force for this service at `now` (the one ending last if several).
     pub fn maintenance_for(&self, context: &str, now: chrono::DateTime<chrono::Utc>) -> Option<&Arc<MaintenanceWindow>> {
-        self.maintenance.iter().filter(|w| w.active_at(now) && w.scope.covers_service(context)).max_by_key(|w| w.end)
+        self.not_over.iter().filter(|w| w.active_at(now) && w.scope.covers_service(context)).max_by_key(|w| w.end)
     }
 
     /// Every window, newest start first.

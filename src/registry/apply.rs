@@ -1024,6 +1024,7 @@ impl Cx<'_> {
                 st.status = *to;
                 st.flapping = *flapping;
                 let seq = st.events.last().map_or(1, |e| e.seq + 1);
+                let reason: String = reason.chars().take(500).collect();
                 st.events.push(ProbeEvent {
                     seq,
                     at: *at,
@@ -1031,7 +1032,7 @@ impl Cx<'_> {
                     to: *to,
                     notify: *notify,
                     flapping: *flapping,
-                    reason: reason.chars().take(500).collect(),
+                    reason: reason.clone(),
                     cert_days_left: *cert_days_left,
                     node: node.clone(),
                     system: system.clone(),
@@ -1053,7 +1054,7 @@ impl Cx<'_> {
                         from: from.unwrap_or(ProbeHealth::Up),
                         to: *to,
                         at: *at,
-                        reason: reason.chars().take(500).collect(),
+                        reason,
                         cert_days_left: *cert_days_left,
                         notify: *notify,
                     },

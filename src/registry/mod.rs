@@ -20,7 +20,7 @@ pub use apply::{apply, Outcome};
 pub use command::{Actor, Command, Decision, DeliveryOutcome, DeliveryResult, Envelope, NewAgency, ServiceSpec, FORMAT};
 pub use error::RegistryError;
 pub use model::*;
-pub use state::State;
+pub use state::{Entity, State};
 
 #[cfg(test)]
 mod tests;

@@ -657,6 +657,18 @@ impl MaintenanceWindow {
     pub fn active_at(&self, now: Timestamp) -> bool {
         self.cancelled_at.is_none() && self.start <= now && now < self.end
     }
+    /// `scheduled`, `in_progress`, `completed` or `cancelled` at `now` (API and feed).
+    pub fn status_at(&self, now: Timestamp) -> &'static str {
+        if self.cancelled_at.is_some() {
+            "cancelled"
+        } else if now >= self.end {
+            "completed"
+        } else if now >= self.start {
+            "in_progress"
+        } else {
+            "scheduled"
+        }
+    }
     pub fn stage_done(&self, stage: &str) -> bool {
         self.stages.iter().any(|s| s == stage)
     }

@@ -15,6 +15,19 @@ use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_lgsp");
 
+/// Polls `f` every 100 ms until it returns `Some`, failing the test with `what` after `secs`
+/// seconds (tests wait for outcomes this way, never on timings).
+pub fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {secs} s waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A running dev appliance. Killed on drop.
 pub struct Node {
     child: Option<Child>,
