@@ -293,6 +293,7 @@ impl crate::probes::service::Cluster for ProbeCluster {
             .into_iter()
             .map(|t| crate::probes::service::Registered {
                 status: reg.probe_status.get(&t.target).map(|s| s.status),
+                cert_notified: reg.probe_alerts.get(&t.target).and_then(|a| a.cert_notified.clone()),
                 spec: t.spec.clone(),
                 target: t.target,
             })

@@ -190,10 +190,12 @@ fn one_node_follows_a_target_that_goes_down_and_comes_back() {
 /// O2: the owning agency's contacts and the operator are told when a connection is lost and
 /// when it recovers, once each, through the replicated outbox (here the operator's signed
 /// webhook receives them; the agency's contact is a recipient of the same notices).
-#[test]
-fn a_lost_connection_and_its_recovery_are_notified_once_each() {
-    use std::sync::Mutex;
-    let got: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+/// Notices the operator's webhook received: (notice id, body).
+type Received = Arc<std::sync::Mutex<Vec<(String, Value)>>>;
+
+/// An operator webhook that records every notice, and the ops config naming it.
+fn operator_webhook(dir: &std::path::Path) -> (common::upstream::TestServer, Received, std::path::PathBuf) {
+    let got: Received = Arc::default();
     let sink = got.clone();
     let hook = common::upstream::TestServer::start(move |req| {
         let sink = sink.clone();
@@ -205,15 +207,21 @@ fn a_lost_connection_and_its_recovery_are_notified_once_each() {
             Ok(hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(b"ok"))))
         })
     });
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let secret = tmp.path().join("hook.secret");
+    let secret = dir.join("hook.secret");
     std::fs::write(&secret, "operator-secret-0123456789").expect("secret");
-    let ops = tmp.path().join("ops.toml");
+    let ops = dir.join("ops.toml");
     std::fs::write(
         &ops,
         format!("[notify]\noperator_webhook = '{}/operator'\noperator_webhook_secret_file = '{}'\n", hook.url(), secret.display()),
     )
     .expect("ops config");
+    (hook, got, ops)
+}
+
+#[test]
+fn a_lost_connection_and_its_recovery_are_notified_once_each() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (_hook, got, ops) = operator_webhook(tmp.path());
     let node = Node::start_in_with(
         &tmp.path().join("data"),
         &["--ops-config", ops.to_str().expect("utf-8")],
@@ -255,6 +263,140 @@ fn a_lost_connection_and_its_recovery_are_notified_once_each() {
         down["deliveries"].as_array().map(|d| d.iter().filter_map(|d| d["channel"]["to"].as_str()).collect()).unwrap_or_default();
     assert_eq!(emails, ["cntt@haiphong.example"], "{down}");
     assert!(down["subject"]["vi"].as_str().is_some_and(|s| s.contains("Mất kết nối")), "{down}");
+}
+
+/// A TLS server on a fixed port whose certificate (a `localhost` leaf of a test CA) can be
+/// replaced while it runs: each handshake uses the certificate of the moment.
+struct TlsTarget {
+    addr: SocketAddr,
+    ca_pem: String,
+    ca: (rcgen::Certificate, rcgen::KeyPair),
+    config: Arc<std::sync::Mutex<Arc<rustls::ServerConfig>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl TlsTarget {
+    fn start(days_left: i64) -> TlsTarget {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let ca_key = KeyPair::generate().expect("ca key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        validity(&mut params, 3650);
+        let ca = params.self_signed(&ca_key).expect("ca");
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        l.set_nonblocking(true).expect("nonblocking");
+        let mut t = TlsTarget {
+            addr,
+            ca_pem: ca.pem(),
+            ca: (ca, ca_key),
+            config: Arc::new(std::sync::Mutex::new(Arc::new(
+                rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                    .with_safe_default_protocol_versions()
+                    .expect("versions")
+                    .with_no_client_auth()
+                    .with_cert_resolver(Arc::new(rustls::server::ResolvesServerCertUsingSni::new())),
+            ))),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        t.renew(days_left);
+        let (config, stop) = (t.config.clone(), t.stop.clone());
+        thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                match l.accept() {
+                    Ok((s, _)) => {
+                        let config = config.lock().expect("lock").clone();
+                        thread::spawn(move || {
+                            let _ = s.set_nonblocking(false);
+                            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                            if let Ok(conn) = rustls::ServerConnection::new(config) {
+                                let mut tls = rustls::StreamOwned::new(conn, s);
+                                let mut buf = [0u8; 64];
+                                let _ = tls.read(&mut buf); // completes the handshake
+                            }
+                        });
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        t
+    }
+
+    /// Serves a new leaf certificate valid for `days_left` more days from now on.
+    fn renew(&mut self, days_left: i64) {
+        use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+        validity(&mut params, days_left);
+        let leaf = params.signed_by(&key, &self.ca.0, &self.ca.1).expect("leaf");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![leaf.der().clone()], PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())))
+            .expect("server config");
+        *self.config.lock().expect("lock") = Arc::new(config);
+    }
+}
+
+impl Drop for TlsTarget {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Makes `params` valid from 30 days ago until `days_left` days from today.
+fn validity(params: &mut rcgen::CertificateParams, days_left: i64) {
+    use chrono::Datelike;
+    let ymd = |d: chrono::DateTime<chrono::Utc>| rcgen::date_time_ymd(d.year(), d.month() as u8, d.day() as u8);
+    let now = chrono::Utc::now();
+    params.not_before = ymd(now - chrono::Duration::days(30));
+    params.not_after = ymd(now + chrono::Duration::days(days_left));
+}
+
+/// O2: a certificate approaching expiry is notified once at each threshold it crosses (30,
+/// 14, 7, 1 days), also while the probe's status does not change: here the first status
+/// (degraded: under 21 days) brings the 30-day notice, and a certificate swapped for one with
+/// 10 days left, still degraded, brings the 14-day notice, once.
+#[test]
+fn each_certificate_expiry_threshold_is_notified_once() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (_hook, got, ops) = operator_webhook(tmp.path());
+    let mut target = TlsTarget::start(20);
+    let ca = tmp.path().join("ca.pem");
+    std::fs::write(&ca, &target.ca_pem).expect("ca");
+    let node = Node::start_in_with(
+        &tmp.path().join("data"),
+        &["--ops-config", ops.to_str().expect("utf-8"), "--upstream-ca", ca.to_str().expect("utf-8")],
+        &[("LGSP_TEST_PROBE_INTERVAL_MS", FAST)],
+    );
+    let op = node.operator();
+    registry(&op, &["web"]);
+    let spec = json!({"kind": "tls", "target": format!("localhost:{}", target.addr.port()), "interval_s": 30, "timeout_ms": 2000});
+    ok(op.put("/api/v1/systems/web/probe", spec));
+    wait_for("the target confirmed degraded (certificate under 21 days)", 60, || status_is(&op, "system:web", "degraded"));
+    let thresholds = || -> Vec<i64> {
+        let got = got.lock().expect("lock");
+        got.iter().filter(|(_, b)| b["kind"] == "probe.cert_expiring").filter_map(|(_, b)| b["data"]["threshold_days"].as_i64()).collect()
+    };
+    wait_for("the 30-day notice", 60, || (thresholds() == [30]).then_some(()));
+
+    target.renew(10);
+    wait_for("the 14-day notice while the status stays degraded", 60, || (thresholds() == [30, 14]).then_some(()));
+    // Checks and reconciliations (every 10 s) go on; nothing is notified twice.
+    let checked = |n: u64| {
+        let h = ok(op.get("/api/v1/probes/system:web/history?granularity=hourly"));
+        (h["total"]["degraded"].as_u64() > Some(n)).then_some(())
+    };
+    let now = ok(op.get("/api/v1/probes/system:web/history?granularity=hourly"))["total"]["degraded"].as_u64().unwrap_or(0);
+    wait_for("checks covering two more reconciliations", 90, || checked(now + 70));
+    assert_eq!(thresholds(), [30, 14], "{:?}", got.lock().expect("lock"));
+    let kinds: Vec<String> = got.lock().expect("lock").iter().filter_map(|(_, b)| b["kind"].as_str().map(str::to_owned)).collect();
+    assert_eq!(kinds.iter().filter(|k| *k == "probe.degraded").count(), 1, "one status notice: {kinds:?}");
+    let (s, status) = op.get("/api/v1/probes?consistency=local");
+    assert_eq!(s, 200, "{status}");
+    assert_eq!(probe(&status, "system:web")["status"], "degraded", "{status}");
 }
 
 #[test]

@@ -23,7 +23,7 @@ use super::runner::{Latest, Runner, Target};
 use super::state::{Event, Rules};
 use super::{assign, Health};
 use crate::config::ProbesConfig;
-use crate::registry::{Command, ProbeSpec};
+use crate::registry::{notice, CertNotified, Command, ProbeSpec};
 
 /// A peer silent for longer than this is considered dead and its targets move.
 pub const LIVE_FOR: Duration = Duration::from_secs(3);
@@ -39,6 +39,8 @@ pub struct Registered {
     pub spec: ProbeSpec,
     /// The replicated status (seeds a target that moves here).
     pub status: Option<Health>,
+    /// The certificate-expiry notice already queued for the target, if any.
+    pub cert_notified: Option<CertNotified>,
 }
 
 /// What the probe service needs from the cluster (implemented in `app.rs`).
@@ -300,11 +302,28 @@ async fn assign_loop(svc: std::sync::Weak<ProbeService>) {
 
 /// Proposes the confirmed status of this node's targets where the registry still shows
 /// another one (a proposal that failed earlier, e.g. without quorum). Flapping targets wait.
+/// Where the status agrees, a certificate that crossed an expiry threshold (30, 14, 7, 1 days)
+/// not yet notified for it is proposed for its notice: a status change notifies the threshold
+/// of the moment, this catches the later ones while the status stays the same.
 async fn reconcile(s: &ProbeService) {
-    let registered: HashMap<String, Option<Health>> = s.cluster.registered().into_iter().map(|r| (r.target, r.status)).collect();
+    let registered: HashMap<String, (Option<Health>, Option<CertNotified>)> =
+        s.cluster.registered().into_iter().map(|r| (r.target, (r.status, r.cert_notified))).collect();
     for l in s.runner.latest() {
-        let (Some(status), Some(stored)) = (l.status, registered.get(&l.target)) else { continue };
-        if l.flapping || *stored == Some(status) {
+        let (Some(status), Some((stored, cert_notified))) = (l.status, registered.get(&l.target)) else { continue };
+        if l.flapping {
+            continue;
+        }
+        if *stored == Some(status) {
+            let at = chrono::DateTime::from_timestamp(l.checked_at, 0).unwrap_or_else(chrono::Utc::now);
+            let Some(days_left) = l.last.cert_days_left else { continue };
+            if !notice::cert_notice_due(cert_notified.as_ref(), days_left, at) {
+                continue;
+            }
+            let command = Command::ProbeCertChecked { target: l.target.clone(), days_left, at, node: s.node.clone() };
+            match s.cluster.propose(command).await {
+                Ok(()) => tracing::info!(probe_target = %l.target, days_left, "certificate expiry notice queued"),
+                Err(e) => tracing::debug!(probe_target = %l.target, error = %e, "certificate expiry notice not queued yet"),
+            }
             continue;
         }
         let command = Command::ProbeStatusChanged {

@@ -1060,6 +1060,20 @@ impl Cx<'_> {
                     },
                 );
             }
+            ProbeCertChecked { target, days_left, at, node: _ } => {
+                let owner =
+                    ProbeOwner::parse(target).ok_or_else(|| E::invalid("target", format!("{target:?} is not a probe target id")))?;
+                let system = match self.s.probe_of(&owner) {
+                    Some((_, sys)) => sys.id.clone(),
+                    None => return Err(E::not_found("probe", target)),
+                };
+                if !notice::on_cert_checked(self.s, target, &system, *days_left, *at) {
+                    return Err(E::conflict(
+                        "PROBE_CERT_NOTIFIED",
+                        format!("the certificate of {target} ({days_left} days left) was already notified at this threshold"),
+                    ));
+                }
+            }
 
             Batch { label: _, commands } => {
                 for (i, c) in commands.iter().enumerate() {

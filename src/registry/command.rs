@@ -405,6 +405,16 @@ pub enum Command {
         #[serde(default)]
         node: String,
     },
+    /// A prober saw `target`'s TLS certificate with `days_left` days to go and a threshold
+    /// (30, 14, 7, 1 days) not notified yet for that certificate: queues the expiry notice.
+    /// Refused when it was already notified (another node or an earlier check was first).
+    ProbeCertChecked {
+        target: String,
+        days_left: i64,
+        at: Timestamp,
+        #[serde(default)]
+        node: String,
+    },
 
     /// All or nothing: if one command fails, none of them took effect.
     Batch {
@@ -516,6 +526,7 @@ impl Command {
             SetProbe { .. } => "set_probe",
             ClearProbe { .. } => "clear_probe",
             ProbeStatusChanged { .. } => "probe_status_changed",
+            ProbeCertChecked { .. } => "probe_cert_checked",
             Batch { .. } => "batch",
         }
     }
@@ -571,7 +582,7 @@ impl Command {
             FlushProbeAlert { target } => format!("probe/{target}"),
             PruneNotices { .. } => "notices/*".into(),
             SetProbe { owner, .. } | ClearProbe { owner } => format!("probe/{}", owner.target_id()),
-            ProbeStatusChanged { target, .. } => format!("probe/{target}"),
+            ProbeStatusChanged { target, .. } | ProbeCertChecked { target, .. } => format!("probe/{target}"),
             Batch { label, commands } => format!("batch/{label} ({} commands)", commands.len()),
         }
     }
@@ -606,6 +617,7 @@ impl Command {
                 | Command::FlushProbeAlert { .. }
                 | Command::PruneNotices { .. }
                 | Command::ProbeStatusChanged { .. }
+                | Command::ProbeCertChecked { .. }
         )
     }
 }

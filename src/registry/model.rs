@@ -866,6 +866,17 @@ pub struct ProbeAlert {
     pub current_since: Timestamp,
     #[serde(default)]
     pub reason: String,
+    /// The last certificate-expiry notice queued for this target, so each threshold is
+    /// notified once per certificate however often and by whichever node it is checked.
+    #[serde(default)]
+    pub cert_notified: Option<CertNotified>,
+}
+
+/// A certificate-expiry notice already queued: the threshold it crossed and the expiry date.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertNotified {
+    pub threshold_days: i64,
+    pub expires: NaiveDate,
 }
 
 /// What a probe belongs to: a system, or one version of a service.

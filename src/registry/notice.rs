@@ -13,7 +13,7 @@
 
 use std::collections::BTreeSet;
 
-use chrono::Duration;
+use chrono::{Duration, NaiveDate};
 use serde_json::json;
 
 use super::model::*;
@@ -262,11 +262,50 @@ pub fn probe_notice(
     }
 }
 
+/// The threshold a certificate with `days_left` days to go has crossed (the smallest one it is
+/// within), `None` while it has more days left than the largest.
+pub fn cert_threshold(days_left: i64) -> Option<i64> {
+    CERT_THRESHOLDS.iter().rev().find(|t| days_left <= **t).copied()
+}
+
+/// The (Vietnam) date a certificate seen at `at` with `days_left` days to go expires. Two checks
+/// of the same certificate may name dates a day apart, as `days_left` is rounded down.
+fn cert_expiry(days_left: i64, at: Timestamp) -> NaiveDate {
+    rules::local_date(at + Duration::days(days_left.max(0)))
+}
+
+/// Whether a certificate seen with `days_left` days to go at `at` calls for a notice, given the
+/// one already queued for its target: a threshold not notified yet for this certificate (its
+/// expiry date within a day of the notified one), or any threshold of another certificate.
+pub fn cert_notice_due(notified: Option<&CertNotified>, days_left: i64, at: Timestamp) -> bool {
+    let Some(threshold) = cert_threshold(days_left) else { return false };
+    match notified {
+        None => true,
+        Some(n) => (n.expires - cert_expiry(days_left, at)).num_days().abs() > 1 || threshold < n.threshold_days,
+    }
+}
+
+/// Queues the certificate-expiry notice of a confirmed target when [`cert_notice_due`], and
+/// records it on the target's alert. `false`: nothing was due (or the target has no alert yet,
+/// i.e. no confirmed status).
+pub fn on_cert_checked(state: &mut State, target: &str, system: &str, days_left: i64, at: Timestamp) -> bool {
+    let Some(mut alert) = state.probe_alerts.get(target).cloned() else { return false };
+    if !cert_notice_due(alert.cert_notified.as_ref(), days_left, at) {
+        return false;
+    }
+    let Some(notice) = cert_notice(state, target, system, days_left, at) else { return false };
+    let threshold_days = cert_threshold(days_left).unwrap_or(days_left);
+    alert.cert_notified = Some(CertNotified { threshold_days, expires: cert_expiry(days_left, at) });
+    state.probe_alerts.put(alert);
+    queue(state, notice);
+    true
+}
+
 /// The notice that a target's certificate expires in `days_left` days (one per threshold
 /// crossed and expiry date).
 pub fn cert_notice(state: &State, target: &str, system: &str, days_left: i64, at: Timestamp) -> Option<Notice> {
-    let threshold = CERT_THRESHOLDS.iter().rev().find(|t| days_left <= **t).copied()?;
-    let expires = rules::local_date(at + Duration::days(days_left.max(0)));
+    let threshold = cert_threshold(days_left)?;
+    let expires = cert_expiry(days_left, at);
     let (agencies, systems) = probe_owners(state, system);
     Some(Notice {
         id: format!("probe/{target}/cert/{expires}/{threshold}"),
@@ -305,6 +344,7 @@ pub fn on_probe_change(state: &mut State, c: &ProbeChange) {
         current: c.from,
         current_since: c.at,
         reason: String::new(),
+        cert_notified: None,
     });
     if alert.current != c.to {
         alert.current = c.to;
@@ -312,13 +352,11 @@ pub fn on_probe_change(state: &mut State, c: &ProbeChange) {
     }
     alert.system = c.system.clone();
     alert.reason = c.reason.clone();
-    if c.notify {
-        if let Some(n) = c.cert_days_left.and_then(|d| cert_notice(state, &c.target, &c.system, d, c.at)) {
-            queue(state, n);
-        }
-    }
     state.probe_alerts.put(alert);
     if c.notify {
+        if let Some(days_left) = c.cert_days_left {
+            on_cert_checked(state, &c.target, &c.system, days_left, c.at);
+        }
         flush(state, &c.target, c.at, false);
     }
 }
@@ -407,6 +445,35 @@ mod tests {
         let mut v: Vec<(Timestamp, String)> = s.notices.values().map(|n| (n.created_at, n.kind.clone())).collect();
         v.sort();
         v.into_iter().map(|(_, k)| k).collect()
+    }
+
+    #[test]
+    fn each_certificate_threshold_is_notified_once_per_certificate() {
+        let mut s = registry();
+        // Checks at 10:00, 17:00 and 00:00 Vietnam time: the expiry date they compute from whole
+        // days left moves by one day between checks of the same certificate.
+        let day = |d: i64| t(3, 0) + Duration::days(d) + Duration::hours((d % 3) * 7);
+        let cert = |s: &State| s.notices.values().filter(|n| n.kind == "probe.cert_expiring").count();
+        // No confirmed status yet: nothing to attach the notice to.
+        assert!(!on_cert_checked(&mut s, "system/sys-a", "sys-a", 20, day(0)));
+        on_probe_change(&mut s, &change(ProbeHealth::Up, ProbeHealth::Up, day(0)));
+        assert_eq!(cert(&s), 0);
+        // The certificate expires at day 40: 40 days left is above every threshold.
+        let seen = |s: &mut State, d: i64| on_cert_checked(s, "system/sys-a", "sys-a", 40 - d, day(d));
+        let notified: Vec<i64> = (0..=40).filter(|d| seen(&mut s, *d)).map(|d| 40 - d).collect();
+        assert_eq!(notified, [30, 14, 7, 1], "one notice as each threshold is crossed, none repeated");
+        assert_eq!(cert(&s), 4);
+        // Checked again (another node, a restart): nothing more.
+        assert!(!seen(&mut s, 39) && !seen(&mut s, 40));
+        // Renewed: a certificate expiring a year later starts over at its own thresholds.
+        assert!(!on_cert_checked(&mut s, "system/sys-a", "sys-a", 365, day(41)));
+        assert!(on_cert_checked(&mut s, "system/sys-a", "sys-a", 30, day(41 + 335)));
+        assert_eq!(cert(&s), 5);
+        let due = |n: Option<&CertNotified>, days| cert_notice_due(n, days, t(3, 0));
+        assert!(!due(None, 31) && due(None, 30));
+        let n = CertNotified { threshold_days: 14, expires: cert_expiry(10, t(3, 0)) };
+        assert!(!due(Some(&n), 10) && !due(Some(&n), 9) && due(Some(&n), 7), "same certificate: only a lower threshold");
+        assert!(due(Some(&n), 20), "another certificate (expiring 10 days later) is notified at its own threshold");
     }
 
     #[test]
