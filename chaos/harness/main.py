@@ -46,15 +46,15 @@ from cluster import Cluster, ClusterError, GATEWAY_PORT  # noqa: E402
 from netlab import CLUSTER_PORT, HOST_IP, RELAY_BASE_PORT, Lab, node_ip  # noqa: E402
 from nodehttp import Http  # noqa: E402
 import scenarios as sc_mod  # noqa: E402
-from workload import AGENCY, SYSTEM_BODY, Clock, GatewayWorkload, RegisterWorkload, SetWorkload, dump_jsonl  # noqa: E402
+from workload import AGENCY, SYSTEM_BODY, Clock, GatewayWorkload, Keys, RegisterWorkload, SetWorkload, dump_jsonl  # noqa: E402
 
 UPSTREAM_PORT = 18080
 WARMUP_S = 5.0
 GAP_S = 3.0          # after recovery, before the next fault
 TAIL_S = 3.0         # after the last recovery, before the workloads stop
 RECOVERY_LIMIT_S = 90.0
-GROUP_S = 4.0        # the register clients move to new keys this often
-PER_GROUP = 2        # keys per group
+OPS_PER_KEY = 40     # operations on one key before its team moves to a fresh one
+TEAM = 2             # register clients sharing a key
 WRITE_TIMEOUT_S = 6.0  # the server gives up after 5 s (+5 s to apply); beyond that the client does
 GW_TIMEOUT_S = 2.0
 
@@ -220,11 +220,10 @@ def run_scenario(s: sc_mod.Scenario, root: Path, binary: str, checker: str) -> d
         cluster.bootstrap()
         log(f"cluster of {s.nodes} up in {time.monotonic() - t:.1f} s; leader node {cluster.leader()}")
 
-        planned = WARMUP_S + s.cycles * (s.hold + GAP_S + 15) + TAIL_S
-        groups = int(planned / GROUP_S) + 2
-        reg = RegisterWorkload(cluster, None, clients=int(os.environ.get("CHAOS_CLIENTS", "4")), groups=groups, per_group=PER_GROUP,
-                               group_s=GROUP_S, timeout=WRITE_TIMEOUT_S)
-        ck, cs = seed(cluster, reg.keys())
+        keys = Keys(cluster, 24)
+        ck, cs = seed(cluster, keys.initial())
+        reg = RegisterWorkload(cluster, None, clients=int(os.environ.get("CHAOS_CLIENTS", "4")), team=TEAM, ops_per_key=OPS_PER_KEY,
+                               timeout=WRITE_TIMEOUT_S, keys=keys)
         gw_token = gateway_token(cluster, ck, cs)
         clock = Clock()
         reg.clock = clock
