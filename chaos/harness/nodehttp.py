@@ -21,6 +21,7 @@ class Outcome:
     body: bytes
     error: str | None
     sent: bool
+    headers: dict | None = None
 
     @property
     def ok(self) -> bool:
@@ -77,7 +78,7 @@ class Http:
             payload = r.read()
             if r.will_close:
                 self.drop(key)
-            return Outcome(r.status, payload, None, sent=True)
+            return Outcome(r.status, payload, None, sent=True, headers={k.lower(): v for k, v in r.getheaders()})
         except (OSError, ssl.SSLError, http.client.HTTPException) as e:
             self.drop(key)
             return Outcome(None, b"", f"{type(e).__name__}: {e}", sent=True)

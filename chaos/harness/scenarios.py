@@ -14,6 +14,7 @@ import errno
 import json
 import os
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -173,7 +174,10 @@ def skew_clock(ctx, cycle):
     k = _leader(ctx)
     s = SKEW_S if cycle % 2 == 0 else -SKEW_S
     ctx.cluster.skew(k, s)
-    return k, f"clock of node {k} (leader) {s:+d} s (libfaketime)"
+    time.sleep(1.5)  # libfaketime re-reads the offset at most once a second
+    seen = ctx.cluster.clock_offset(k)
+    seen_s = "unknown" if seen is None else f"{seen:+.0f} s"
+    return k, f"clock of node {k} (leader) {s:+d} s (libfaketime; its HTTP Date header is {seen_s} off)"
 
 
 def unskew_clock(ctx, state):

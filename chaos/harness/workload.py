@@ -156,7 +156,7 @@ class RegisterWorkload:
 
     def final_reads(self, keys: list[str]) -> list[str]:
         """Reads every key through every node after the faults (linearizable reads, recorded)."""
-        problems = []
+        failed: dict[tuple[int, str], int] = {}
         http = Http(self.c.ctx)
         for k in self.c.nodes:
             process = next(self.pids)
@@ -165,12 +165,12 @@ class RegisterWorkload:
                 o = self.c.admin(k, "GET", f"/api/v1/systems/{key}", timeout=10, http=http)
                 t_c = self.clock.now()
                 if not o.ok:
-                    problems.append(f"final read of {key} through node {k}: {o.status} {o.code()}")
+                    failed[(k, f"{o.status} {o.code()}")] = failed.get((k, f"{o.status} {o.code()}"), 0) + 1
                     continue
                 self.history.append({"process": process, "key": key, "f": "read", "value": (o.json() or {}).get("description"),
                                      "type": "ok", "invoke": t_inv, "complete": t_c, "node": k, "status": o.status, "final": True})
         http.close()
-        return problems
+        return [f"final reads through node {k}: {n} of {len(keys)} failed ({why})" for (k, why), n in sorted(failed.items())]
 
     def join(self) -> None:
         self.stop.set()
