@@ -15,7 +15,6 @@ alone, so only the wall clock moves: what NTP trouble does to a server).
 
 from __future__ import annotations
 
-import email.utils
 import json
 import os
 import re
@@ -238,14 +237,6 @@ class Cluster:
     def skew(self, k: int, seconds: int) -> None:
         """Moves node k's wall clock `seconds` away from the real one (libfaketime re-reads the file)."""
         self.nodes[k].clock_file.write_text(f"{seconds:+d}\n")
-
-    def clock_offset(self, k: int) -> float | None:
-        """Node k's wall clock minus ours, from the Date header of its admin API (1 s resolution)."""
-        o = self.admin(k, "GET", "/api/v1/cluster", timeout=3)
-        date = (o.headers or {}).get("date")
-        if not date:
-            return None
-        return email.utils.parsedate_to_datetime(date).timestamp() - time.time()
 
     def check_exits(self) -> list[str]:
         """Nodes that died without being told to (recorded once each)."""

@@ -28,7 +28,6 @@ import json
 import os
 import random
 import shutil
-import statistics
 import subprocess
 import sys
 import threading
@@ -42,7 +41,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from cluster import Cluster, ClusterError, GATEWAY_PORT  # noqa: E402
+from cluster import Cluster, ClusterError  # noqa: E402
 from netlab import CLUSTER_PORT, HOST_IP, RELAY_BASE_PORT, Lab, node_ip  # noqa: E402
 from nodehttp import Http  # noqa: E402
 import scenarios as sc_mod  # noqa: E402
@@ -71,6 +70,24 @@ class Ctx:
         self.notes: list[str] = []
         self.relay_control = str(workdir / "relay.json")
         self.order: list[int] = []
+        self.consumer: tuple[str, str] = ("", "")
+
+    def token_from(self, k: int) -> tuple[float | None, dict]:
+        """Node k's clock as its tokens show it (the `iat` of a fresh token minus our time), and
+        the answer of every node's gateway to that token."""
+        http = Http(self.cluster.ctx)
+        try:
+            token = issue_token(self.cluster, http, k, *self.consumer)
+            if token is None:
+                return None, {}
+            payload = token.split(".")[1]
+            claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+            offset = claims["iat"] - time.time()
+            answers = {j: http.call(*self.cluster.gateway_url(j), "GET", "/dancu/v1/citizens",
+                                    headers={"Authorization": f"Bearer {token}"}, timeout=3).status for j in self.cluster.nodes}
+            return offset, answers
+        finally:
+            http.close()
 
     def note(self, msg: str) -> None:
         log(msg)
@@ -126,19 +143,21 @@ def seed(c: Cluster, keys: list[str]) -> tuple[str, str]:
     return cred["consumer_key"], cred["consumer_secret"]
 
 
+def issue_token(c: Cluster, http: Http, k: int, ck: str, cs: str) -> str | None:
+    """A bearer token from node k's POST /token (client credentials), or None."""
+    basic = base64.b64encode(f"{ck}:{cs}".encode()).decode()
+    o = http.call(*c.gateway_url(k), "POST", "/token", body=urllib.parse.urlencode({"grant_type": "client_credentials"}),
+                  headers={"Authorization": f"Basic {basic}", "Content-Type": "application/x-www-form-urlencoded"})
+    return o.json()["access_token"] if o.ok else None
+
+
 def gateway_token(c: Cluster, ck: str, cs: str) -> str:
     """A bearer token from node 1's /token, once every node's gateway accepts it."""
     http = Http(c.ctx)
-    basic = base64.b64encode(f"{ck}:{cs}".encode()).decode()
     deadline = time.monotonic() + 60
     token = None
     while time.monotonic() < deadline:
-        if token is None:
-            host, port = c.gateway_url(1)
-            o = http.call(host, port, "POST", "/token", body=urllib.parse.urlencode({"grant_type": "client_credentials"}),
-                          headers={"Authorization": f"Basic {basic}", "Content-Type": "application/x-www-form-urlencoded"})
-            if o.ok:
-                token = o.json()["access_token"]
+        token = token or issue_token(c, http, 1, ck, cs)
         if token is not None:
             oks = [http.call(*c.gateway_url(k), "GET", "/dancu/v1/citizens", headers={"Authorization": f"Bearer {token}"}).status
                    for k in c.nodes]
@@ -225,6 +244,7 @@ def run_scenario(s: sc_mod.Scenario, root: Path, binary: str, checker: str) -> d
 
         keys = Keys(cluster, 24)
         ck, cs = seed(cluster, keys.initial())
+        ctx.consumer = (ck, cs)
         reg = RegisterWorkload(cluster, None, clients=int(os.environ.get("CHAOS_CLIENTS", "4")), team=TEAM, ops_per_key=OPS_PER_KEY,
                                timeout=WRITE_TIMEOUT_S, keys=keys)
         gw_token = gateway_token(cluster, ck, cs)
@@ -294,6 +314,8 @@ def run_scenario(s: sc_mod.Scenario, root: Path, binary: str, checker: str) -> d
         chk = run_checker(checker, hist)
         (workdir / "checker.json").write_text(json.dumps(chk, indent=1))
         log(f"checker: {time.monotonic() - t:.1f} s")
+        for bad in chk.get("not_linearizable", []):
+            ctx.note(explain(bad["key"], reg.history) + f" (history: {workdir / 'checker.json'})")
         row.update(summarize(reg, set_result, gw, chk, windows, recoveries, s))
     except Exception as e:  # the row says the scenario could not run; the trace goes to the log
         traceback.print_exc()
@@ -311,6 +333,20 @@ def run_scenario(s: sc_mod.Scenario, root: Path, binary: str, checker: str) -> d
     (workdir / "summary.json").write_text(json.dumps(row, indent=1))
     log(f"=== {s.name}: {format_row(row)}")
     return row
+
+
+def explain(key: str, history: list[dict]) -> str:
+    """One line on why a key's history is not linearizable, when a read shows a value whose write
+    was answered as failed (the common case); otherwise a pointer to the history."""
+    ops = [r for r in history if r["key"] == key]
+    writes = {r["value"]: r for r in ops if r["f"] == "write"}
+    for r in ops:
+        w = writes.get(r["value"]) if r["f"] == "read" and r["type"] == "ok" else None
+        if w is not None and w["type"] == "fail":
+            return (f"{key}: NOT linearizable: write {w['value']!r} through node {w['node']} was answered {w['status']} {w['code']} "
+                    f"(a definite refusal) at t={w['invoke']:.3f} s, yet node {r['node']} read it at t={r['invoke']:.3f} s"
+                    + (" (final read)" if r.get("final") else ""))
+    return f"{key}: NOT linearizable ({len(ops)} operations)"
 
 
 def summarize(reg, set_result, gw, chk, windows, recoveries, s) -> dict:

@@ -174,10 +174,12 @@ def skew_clock(ctx, cycle):
     k = _leader(ctx)
     s = SKEW_S if cycle % 2 == 0 else -SKEW_S
     ctx.cluster.skew(k, s)
-    time.sleep(1.5)  # libfaketime re-reads the offset at most once a second
-    seen = ctx.cluster.clock_offset(k)
+    time.sleep(2)  # libfaketime re-reads the offset at most once a second
+    seen, answers = ctx.token_from(k)
     seen_s = "unknown" if seen is None else f"{seen:+.0f} s"
-    return k, f"clock of node {k} (leader) {s:+d} s (libfaketime; its HTTP Date header is {seen_s} off)"
+    ctx.note(f"clock {s:+d} s on node {k}: its tokens' iat is {seen_s} off; that token through each node's gateway: "
+             + ", ".join(f"node {j}: {st}" for j, st in answers.items()))
+    return k, f"clock of node {k} (leader) {s:+d} s (libfaketime)"
 
 
 def unskew_clock(ctx, state):
