@@ -227,6 +227,8 @@ def run_scenario(s: sc_mod.Scenario, root: Path, binary: str, checker: str) -> d
     try:
         procs.append(subprocess.Popen([sys.executable, str(HERE / "upstream.py"), HOST_IP, str(UPSTREAM_PORT)],
                                       stdout=subprocess.DEVNULL, stderr=open(workdir / "upstream.log", "wb")))
+        with open(root / "helpers.pids", "a") as f:
+            f.write(f"{procs[0].pid}\n")
         cluster.prepare()
         if s.tmpfs:
             for nd in cluster.nodes.values():
@@ -237,6 +239,8 @@ def run_scenario(s: sc_mod.Scenario, root: Path, binary: str, checker: str) -> d
             procs.append(subprocess.Popen([sys.executable, str(HERE / "relay.py"), HOST_IP, str(RELAY_BASE_PORT),
                                            ",".join(node_ip(k) for k in cluster.nodes), str(CLUSTER_PORT), ctx.relay_control],
                                           stdout=subprocess.DEVNULL, stderr=open(workdir / "relay.log", "wb")))
+            with open(root / "helpers.pids", "a") as f:
+                f.write(f"{procs[-1].pid}\n")
             lab.relay_via()
         t = time.monotonic()
         cluster.bootstrap()
@@ -451,6 +455,16 @@ def commit() -> str:
 
 
 def cleanup(root: Path) -> None:
+    """What a killed run left: its helper processes (upstream, relay: pids recorded in
+    CHAOS_DIR/helpers.pids, checked against their command line), nodes and namespaces, mounts."""
+    pids = root / "helpers.pids"
+    if pids.exists():
+        for pid in pids.read_text().split():
+            try:
+                if str(HERE) in Path(f"/proc/{pid}/cmdline").read_text():
+                    os.kill(int(pid), 9)
+            except (OSError, ValueError):
+                pass
     Lab(0).destroy()
     if root.exists():
         for line in Path("/proc/mounts").read_text().splitlines():

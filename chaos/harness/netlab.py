@@ -18,6 +18,8 @@ run left behind. Uses only `ip` (iproute2) and `nft` (nftables). Needs root.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 
 BRIDGE = "lgspchaos0"
@@ -78,10 +80,16 @@ class Lab:
             sh(in_ns(k, ["ip", "route", "add", "default", "via", HOST_IP]))
 
     def destroy(self) -> None:
-        """Removes the bridge and every namespace of this suite (any number of nodes)."""
+        """Removes the bridge and every namespace of this suite (any number of nodes), after
+        killing what still runs in those namespaces (only our nodes ever run there)."""
         for line in sh(["ip", "netns", "list"], check=False).stdout.splitlines():
             name = line.split()[0] if line.strip() else ""
             if name.startswith(NS_PREFIX):
+                for pid in sh(["ip", "netns", "pids", name], check=False).stdout.split():
+                    try:
+                        os.kill(int(pid), signal.SIGKILL)
+                    except (ProcessLookupError, ValueError):
+                        pass
                 sh(["ip", "netns", "del", name], check=False)
         for line in sh(["ip", "-o", "link", "show"], check=False).stdout.splitlines():
             parts = line.split(":")

@@ -116,7 +116,11 @@ fn parse_args() -> Result<Args, String> {
             _ => return Err(format!("unexpected argument {a}")),
         }
     }
-    Ok(Args { history: history.ok_or("usage: lgsp-chaos-checker HISTORY.jsonl [--initial VALUE] [--timeout-s SECONDS]")?, initial, timeout })
+    Ok(Args {
+        history: history.ok_or("usage: lgsp-chaos-checker HISTORY.jsonl [--initial VALUE] [--timeout-s SECONDS]")?,
+        initial,
+        timeout,
+    })
 }
 
 fn load(path: &str) -> Result<BTreeMap<String, Vec<Op>>, String> {
@@ -131,19 +135,19 @@ fn load(path: &str) -> Result<BTreeMap<String, Vec<Op>>, String> {
     Ok(by_key)
 }
 
-fn main() {
+fn main() -> std::process::ExitCode {
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
             eprintln!("lgsp-chaos-checker: {e}");
-            std::process::exit(64);
+            return std::process::ExitCode::from(64);
         }
     };
     let by_key = match load(&args.history) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("lgsp-chaos-checker: {e}");
-            std::process::exit(66);
+            return std::process::ExitCode::from(66);
         }
     };
     let total_ops: usize = by_key.values().map(Vec::len).sum();
@@ -198,8 +202,8 @@ fn main() {
         "invalid": invalid,
     });
     println!("{out}");
-    // Abandoned searches may still run: exit without waiting for them.
-    std::process::exit(0);
+    // Abandoned searches may still run: returning from main ends the process without them.
+    std::process::ExitCode::SUCCESS
 }
 
 #[cfg(test)]
