@@ -214,6 +214,10 @@ def run_checker(checker: str, history: Path) -> dict:
 
 def run_scenario(s: sc_mod.Scenario, root: Path, binary: str, checker: str) -> dict:
     workdir = root / s.name
+    n = 1
+    while workdir.exists():  # the same scenario twice in one run
+        n += 1
+        workdir = root / f"{s.name}-{n}"
     workdir.mkdir(parents=True)
     log(f"=== {s.name}: {s.about} ({s.nodes} nodes, {s.cycles} x {s.hold:.0f} s)")
     lab = Lab(s.nodes)

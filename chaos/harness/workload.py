@@ -1,13 +1,16 @@
 """The workloads that run during every fault, and the history they record.
 
-* Register clients (`RegisterWorkload`): each loop picks a key and a node at random and either
-  writes a unique value (PATCH /api/v1/systems/{key} {"description": ...}) or reads it back
-  (GET, a linearizable read by default). Keys are systems `reg-G-J`: the clients move to a new
-  group G of keys every `group_s` seconds, so each key's history stays short enough for the
-  checker (Jepsen's "independent keys"). Every operation is recorded with its invocation and
-  completion time and outcome: `ok`, `fail` (certainly not applied: never sent, or refused with a
-  4xx) or `info` (unknown: a timeout, a reset, a 5xx such as OUTCOME_UNKNOWN). After an `info`
-  write the client continues as a new process (the old one's write stays in flight forever).
+* Register clients (`RegisterWorkload`): each loop picks a node at random and either writes a
+  unique value to its team's current key (PATCH /api/v1/systems/{key} {"description": ...}) or
+  reads it back (GET, a linearizable read by default). Keys are systems `reg-N` made ahead by a
+  feeder (`Keys`); a team moves to a fresh key every `ops_per_key` operations, so each key's
+  history stays short enough for the checker (Jepsen's "independent keys"). Every operation is
+  recorded with its invocation and completion time and outcome: `ok`, `fail` (certainly not
+  applied: never sent, or refused with a 4xx) or `info` (unknown: a timeout, a reset, a 5xx such
+  as OUTCOME_UNKNOWN). After an `info` write the client continues as a new process (the old
+  one's write stays in flight forever). A client leaves a node that failed alone for a second
+  and backs off (50 ms doubling to 2 s) while its writes keep ending unknown: a burst of unknown
+  writes on one key would make the checker's search explode.
 * A set client (`SetWorkload`): creates a new system `set-N` through a random node every few
   milliseconds; at the end every node must list every acknowledged one ("acknowledged lost").
 * Gateway clients (`GatewayWorkload`): one per node, calling the proxied service through that
@@ -128,9 +131,12 @@ class RegisterWorkload:
         process = next(self.pids)
         seq = 0
         nodes = list(self.c.nodes)
+        avoid: dict[int, float] = {}  # node -> until when this client leaves it alone
+        backoff = 0.0
         while not self.stop.is_set():
             t_inv = self.clock.now()
-            key, k = self.key_for(cid), random.choice(nodes)
+            usable = [n for n in nodes if avoid.get(n, 0) <= t_inv] or nodes
+            key, k = self.key_for(cid), random.choice(usable)
             if random.random() < 0.5:
                 seq += 1
                 value = f"c{cid}-{seq}"
@@ -150,8 +156,14 @@ class RegisterWorkload:
             self.history.append(rec)
             if kind == "info" and rec["f"] == "write":
                 process = next(self.pids)
-            if kind != "ok":
-                time.sleep(0.05)  # no busy loop against a node that refuses at once
+            # Like a careful client: leave a node that failed alone for a second, and back off
+            # while failures go on (each write of unknown outcome widens the checker's search).
+            if kind == "ok":
+                backoff = 0.0
+            else:
+                avoid[k] = t_c + 1.0
+                backoff = min(2.0, max(0.05, backoff * 2)) if kind == "info" else max(backoff, 0.05)
+                time.sleep(backoff)
         http.close()
 
     def final_reads(self, keys: list[str]) -> list[str]:
