@@ -295,6 +295,26 @@ fn error(code: &str, message: impl Into<String>, leader: Option<NodeId>) -> RpcR
     RpcResponse::Error { code: code.into(), message: message.into(), leader }
 }
 
+/// The leader's answer to a forwarded write that failed. A storage failure or a stopped Raft
+/// core (`Fatal`) may strike after the entry was appended and replicated, so the entry can still
+/// commit through the other nodes: it is `outcome_unknown`, never a refusal.
+fn write_failure_response(f: WriteFailure, leader: Option<NodeId>) -> RpcResponse {
+    match f {
+        WriteFailure::NotLeader(l) => error("not_leader", "this node is not the leader", l),
+        WriteFailure::Refused(e) => error("refused", e, leader),
+        WriteFailure::Fatal(e) => error("outcome_unknown", e, leader),
+    }
+}
+
+/// What a node that forwarded a write tells its client when the leader answered with an error
+/// (other than "not the leader", which is retried): a refusal only when the leader refused.
+fn forwarded_write_error(code: &str, message: String) -> ClusterError {
+    match code {
+        "no_quorum" | "outcome_unknown" => ClusterError::Ambiguous(message),
+        _ => ClusterError::Refused(message),
+    }
+}
+
 impl ClusterNode {
     /// Opens storage, binds the transport and starts Raft. A node created by `cluster init`
     /// initialises a one-voter cluster on its first start; a joined node asks to be added as a
@@ -450,10 +470,7 @@ impl ClusterNode {
                     {
                         Ok((RpcResponse::Written { index, position }, _)) => return Ok(Slot { index, position }),
                         Ok((RpcResponse::Error { code, .. }, _)) if code == "not_leader" || code == "starting" => {}
-                        Ok((RpcResponse::Error { code, message, .. }, _)) if code == "no_quorum" => {
-                            return Err(ClusterError::Ambiguous(message))
-                        }
-                        Ok((RpcResponse::Error { message, .. }, _)) => return Err(ClusterError::Refused(message)),
+                        Ok((RpcResponse::Error { code, message, .. }, _)) => return Err(forwarded_write_error(&code, message)),
                         Ok((other, _)) => {
                             return Err(ClusterError::Transport(format!("unexpected answer from the leader: {}", response_kind(&other))))
                         }
@@ -867,8 +884,7 @@ impl ClusterNode {
                 } else {
                     match tokio::time::timeout(WRITE_TIMEOUT, self.batcher.write(request)).await {
                         Ok(Ok(slot)) => RpcResponse::Written { index: slot.index, position: slot.position },
-                        Ok(Err(WriteFailure::NotLeader(l))) => error("not_leader", "this node is not the leader", l),
-                        Ok(Err(WriteFailure::Refused(e) | WriteFailure::Fatal(e))) => error("refused", e, leader),
+                        Ok(Err(f)) => write_failure_response(f, leader),
                         Err(_) => error("no_quorum", "the leader could not reach a quorum within 5 s", leader),
                     }
                 }
@@ -1160,4 +1176,24 @@ async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
         set.spawn(c);
     }
     while set.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leaders_storage_failure_reaches_the_client_as_unknown_not_as_a_refusal() {
+        // Found by the chaos suite (disk-full): the leader's state machine failed after the
+        // entry had been replicated; the follower answered 409 REFUSED and the write was applied.
+        let RpcResponse::Error { code, message, .. } = write_failure_response(WriteFailure::Fatal("disk full".into()), Some(1)) else {
+            panic!("an error answer")
+        };
+        assert!(matches!(forwarded_write_error(&code, message), ClusterError::Ambiguous(_)), "code {code}");
+        let RpcResponse::Error { code, message, .. } = write_failure_response(WriteFailure::Refused("no".into()), Some(1)) else {
+            panic!("an error answer")
+        };
+        assert!(matches!(forwarded_write_error(&code, message), ClusterError::Refused(_)));
+        assert!(matches!(forwarded_write_error("no_quorum", String::new()), ClusterError::Ambiguous(_)));
+    }
 }
