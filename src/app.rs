@@ -190,6 +190,7 @@ fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
         ("notify", a.notify != b.notify),
         ("maintenance", a.maintenance != b.maintenance),
         ("probes", a.probes != b.probes),
+        ("report", a.report != b.report),
     ]
     .into_iter()
     .filter_map(|(k, changed)| changed.then_some(k))

@@ -133,8 +133,8 @@ pub struct DevArgs {
     /// Raft election timeout (ms)
     #[arg(long)]
     pub election_timeout_ms: Option<u64>,
-    /// A TOML file with `[notify]`, `[maintenance]` and `[backup]` sections (as in lgsp.toml),
-    /// for trying notices, maintenance windows and scheduled backups in dev mode
+    /// A TOML file with `[notify]`, `[maintenance]`, `[backup]` and `[report]` sections (as in
+    /// lgsp.toml), for trying notices, maintenance windows, scheduled backups and reports in dev mode
     #[arg(long)]
     pub ops_config: Option<PathBuf>,
 }
@@ -813,6 +813,8 @@ pub fn main() -> ExitCode {
                     maintenance: crate::config::MaintenanceConfig,
                     #[serde(default)]
                     backup: crate::config::BackupConfig,
+                    #[serde(default)]
+                    report: crate::config::ReportConfig,
                 }
                 let ops: Ops =
                     match std::fs::read_to_string(p).map_err(|e| e.to_string()).and_then(|t| toml::from_str(&t).map_err(|e| e.to_string()))
@@ -826,6 +828,7 @@ pub fn main() -> ExitCode {
                 cfg.notify = ops.notify;
                 cfg.maintenance = ops.maintenance;
                 cfg.backup = ops.backup;
+                cfg.report = ops.report;
             }
             if let Err(e) = cfg.validate() {
                 eprintln!("lgsp: invalid configuration: {e}");
