@@ -557,7 +557,8 @@ impl ReportConfig {
         if !(366..=3650).contains(&self.rollup_keep_days) {
             return Err(ConfigError::Invalid { key: "report.rollup_keep_days", reason: "must be between 366 and 3650".into() });
         }
-        for (key, v) in [("report.availability_target", self.availability_target), ("report.success_rate_target", self.success_rate_target)] {
+        for (key, v) in [("report.availability_target", self.availability_target), ("report.success_rate_target", self.success_rate_target)]
+        {
             if !(v > 0.0 && v <= 100.0) {
                 return Err(ConfigError::Invalid { key, reason: format!("{v} is not a percentage above 0 and at most 100, like 99.5") });
             }

@@ -23,7 +23,8 @@ use serde_json::{json, Value};
 /// Nodes republish today's rollup every second; probes run fast; maintenance needs 1 h notice.
 fn ops_config(dir: &Path) -> PathBuf {
     let p = dir.join("ops.toml");
-    std::fs::write(&p, "[maintenance]\nmin_notice = '1h'\n[report]\npublish_interval = '1s'\navailability_target = 99.9\n").expect("ops config");
+    std::fs::write(&p, "[maintenance]\nmin_notice = '1h'\n[report]\npublish_interval = '1s'\navailability_target = 99.9\n")
+        .expect("ops config");
     p
 }
 
@@ -52,7 +53,7 @@ fn get_text(api: &Api, path: &str) -> (u16, String, String) {
     (status, ct, resp.text().expect("text"))
 }
 
-fn find<'a>(list: &'a Value, pred: impl Fn(&Value) -> bool) -> &'a Value {
+fn find(list: &Value, pred: impl Fn(&Value) -> bool) -> &Value {
     list.as_array().and_then(|a| a.iter().find(|x| pred(x))).unwrap_or(&Value::Null)
 }
 
@@ -77,7 +78,8 @@ fn monthly_and_yearly_reports_count_what_the_gateway_carried() {
     gw.set_upstreams("dancu", "v1", &format!("{}/api", up.url()), &format!("{}/test", up.url()));
 
     // A probe of the provider system, and an emergency maintenance window later today.
-    let (s, b) = gw.op.put("/api/v1/systems/hp-dancu/probe", json!({"kind": "http", "target": format!("{}/status", up.url()), "interval_s": 30}));
+    let (s, b) =
+        gw.op.put("/api/v1/systems/hp-dancu/probe", json!({"kind": "http", "target": format!("{}/status", up.url()), "interval_s": 30}));
     assert_eq!(s, 200, "{b}");
     let start = Utc::now() + CDuration::minutes(2);
     let (s, b) = gw.op.post(
@@ -158,7 +160,10 @@ fn monthly_and_yearly_reports_count_what_the_gateway_carried() {
         rows.iter().find(|r| r["section"] == section && r[key] == val).cloned().unwrap_or_else(|| panic!("{section} {val} in {csv}"))
     };
     let s_row = row("service", "service", "dancu");
-    assert_eq!((s_row["transactions"].as_str(), s_row["success"].as_str(), s_row["refused"].as_str(), s_row["failed"].as_str()), ("12", "7", "3", "2"));
+    assert_eq!(
+        (s_row["transactions"].as_str(), s_row["success"].as_str(), s_row["refused"].as_str(), s_row["failed"].as_str()),
+        ("12", "7", "3", "2")
+    );
     assert_eq!(s_row["success_rate_pct"], "58.33");
     let khac = rows.iter().find(|r| r["section"] == "exchange" && r["consumer_system"] == "stp-khac" && r["service"] == "dancu");
     assert_eq!(khac.map(|r| r["refused"].as_str()), Some("3"), "{csv}");
@@ -194,14 +199,18 @@ fn monthly_and_yearly_reports_count_what_the_gateway_carried() {
     assert!(parsed["bars"].as_u64() >= Some(3) && parsed["lines"].as_u64() >= Some(2), "{parsed}");
     assert_eq!(parsed["scripts"], 0);
     let h2 = parsed["h2"].to_string();
-    for heading in ["Tổng quan / Overview", "Bảo trì / Maintenance", "Sự cố / Incidents", "Cam kết chất lượng dịch vụ / Service levels"] {
+    for heading in ["Tổng quan / Overview", "Bảo trì / Maintenance", "Sự cố / Incidents", "Cam kết chất lượng dịch vụ / Service levels"]
+    {
         assert!(h2.contains(heading), "{heading} in {h2}");
     }
 
     // Yearly: twelve months, this one holding the traffic.
     let (s, y) = gw.op.get(&format!("/api/v1/reports?year={year}"));
     assert_eq!(s, 200, "{y}");
-    assert_eq!((y["kind"].as_str(), y["granularity"].as_str(), y["series"].as_array().map(Vec::len)), (Some("yearly"), Some("month"), Some(12)));
+    assert_eq!(
+        (y["kind"].as_str(), y["granularity"].as_str(), y["series"].as_array().map(Vec::len)),
+        (Some("yearly"), Some("month"), Some(12))
+    );
     assert_eq!(find(&y["series"], |p| p["label"] == month.as_str())["transactions"], report["totals"]["transactions"]);
     assert_eq!(find(&y["services"], |s| s["service"] == "dancu")["transactions"], 12);
 
@@ -274,7 +283,10 @@ fn a_third_node_reports_what_two_other_nodes_proxied() {
     let op = c.api(1);
     common::seed(&op);
     let up = Upstream::start();
-    let (s, b) = op.patch("/api/v1/services/dancu/versions/v1", json!({"upstream": {"production": format!("{}/api", up.url()), "test": format!("{}/test", up.url())}}));
+    let (s, b) = op.patch(
+        "/api/v1/services/dancu/versions/v1",
+        json!({"upstream": {"production": format!("{}/api", up.url()), "test": format!("{}/test", up.url())}}),
+    );
     assert_eq!(s, 200, "{b}");
     let (s, cred) = op.post("/api/v1/credentials", json!({"system": "stp-hotich", "environment": "production"}));
     assert_eq!(s, 201, "{cred}");

@@ -83,7 +83,9 @@ async fn report(State(st): State<Shared>, p: Principal, ApiQuery(q): ApiQuery<Re
         })
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", e.to_string()))?
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "PROBE_HISTORY_UNAVAILABLE", format!("the probe history could not be read: {e}")))?,
+        .map_err(|e| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "PROBE_HISTORY_UNAVAILABLE", format!("the probe history could not be read: {e}"))
+        })?,
     };
     let status = st.cluster.local_status();
     let node = status.nodes.iter().find(|n| n.id == st.cluster.id).map(|n| n.info.name.clone()).unwrap_or_default();
@@ -124,4 +126,3 @@ fn attachment(content_type: &str, file: &str, body: String) -> Response {
     let disposition = format!("inline; filename=\"{file}\"");
     (StatusCode::OK, [(header::CONTENT_TYPE, content_type.to_owned()), (header::CONTENT_DISPOSITION, disposition)], body).into_response()
 }
-

@@ -198,9 +198,13 @@ pub fn local_date(t: DateTime<Utc>) -> NaiveDate {
 pub fn merge_rows<'a>(rows: impl IntoIterator<Item = &'a TrafficRow>) -> Vec<TrafficRow> {
     let mut m: BTreeMap<(&str, &str, &str, &str, &str), TrafficRow> = BTreeMap::new();
     for r in rows {
-        let e = m
-            .entry((&r.consumer_agency, &r.consumer_system, &r.service, &r.version, &r.outcome))
-            .or_insert_with(|| TrafficRow { latency: LatencyHistogram::default(), count: 0, request_bytes: 0, response_bytes: 0, ..r.clone() });
+        let e = m.entry((&r.consumer_agency, &r.consumer_system, &r.service, &r.version, &r.outcome)).or_insert_with(|| TrafficRow {
+            latency: LatencyHistogram::default(),
+            count: 0,
+            request_bytes: 0,
+            response_bytes: 0,
+            ..r.clone()
+        });
         e.count += r.count;
         e.request_bytes = e.request_bytes.saturating_add(r.request_bytes);
         e.response_bytes = e.response_bytes.saturating_add(r.response_bytes);

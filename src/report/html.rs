@@ -49,19 +49,19 @@ pub fn render(r: &Report) -> String {
     let mut h = String::new();
     let kind_vi = if r.kind == "yearly" { "Báo cáo năm" } else { "Báo cáo tháng" };
     let kind_en = if r.kind == "yearly" { "Yearly report" } else { "Monthly report" };
-    let _ = write!(
+    let _ = writeln!(
         h,
-        "<!DOCTYPE html>\n<html lang=\"vi\"><head><meta charset=\"utf-8\"><title>{kind_vi} {p} / {kind_en} {p} — LGSP</title><style>{STYLE}</style></head><body>\n",
+        "<!DOCTYPE html>\n<html lang=\"vi\"><head><meta charset=\"utf-8\"><title>{kind_vi} {p} / {kind_en} {p} — LGSP</title><style>{STYLE}</style></head><body>",
         p = esc(&r.period)
     );
-    let _ = write!(
+    let _ = writeln!(
         h,
-        "<h1>{kind_vi} tình hình hoạt động, kết nối và trao đổi dữ liệu qua LGSP — {p}<br><small>{kind_en} on the operation, connections and exchanges of the LGSP — {p}</small></h1>\n",
+        "<h1>{kind_vi} tình hình hoạt động, kết nối và trao đổi dữ liệu qua LGSP — {p}<br><small>{kind_en} on the operation, connections and exchanges of the LGSP — {p}</small></h1>",
         p = esc(&r.period)
     );
-    let _ = write!(
+    let _ = writeln!(
         h,
-        "<p>Kỳ báo cáo / Period: {} – {} (giờ Việt Nam / Vietnam time, UTC+7). Lập lúc / Generated at {} bởi nút / by node {}.</p>\n",
+        "<p>Kỳ báo cáo / Period: {} – {} (giờ Việt Nam / Vietnam time, UTC+7). Lập lúc / Generated at {} bởi nút / by node {}.</p>",
         r.from,
         r.to,
         esc(&r.generated_at.to_rfc3339()),
@@ -84,7 +84,14 @@ pub fn render(r: &Report) -> String {
     }
     table(
         &mut h,
-        &["Nút / Node", "Ngày đã công bố / Days published", "Ngày trọn vẹn / Complete days", "Cập nhật đến / As of", "Ngày thiếu / Missing days", "Không ghi được / Unlogged"],
+        &[
+            "Nút / Node",
+            "Ngày đã công bố / Days published",
+            "Ngày trọn vẹn / Complete days",
+            "Cập nhật đến / As of",
+            "Ngày thiếu / Missing days",
+            "Không ghi được / Unlogged",
+        ],
         r.coverage.nodes.iter().map(|n| {
             vec![
                 esc(&n.node),
@@ -100,7 +107,7 @@ pub fn render(r: &Report) -> String {
 
     h.push_str("<h2>Tổng quan / Overview</h2>\n");
     let t = &r.totals;
-    let _ = write!(
+    let _ = writeln!(
         h,
         "<table><tr><th class=t>Chỉ tiêu / Figure</th><th>Giá trị / Value</th></tr>\
 <tr><td class=t>Giao dịch / Transactions</td><td>{}</td></tr>\
@@ -111,7 +118,7 @@ pub fn render(r: &Report) -> String {
 <tr><td class=t>Tỷ lệ chuyển thành công / Delivery rate</td><td>{}</td></tr>\
 <tr><td class=t>Độ trễ p50 / p95 / p99 — Latency</td><td>{} / {} / {}</td></tr>\
 <tr><td class=t>Dữ liệu nhận / gửi — Bytes in / out</td><td>{} / {}</td></tr>\
-<tr><td class=t>Cơ quan / Agencies · Hệ thống / Systems · Dịch vụ / Services · Đăng ký hoạt động / Active subscriptions</td><td>{} · {} · {} · {}</td></tr></table>\n",
+<tr><td class=t>Cơ quan / Agencies · Hệ thống / Systems · Dịch vụ / Services · Đăng ký hoạt động / Active subscriptions</td><td>{} · {} · {} · {}</td></tr></table>",
         t.transactions,
         t.success,
         t.refused,
@@ -130,7 +137,7 @@ pub fn render(r: &Report) -> String {
     );
 
     let (unit_vi, unit_en) = if r.granularity == "month" { ("tháng", "month") } else { ("ngày", "day") };
-    let _ = write!(h, "<h2>Giao dịch theo {unit_vi} / Transactions per {unit_en}</h2>\n");
+    let _ = writeln!(h, "<h2>Giao dịch theo {unit_vi} / Transactions per {unit_en}</h2>");
     h.push_str(&bar_chart(r));
     h.push_str(&line_chart(
         r,
@@ -141,10 +148,18 @@ pub fn render(r: &Report) -> String {
     h.push_str(&line_chart(
         r,
         &format!("Độ trễ theo {unit_vi} (ms) / Latency per {unit_en} (ms): p50, p95, p99"),
-        &[("p50", "#1f5fa8", |c: &Counts| c.latency_p50_ms), ("p95", "#c77800", |c: &Counts| c.latency_p95_ms), ("p99", "#a01010", |c: &Counts| c.latency_p99_ms)],
+        &[
+            ("p50", "#1f5fa8", |c: &Counts| c.latency_p50_ms),
+            ("p95", "#c77800", |c: &Counts| c.latency_p95_ms),
+            ("p99", "#a01010", |c: &Counts| c.latency_p99_ms),
+        ],
         None,
     ));
-    counts_table(&mut h, &[&format!("{} / {}", capital(unit_vi), capital(unit_en))], r.series.iter().map(|s| (vec![esc(&s.label)], &s.counts)));
+    counts_table(
+        &mut h,
+        &[&format!("{} / {}", capital(unit_vi), capital(unit_en))],
+        r.series.iter().map(|s| (vec![esc(&s.label)], &s.counts)),
+    );
 
     h.push_str("<h2>Theo dịch vụ / By service</h2>\n");
     counts_table(
@@ -182,7 +197,15 @@ pub fn render(r: &Report) -> String {
     h.push_str(&uptime_chart(r));
     table(
         &mut h,
-        &["Đối tượng / Target", "Hệ thống / System", "Cơ quan / Agency", "Lần kiểm tra / Checks", "Ngừng / Down", "Sẵn sàng / Uptime", "Độ phủ lịch sử / History coverage"],
+        &[
+            "Đối tượng / Target",
+            "Hệ thống / System",
+            "Cơ quan / Agency",
+            "Lần kiểm tra / Checks",
+            "Ngừng / Down",
+            "Sẵn sàng / Uptime",
+            "Độ phủ lịch sử / History coverage",
+        ],
         r.uptime.iter().map(|u| {
             let cov = opt(u.history_coverage_pct, " %");
             vec![
@@ -228,7 +251,18 @@ pub fn render(r: &Report) -> String {
     } else {
         table(
             &mut h,
-            &["Mã / Id", "Phạm vi / Scope", "Bắt đầu / Start", "Kết thúc / End", "Phút / Minutes", "Trạng thái / Status", "Báo trước (giờ) / Notice (h)", "Khẩn cấp / Emergency", "Giờ hành chính / Office hours", "Lý do / Reason"],
+            &[
+                "Mã / Id",
+                "Phạm vi / Scope",
+                "Bắt đầu / Start",
+                "Kết thúc / End",
+                "Phút / Minutes",
+                "Trạng thái / Status",
+                "Báo trước (giờ) / Notice (h)",
+                "Khẩn cấp / Emergency",
+                "Giờ hành chính / Office hours",
+                "Lý do / Reason",
+            ],
             r.maintenance.iter().map(|m| {
                 vec![
                     esc(&m.id),
@@ -249,15 +283,25 @@ pub fn render(r: &Report) -> String {
 
     h.push_str("<h2>Yêu cầu đăng ký khai thác / Subscription requests</h2>\n");
     let s = &r.subscriptions;
-    let _ = write!(
+    let _ = writeln!(
         h,
-        "<p>Yêu cầu mới / Requested: {} · Đã quyết định / Decided: {} · Đúng hạn / On time: {} · Quá hạn chưa xử lý / Open and overdue: {}</p>\n",
+        "<p>Yêu cầu mới / Requested: {} · Đã quyết định / Decided: {} · Đúng hạn / On time: {} · Quá hạn chưa xử lý / Open and overdue: {}</p>",
         s.requested, s.decided, s.decided_on_time, s.open_overdue
     );
     if !s.items.is_empty() {
         table(
             &mut h,
-            &["Mã / Id", "Hệ thống / System", "Dịch vụ / Service", "Môi trường / Environment", "Yêu cầu lúc / Requested", "Hạn / Due", "Trạng thái / State", "Quyết định lúc / Decided", "Đúng hạn / On time"],
+            &[
+                "Mã / Id",
+                "Hệ thống / System",
+                "Dịch vụ / Service",
+                "Môi trường / Environment",
+                "Yêu cầu lúc / Requested",
+                "Hạn / Due",
+                "Trạng thái / State",
+                "Quyết định lúc / Decided",
+                "Đúng hạn / On time",
+            ],
             s.items.iter().map(|x| {
                 vec![
                     esc(&x.id),
@@ -276,9 +320,9 @@ pub fn render(r: &Report) -> String {
     }
 
     h.push_str("<h2>Cam kết chất lượng dịch vụ / Service levels</h2>\n");
-    let _ = write!(
+    let _ = writeln!(
         h,
-        "<p>Mục tiêu / Targets: sẵn sàng / availability ≥ {:.2} %, chuyển thành công / delivery ≥ {:.2} %, độ trễ p95 / latency p95 ≤ {} ms, quyết định đăng ký trong {} ngày làm việc / subscription decisions within {} working days, khắc phục sự cố trong {} giờ / incidents fixed within {} hours.</p>\n",
+        "<p>Mục tiêu / Targets: sẵn sàng / availability ≥ {:.2} %, chuyển thành công / delivery ≥ {:.2} %, độ trễ p95 / latency p95 ≤ {} ms, quyết định đăng ký trong {} ngày làm việc / subscription decisions within {} working days, khắc phục sự cố trong {} giờ / incidents fixed within {} hours.</p>",
         r.targets.availability_pct,
         r.targets.success_rate_pct,
         r.targets.latency_p95_ms,
@@ -319,7 +363,7 @@ fn table(h: &mut String, head: &[&str], rows: impl Iterator<Item = Vec<String>>,
         h.push_str("</tr>\n");
     }
     if !any {
-        let _ = write!(h, "<tr><td class=t colspan={}>Không có dữ liệu / No data</td></tr>\n", head.len());
+        let _ = writeln!(h, "<tr><td class=t colspan={}>Không có dữ liệu / No data</td></tr>", head.len());
     }
     h.push_str("</table>\n");
 }
@@ -408,14 +452,16 @@ fn nice_max(v: f64) -> f64 {
 
 /// Stacked bars: succeeded, refused, failed per day or month.
 fn bar_chart(r: &Report) -> String {
-    let caption = "Giao dịch: thành công (xanh lá), từ chối (vàng), lỗi (đỏ) / Transactions: succeeded (green), refused (amber), failed (red)";
+    let caption =
+        "Giao dịch: thành công (xanh lá), từ chối (vàng), lỗi (đỏ) / Transactions: succeeded (green), refused (amber), failed (red)";
     let max = r.series.iter().map(|p| p.counts.transactions).max().unwrap_or(0);
     if max == 0 {
         return nothing(caption);
     }
     let max = nice_max(max as f64);
     let labels: Vec<String> = r.series.iter().map(|p| p.label.clone()).collect();
-    let mut s = format!("<figure><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\" role=\"img\">");
+    let mut s =
+        format!("<figure><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\" role=\"img\">");
     axis(&mut s, max, &labels);
     let plot_h = H - TOP - BOTTOM;
     let slot = (W - LEFT) / labels.len().max(1) as f64;
@@ -435,7 +481,7 @@ fn bar_chart(r: &Report) -> String {
             }
         }
     }
-    let _ = write!(s, "</svg><figcaption>{}</figcaption></figure>\n", esc(caption));
+    let _ = writeln!(s, "</svg><figcaption>{}</figcaption></figure>", esc(caption));
     s
 }
 
@@ -449,7 +495,8 @@ fn line_chart(r: &Report, caption: &str, lines: &[(&str, &str, Pick)], fixed_max
     }
     let max = fixed_max.unwrap_or_else(|| nice_max(max));
     let labels: Vec<String> = r.series.iter().map(|p| p.label.clone()).collect();
-    let mut s = format!("<figure><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\" role=\"img\">");
+    let mut s =
+        format!("<figure><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\" role=\"img\">");
     axis(&mut s, max, &labels);
     let plot_h = H - TOP - BOTTOM;
     let slot = (W - LEFT) / labels.len().max(1) as f64;
@@ -458,7 +505,9 @@ fn line_chart(r: &Report, caption: &str, lines: &[(&str, &str, Pick)], fixed_max
             .series
             .iter()
             .enumerate()
-            .filter_map(|(i, p)| f(&p.counts).map(|v| format!("{:.1},{:.1}", LEFT + slot * (i as f64 + 0.5), TOP + plot_h - plot_h * v.min(max) / max)))
+            .filter_map(|(i, p)| {
+                f(&p.counts).map(|v| format!("{:.1},{:.1}", LEFT + slot * (i as f64 + 0.5), TOP + plot_h - plot_h * v.min(max) / max))
+            })
             .collect();
         if pts.is_empty() {
             continue;
@@ -468,9 +517,15 @@ fn line_chart(r: &Report, caption: &str, lines: &[(&str, &str, Pick)], fixed_max
             let (x, y) = p.split_once(',').unwrap_or(("0", "0"));
             let _ = write!(s, "<circle cx=\"{x}\" cy=\"{y}\" r=\"2.5\" fill=\"{color}\"/>");
         }
-        let _ = write!(s, "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" fill=\"{color}\">{}</text>", W - 60.0, TOP + 12.0 + 13.0 * k as f64, esc(name));
+        let _ = write!(
+            s,
+            "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" fill=\"{color}\">{}</text>",
+            W - 60.0,
+            TOP + 12.0 + 13.0 * k as f64,
+            esc(name)
+        );
     }
-    let _ = write!(s, "</svg><figcaption>{}</figcaption></figure>\n", esc(caption));
+    let _ = writeln!(s, "</svg><figcaption>{}</figcaption></figure>", esc(caption));
     s
 }
 
@@ -487,7 +542,9 @@ fn uptime_chart(r: &Report) -> String {
     let (label_w, bar_h) = (260.0, 18.0);
     let height = bar_h * rows.len() as f64 + 30.0;
     let plot_w = W - label_w - 60.0;
-    let mut s = format!("<figure><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{height}\" viewBox=\"0 0 {W} {height}\" role=\"img\">");
+    let mut s = format!(
+        "<figure><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{height}\" viewBox=\"0 0 {W} {height}\" role=\"img\">"
+    );
     for (i, (target, pct)) in rows.iter().enumerate() {
         let y = 5.0 + bar_h * i as f64;
         let color = if *pct >= r.targets.availability_pct { "#2e8b2e" } else { "#c62828" };
@@ -505,8 +562,9 @@ fn uptime_chart(r: &Report) -> String {
         );
     }
     let x = label_w + plot_w * r.targets.availability_pct / 100.0;
-    let _ = write!(s, "<line x1=\"{x:.1}\" y1=\"0\" x2=\"{x:.1}\" y2=\"{:.1}\" stroke=\"#a01010\" stroke-dasharray=\"4 2\"/>", height - 20.0);
-    let _ = write!(s, "</svg><figcaption>{}</figcaption></figure>\n", esc(&caption));
+    let _ =
+        write!(s, "<line x1=\"{x:.1}\" y1=\"0\" x2=\"{x:.1}\" y2=\"{:.1}\" stroke=\"#a01010\" stroke-dasharray=\"4 2\"/>", height - 20.0);
+    let _ = writeln!(s, "</svg><figcaption>{}</figcaption></figure>", esc(&caption));
     s
 }
 

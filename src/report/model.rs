@@ -317,7 +317,10 @@ pub fn build(inputs: &Inputs) -> Report {
         if start.is_none() {
             notes.push(format!("node {n} has published no traffic rollup yet: its traffic is not counted"));
         } else if !missing.is_empty() {
-            notes.push(format!("node {n} has not published {} day(s) of this period (it may be down): their traffic is not counted", missing.len()));
+            notes.push(format!(
+                "node {n} has not published {} day(s) of this period (it may be down): their traffic is not counted",
+                missing.len()
+            ));
         }
         let stale: Vec<_> = mine.iter().filter(|r| r.day < today && !r.complete).map(|r| r.day).collect();
         if !stale.is_empty() {
@@ -423,7 +426,10 @@ pub fn build(inputs: &Inputs) -> Report {
         subscriptions_active: state.subscriptions.values().filter(|s| s.state == SubscriptionState::Active).count(),
     };
     if uptime.iter().any(|u| u.history_incomplete) {
-        notes.push(format!("some probe histories on {} are incomplete (see the uptime table); ask another node for its report", inputs.node));
+        notes.push(format!(
+            "some probe histories on {} are incomplete (see the uptime table); ask another node for its report",
+            inputs.node
+        ));
     }
     let totals = totals.finish();
     let sla = sla_lines(inputs, &services, &uptime, &subscriptions);
