@@ -616,3 +616,95 @@ fn sla_lines(inputs: &Inputs, services: &[ServiceLine], uptime: &[UptimeLine], s
     });
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::traffic::TrafficRollup;
+    use crate::registry::Entity;
+
+    fn d(s: &str) -> NaiveDate {
+        NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap()
+    }
+
+    fn rollup(node: &str, day: &str, ok: u64, failed: u64, us: u64) -> TrafficRollup {
+        let row = |outcome: &str, count: u64| {
+            let mut latency = LatencyHistogram::default();
+            (0..count).for_each(|_| latency.record(us));
+            TrafficRow {
+                consumer_agency: "A".into(),
+                consumer_system: "s".into(),
+                service: "dancu".into(),
+                version: "v1".into(),
+                outcome: outcome.into(),
+                count,
+                latency,
+                ..TrafficRow::default()
+            }
+        };
+        let day = d(day);
+        TrafficRollup {
+            id: TrafficRollup::key_of(day, node),
+            node: node.into(),
+            day,
+            as_of: local_day_bounds(day).1 + Duration::minutes(20),
+            complete: true,
+            unlogged: 0,
+            rows: vec![row("OK", ok), row("UPSTREAM_TIMEOUT", failed)],
+        }
+    }
+
+    fn inputs(state: &State, period: Period, now: &str) -> Report {
+        build(&Inputs {
+            period,
+            now: DateTime::parse_from_rfc3339(now).unwrap().with_timezone(&Utc),
+            node: "n3".into(),
+            members: vec!["n1".into(), "n2".into(), "n3".into()],
+            state,
+            probes: vec![],
+            incidents: vec![],
+            targets: Targets {
+                availability_pct: 99.5,
+                success_rate_pct: 99.0,
+                latency_p95_ms: 1000,
+                subscription_decision_working_days: 5,
+                incident_fix_hours: 24,
+            },
+        })
+    }
+
+    #[test]
+    fn nodes_merge_gaps_are_named_and_years_sum_months() {
+        let mut s = State::default();
+        for r in [
+            rollup("n1", "2026-11-01", 90, 0, 1_000),
+            rollup("n2", "2026-11-01", 0, 10, 100_000),
+            rollup("n1", "2026-11-03", 5, 0, 1_000),
+            rollup("n2", "2026-10-31", 7, 0, 1_000),
+        ] {
+            s.traffic_rollups.load(r);
+        }
+        assert_eq!(TrafficRollup::TABLE, "traffic_rollups");
+        let m = inputs(&s, Period::parse_month("2026-11").unwrap(), "2026-11-03T10:00:00Z");
+        assert_eq!((m.totals.transactions, m.totals.success, m.totals.failed), (105, 95, 10));
+        // The percentiles of the merged histograms: 10 slow calls of 105 are above p90.
+        let p50 = m.totals.latency_p50_ms.unwrap();
+        let p99 = m.totals.latency_p99_ms.unwrap();
+        assert!((p50 - 1.0).abs() <= 1.0 / 16.0 && (p99 - 100.0).abs() <= 100.0 / 16.0, "{:?}", m.totals);
+        assert_eq!(m.series.len(), 3, "1 to 3 November");
+        assert!(m.coverage.partial && m.coverage.today_included);
+        // n1 did not publish 2 November; n2 published nothing after 1 November; n3 nothing at all.
+        let n = |name: &str| m.coverage.nodes.iter().find(|x| x.node == name).unwrap().clone();
+        assert_eq!(n("n1").missing_days, vec![d("2026-11-02")]);
+        assert_eq!(n("n2").missing_days, vec![d("2026-11-02"), d("2026-11-03")]);
+        assert!(m.coverage.notes.iter().any(|x| x.contains("node n3 has published no traffic rollup")), "{:?}", m.coverage.notes);
+        let sla: Vec<_> = m.sla.iter().filter(|l| l.metric == "delivery_rate").collect();
+        assert_eq!(sla[0].met, Some(false), "95 of 105 admitted");
+        // The year: October and November each in their month.
+        let y = inputs(&s, Period::parse_year("2026").unwrap(), "2026-11-03T10:00:00Z");
+        assert_eq!(y.series.len(), 12);
+        let month = |l: &str| y.series.iter().find(|p| p.label == l).unwrap().counts.transactions;
+        assert_eq!((month("2026-10"), month("2026-11"), month("2026-12")), (7, 105, 0));
+        assert_eq!(y.totals.transactions, 112);
+    }
+}
