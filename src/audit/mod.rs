@@ -134,7 +134,9 @@ use thiserror::Error;
 
 pub use key::{encode_public_key, load_or_create_signing_key, parse_public_key};
 pub use log::{AuditLog, AuditStats, AuditWriterTask};
-pub use reconcile::{compare, daily_counts, differences_to_csv, parse_csv, to_csv, CountRow, Difference, DifferenceKind, GAP_OUTCOME};
+pub use reconcile::{
+    compare, daily_counts, differences_to_csv, parse_csv, to_csv, write_csv_row, CountRow, Difference, DifferenceKind, GAP_OUTCOME,
+};
 pub use record::AuditRecord;
 pub use rollup::{node_day_rollup, node_first_day};
 pub use search::{search, SearchFilter};

@@ -115,25 +115,19 @@ pub fn columns(t: Table) -> Vec<&'static str> {
 
 /// Appends one record. `text[i]` says whether field `i` is free text (formula-guarded).
 fn row(out: &mut String, fields: &[String], text: &[bool]) {
-    for (i, f) in fields.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        let guarded;
-        let mut f = f.as_str();
-        if text.get(i).copied().unwrap_or(false) && f.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-            guarded = format!("'{f}");
-            f = &guarded;
-        }
-        if f.contains([',', '"', '\r', '\n']) {
-            out.push('"');
-            out.push_str(&f.replace('"', "\"\""));
-            out.push('"');
-        } else {
-            out.push_str(f);
-        }
-    }
-    out.push_str("\r\n");
+    let guarded: Vec<String> = fields
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            if text.get(i).copied().unwrap_or(false) && f.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+                format!("'{f}")
+            } else {
+                f.clone()
+            }
+        })
+        .collect();
+    let refs: Vec<&str> = guarded.iter().map(String::as_str).collect();
+    crate::audit::write_csv_row(out, &refs);
 }
 
 fn opt<T: ToString>(v: Option<T>) -> String {

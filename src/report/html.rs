@@ -31,6 +31,10 @@ fn opt(v: Option<f64>, unit: &str) -> String {
     v.map_or("—".to_owned(), |x| format!("{x:.2}{unit}"))
 }
 
+fn yn(b: bool) -> String {
+    if b { "có / yes" } else { "không / no" }.to_owned()
+}
+
 fn yes_no(b: Option<bool>) -> &'static str {
     match b {
         Some(true) => "<span class=ok>Đạt / Met</span>",
@@ -272,8 +276,8 @@ pub fn render(r: &Report) -> String {
                     m.minutes.to_string(),
                     m.status.to_owned(),
                     m.notice_hours.to_string(),
-                    if m.emergency { "có / yes".into() } else { "không / no".into() },
-                    if m.office_hours { "có / yes".into() } else { "không / no".into() },
+                    yn(m.emergency),
+                    yn(m.office_hours),
                     format!("{} / {}", esc(&m.reason_vi), esc(&m.reason_en)),
                 ]
             }),
