@@ -190,6 +190,7 @@ fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
         ("notify", a.notify != b.notify),
         ("maintenance", a.maintenance != b.maintenance),
         ("probes", a.probes != b.probes),
+        ("report", a.report != b.report),
     ]
     .into_iter()
     .filter_map(|(k, changed)| changed.then_some(k))
@@ -309,6 +310,23 @@ impl crate::probes::service::Cluster for ProbeCluster {
         let owner = crate::registry::ProbeOwner::parse(target)?;
         reg.probe_of(&owner)?;
         Some(reg.probe_status.get(target).map(|s| s.status))
+    }
+
+    fn propose(&self, command: Command) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(
+            async move { self.0.propose(Actor::system(), command).await.map(|_| ()).map_err(|e| format!("{}: {}", e.code, e.message)) },
+        )
+    }
+}
+
+/// What the traffic-rollup publisher needs from the cluster: this node's published rollups and
+/// proposing new ones as the appliance.
+struct RollupCluster(admin::Shared);
+
+impl crate::report::publish::Cluster for RollupCluster {
+    fn published(&self, node: &str) -> std::collections::BTreeMap<chrono::NaiveDate, (chrono::DateTime<Utc>, bool)> {
+        let reg = self.0.store.read();
+        reg.traffic_rollups.values().filter(|r| r.node == node).map(|r| (r.day, (r.as_of, r.complete))).collect()
     }
 
     fn propose(&self, command: Command) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
@@ -486,6 +504,7 @@ pub async fn run(cfg: Config, source: Option<PathBuf>) -> Result<(), AppError> {
         maintenance: cfg.maintenance.clone(),
         probes: std::sync::OnceLock::new(),
         backups: Some(backups.clone()),
+        report: cfg.report.clone(),
     });
     let boot = if cluster.id == FIRST_NODE { bootstrap(&admin_state).await? } else { None };
 
@@ -606,6 +625,17 @@ pub async fn run(cfg: Config, source: Option<PathBuf>) -> Result<(), AppError> {
         }),
     };
     tokio::spawn(notify::run(notifier, hooks, cfg.maintenance.clone(), std::time::Duration::from_millis(500), stop.clone().wait()));
+
+    // This node's traffic rollups for the periodic reports (crate::report::publish).
+    let publisher = crate::report::publish::Publisher {
+        node: cfg.node.name.clone(),
+        audit_dir: dir.join("audit"),
+        audit: Some(audit_log.clone()),
+        interval: std::time::Duration::from_secs(cfg.report.publish_interval_secs()),
+        keep_days: cfg.report.rollup_keep_days,
+        cluster: Arc::new(RollupCluster(admin_state.clone())),
+    };
+    tokio::spawn(publisher.run(stop.clone().wait()));
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(serve(admin_l, admin_app, tls.clone(), stop.clone()));

@@ -13,4 +13,5 @@ pub mod notify;
 pub mod ops;
 pub mod probes;
 pub mod registry;
+pub mod report;
 pub mod secrets;

@@ -61,6 +61,21 @@ fn probes_never_import_cluster_admin_or_gateway() {
 }
 
 #[test]
+fn report_never_imports_cluster_admin_or_gateway_and_builds_purely() {
+    for f in files(&src().join("report")) {
+        let text = std::fs::read_to_string(&f).expect("read");
+        let bad = internal_imports(&text).into_iter().find(|m| m == "cluster" || m == "admin" || m == "gateway");
+        assert!(bad.is_none(), "{} imports {bad:?}; the report's publisher is wired by app.rs", f.display());
+        // Only the publisher reads the clock and the disk; the model and renderers are pure.
+        if !f.ends_with("publish.rs") {
+            for banned in ["std::fs", "tokio", "Utc::now", "SystemTime", "Instant::now"] {
+                assert!(!text.contains(banned), "{} uses {banned}; report building and rendering are pure", f.display());
+            }
+        }
+    }
+}
+
+#[test]
 fn only_cluster_knows_redb() {
     for f in files(&src()) {
         let text = std::fs::read_to_string(&f).expect("read");

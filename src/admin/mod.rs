@@ -16,6 +16,7 @@ pub mod maintenance_api;
 pub mod openapi;
 pub mod probes_api;
 pub mod registry_api;
+pub mod report_api;
 pub mod transactions;
 
 use std::sync::Arc;
@@ -54,6 +55,8 @@ pub struct AdminState {
     pub probes: std::sync::OnceLock<Arc<crate::probes::service::ProbeService>>,
     /// This node's backup writer (`None` until it runs).
     pub backups: Option<Arc<crate::backup::writer::BackupService>>,
+    /// `[report]`: service-level targets of the periodic report.
+    pub report: crate::config::ReportConfig,
 }
 
 pub type Shared = Arc<AdminState>;
@@ -91,6 +94,7 @@ pub fn endpoints() -> Vec<Endpoint> {
     v.extend(maintenance_api::endpoints());
     v.extend(probes_api::endpoints());
     v.extend(backup_api::endpoints());
+    v.extend(report_api::endpoints());
     v
 }
 

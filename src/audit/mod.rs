@@ -20,6 +20,7 @@
 //! | `verify.rs` | [`verify`] and its [`VerifyReport`] |
 //! | `search.rs` | [`search`] and the time-bounded segment scan shared with reconciliation |
 //! | `reconcile.rs` | [`daily_counts`], [`to_csv`], [`parse_csv`], [`compare`] |
+//! | `rollup.rs` | [`node_day_rollup`]: one node's day as replicated traffic rows (the periodic report) |
 //! | `key.rs` | the node's Ed25519 audit key on disk; public key text forms |
 //!
 //! # On disk
@@ -121,6 +122,7 @@ mod key;
 mod log;
 mod reconcile;
 mod record;
+mod rollup;
 mod search;
 mod segment;
 mod verify;
@@ -132,8 +134,11 @@ use thiserror::Error;
 
 pub use key::{encode_public_key, load_or_create_signing_key, parse_public_key};
 pub use log::{AuditLog, AuditStats, AuditWriterTask};
-pub use reconcile::{compare, daily_counts, differences_to_csv, parse_csv, to_csv, CountRow, Difference, DifferenceKind, GAP_OUTCOME};
+pub use reconcile::{
+    compare, daily_counts, differences_to_csv, parse_csv, to_csv, write_csv_row, CountRow, Difference, DifferenceKind, GAP_OUTCOME,
+};
 pub use record::AuditRecord;
+pub use rollup::{node_day_rollup, node_first_day};
 pub use search::{search, SearchFilter};
 pub use verify::{verify, Finding, FindingKind, NodeSummary, Severity, VerifyReport};
 

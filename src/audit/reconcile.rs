@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use chrono::{DateTime, Duration, NaiveDate, NaiveTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::record::Body;
@@ -109,8 +109,7 @@ pub fn daily_counts(dir: &Path, date: NaiveDate) -> Result<Vec<CountRow>, AuditE
 
 /// The UTC instants at which local date `date` starts and ends.
 pub(crate) fn day_bounds(date: NaiveDate) -> (DateTime<Utc>, DateTime<Utc>) {
-    let from = date.and_time(NaiveTime::MIN).and_utc() - Duration::hours(7);
-    (from, from + Duration::days(1))
+    crate::registry::traffic::local_day_bounds(date)
 }
 
 fn row(k: Key, count: u64) -> CountRow {
@@ -125,7 +124,7 @@ pub fn to_csv(rows: &[CountRow]) -> String {
     for r in rows {
         let date = r.date.to_string();
         let count = r.count.to_string();
-        write_row(&mut out, &[&date, &r.consumer_agency, &r.consumer_system, &r.service, &r.version, &r.outcome, &count]);
+        write_csv_row(&mut out, &[&date, &r.consumer_agency, &r.consumer_system, &r.service, &r.version, &r.outcome, &count]);
     }
     out
 }
@@ -136,12 +135,13 @@ pub fn differences_to_csv(diffs: &[Difference]) -> String {
     for d in diffs {
         let (date, ours, theirs) = (d.date.to_string(), d.ours.to_string(), d.theirs.to_string());
         let fields = [&date, &d.consumer_agency, &d.consumer_system, &d.service, &d.version, &d.outcome, d.kind.as_str(), &ours, &theirs];
-        write_row(&mut out, &fields);
+        write_csv_row(&mut out, &fields);
     }
     out
 }
 
-fn write_row(out: &mut String, fields: &[&str]) {
+/// Appends one RFC 4180 record (CRLF), quoting fields that hold `,` `"` CR or LF.
+pub fn write_csv_row(out: &mut String, fields: &[&str]) {
     for (i, f) in fields.iter().enumerate() {
         if i > 0 {
             out.push(',');
@@ -311,7 +311,7 @@ mod tests {
             log.record(rec(i, clock.now()));
             log.flush().await.unwrap();
         }
-        clock.advance(Duration::hours(1));
+        clock.advance(chrono::Duration::hours(1));
         for i in 21..=27u64 {
             log.record(rec(i, clock.now()));
         }

@@ -93,6 +93,9 @@ pub enum Cmd {
     /// Backups: create one on every node, list this node's, verify a file offline
     #[command(subcommand)]
     Backup(BackupCmd),
+    /// Periodic report of the whole cluster: a month (operator's monthly report) or a year
+    /// (the December report): traffic, success, latency, uptime, maintenance, subscriptions, SLA
+    Report(ReportArgs),
     /// Print shell completions
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff)
@@ -133,8 +136,8 @@ pub struct DevArgs {
     /// Raft election timeout (ms)
     #[arg(long)]
     pub election_timeout_ms: Option<u64>,
-    /// A TOML file with `[notify]`, `[maintenance]` and `[backup]` sections (as in lgsp.toml),
-    /// for trying notices, maintenance windows and scheduled backups in dev mode
+    /// A TOML file with `[notify]`, `[maintenance]`, `[backup]` and `[report]` sections (as in
+    /// lgsp.toml), for trying notices, maintenance windows, scheduled backups and reports in dev mode
     #[arg(long)]
     pub ops_config: Option<PathBuf>,
 }
@@ -689,6 +692,26 @@ pub enum BackupCmd {
     },
 }
 
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("period").required(true).args(["month", "year"])))]
+pub struct ReportArgs {
+    /// A month in Vietnam time, YYYY-MM (e.g. 2026-11)
+    #[arg(long)]
+    pub month: Option<String>,
+    /// A year, YYYY (twelve months, with a table per month)
+    #[arg(long)]
+    pub year: Option<String>,
+    /// html (one self-contained page with charts), csv (one table, see --table) or json
+    #[arg(long, default_value = "html", value_parser = ["html", "csv", "json"])]
+    pub format: String,
+    /// With --format csv: traffic, outcomes, uptime, maintenance, subscriptions, sla or coverage
+    #[arg(long, default_value = "traffic")]
+    pub table: String,
+    /// Write to this file instead of standard output
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum AuditCmd {
     /// Search the transaction audit log (metadata of every call through the gateway)
@@ -813,6 +836,8 @@ pub fn main() -> ExitCode {
                     maintenance: crate::config::MaintenanceConfig,
                     #[serde(default)]
                     backup: crate::config::BackupConfig,
+                    #[serde(default)]
+                    report: crate::config::ReportConfig,
                 }
                 let ops: Ops =
                     match std::fs::read_to_string(p).map_err(|e| e.to_string()).and_then(|t| toml::from_str(&t).map_err(|e| e.to_string()))
@@ -826,6 +851,7 @@ pub fn main() -> ExitCode {
                 cfg.notify = ops.notify;
                 cfg.maintenance = ops.maintenance;
                 cfg.backup = ops.backup;
+                cfg.report = ops.report;
             }
             if let Err(e) = cfg.validate() {
                 eprintln!("lgsp: invalid configuration: {e}");
@@ -1517,6 +1543,30 @@ async fn remote(cmd: Cmd, conn: &Connection, j: bool) -> Result<()> {
         }
         Cmd::Backup(BackupCmd::List) => show(&c.get("/api/v1/backups").await?, j, &["id", "log_index", "created_at", "node_name", "reason", "size", "file"]),
         Cmd::Backup(BackupCmd::Verify { .. } | BackupCmd::Restore { .. } | BackupCmd::Keygen { .. }) => unreachable!("offline verification is handled before connecting"),
+        Cmd::Report(r) => {
+            let format = if j { "json" } else { r.format.as_str() };
+            let mut q = match (&r.month, &r.year) {
+                (Some(m), _) => format!("month={}", urlencode(m)),
+                (None, Some(y)) => format!("year={}", urlencode(y)),
+                (None, None) => bail!("give --month YYYY-MM or --year YYYY"),
+            };
+            q.push_str(&format!("&format={format}"));
+            if format == "csv" {
+                q.push_str(&format!("&table={}", urlencode(&r.table)));
+            }
+            let mut text = c.get_text(&format!("/api/v1/reports?{q}")).await?;
+            if format == "json" {
+                let v: Value = serde_json::from_str(&text).context("the report is not JSON")?;
+                text = serde_json::to_string_pretty(&v)? + "\n";
+            }
+            match r.output {
+                Some(p) => {
+                    std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))?;
+                    eprintln!("report written to {}", p.display());
+                }
+                None => print!("{text}"),
+            }
+        }
         Cmd::Serve { .. } | Cmd::Dev(_) | Cmd::Login { .. } | Cmd::Completions { .. } | Cmd::Man => unreachable!("handled before connecting"),
     }
     Ok(())

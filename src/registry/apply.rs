@@ -12,6 +12,7 @@ use super::error::RegistryError as E;
 use super::model::*;
 use super::rules;
 use super::state::State;
+use super::traffic;
 use super::{maintenance, notice};
 
 /// What a successful command did, for the caller and the admin audit trail.
@@ -1075,11 +1076,34 @@ impl Cx<'_> {
                 }
             }
 
+            PublishTrafficRollup { rollup, keep_days } => self.publish_traffic_rollup(rollup, *keep_days)?,
             Batch { label: _, commands } => {
                 for (i, c) in commands.iter().enumerate() {
                     self.run(c).map_err(|e| prefix_error(e, i))?;
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Stores a node's rollup of a day (the more recent copy wins) and forgets old days.
+    fn publish_traffic_rollup(&mut self, r: &traffic::TrafficRollup, keep_days: u32) -> Result<(), E> {
+        rules::text("rollup.node", &r.node, 63)?;
+        if r.id != traffic::TrafficRollup::key_of(r.day, &r.node) {
+            return Err(E::invalid("rollup.id", format!("must be {:?}", traffic::TrafficRollup::key_of(r.day, &r.node))));
+        }
+        let today = traffic::local_date(self.at);
+        if r.day > today + Duration::days(1) {
+            return Err(E::invalid("rollup.day", format!("{} is in the future", r.day)));
+        }
+        let keep = i64::from(keep_days.max(31));
+        let cutoff = today - Duration::days(keep);
+        if r.day >= cutoff && self.s.traffic_rollups.get(&r.id).is_none_or(|old| old.as_of <= r.as_of) {
+            self.s.traffic_rollups.put(r.clone());
+        }
+        let old: Vec<String> = self.s.traffic_rollups.range("", &cutoff.to_string()).map(|x| x.id.clone()).collect();
+        for id in old {
+            self.s.traffic_rollups.remove(&id);
         }
         Ok(())
     }

@@ -416,6 +416,14 @@ pub enum Command {
         node: String,
     },
 
+    /// A node's traffic on one local day (report, O6): replaces that node's rollup of that
+    /// day unless the stored one is more recent. Rollups of days more than `keep_days` before
+    /// the envelope's date are forgotten (the proposer's `[report] rollup_keep_days`).
+    PublishTrafficRollup {
+        rollup: super::traffic::TrafficRollup,
+        keep_days: u32,
+    },
+
     /// All or nothing: if one command fails, none of them took effect.
     Batch {
         label: String,
@@ -527,6 +535,7 @@ impl Command {
             ClearProbe { .. } => "clear_probe",
             ProbeStatusChanged { .. } => "probe_status_changed",
             ProbeCertChecked { .. } => "probe_cert_checked",
+            PublishTrafficRollup { .. } => "publish_traffic_rollup",
             Batch { .. } => "batch",
         }
     }
@@ -583,6 +592,7 @@ impl Command {
             PruneNotices { .. } => "notices/*".into(),
             SetProbe { owner, .. } | ClearProbe { owner } => format!("probe/{}", owner.target_id()),
             ProbeStatusChanged { target, .. } | ProbeCertChecked { target, .. } => format!("probe/{target}"),
+            PublishTrafficRollup { rollup, .. } => format!("traffic/{}", rollup.id),
             Batch { label, commands } => format!("batch/{label} ({} commands)", commands.len()),
         }
     }
@@ -618,6 +628,7 @@ impl Command {
                 | Command::PruneNotices { .. }
                 | Command::ProbeStatusChanged { .. }
                 | Command::ProbeCertChecked { .. }
+                | Command::PublishTrafficRollup { .. }
         )
     }
 }

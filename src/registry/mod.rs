@@ -15,6 +15,7 @@ pub mod model;
 pub mod notice;
 pub mod rules;
 pub mod state;
+pub mod traffic;
 
 pub use apply::{apply, Outcome};
 pub use command::{Actor, Command, Decision, DeliveryOutcome, DeliveryResult, Envelope, NewAgency, ServiceSpec, FORMAT};

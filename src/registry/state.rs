@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::model::*;
+use super::traffic::TrafficRollup;
 
 /// An entity kept in its own table, keyed by a string.
 pub trait Entity: Clone + Serialize + DeserializeOwned {
@@ -40,6 +41,7 @@ entity!(MaintenanceWindow, "maintenance", id);
 entity!(Notice, "notices", id);
 entity!(ProbeAlert, "probe_alerts", target);
 entity!(ProbeStatus, "probe_status", target);
+entity!(TrafficRollup, "traffic_rollups", id);
 
 /// A keyed collection that journals every change.
 #[derive(Debug, Clone)]
@@ -67,6 +69,11 @@ impl<V: Entity> Table<V> {
     }
     pub fn len(&self) -> usize {
         self.rows.len()
+    }
+    /// Rows whose keys are in `[from, to)`, in key order.
+    pub fn range<'a>(&'a self, from: &str, to: &str) -> impl Iterator<Item = &'a V> {
+        let bounds = (std::ops::Bound::Included(from.to_owned()), std::ops::Bound::Excluded(to.to_owned()));
+        self.rows.range::<String, _>(bounds).map(|(_, v)| v)
     }
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty()
@@ -145,6 +152,8 @@ pub struct State {
     pub notices: Table<Notice>,
     pub probe_alerts: Table<ProbeAlert>,
     pub probe_status: Table<ProbeStatus>,
+    /// Per node and local day, what its gateway carried (`traffic`; read by the report).
+    pub traffic_rollups: Table<TrafficRollup>,
     pub settings: Settings,
     settings_undo: Vec<Settings>,
     settings_touched: bool,
@@ -158,7 +167,7 @@ pub struct State {
 
 /// A point to roll back to.
 #[derive(Debug, Clone, Copy)]
-pub struct Checkpoint([usize; 14]);
+pub struct Checkpoint([usize; 15]);
 
 /// What changed in one successful apply, for the store to persist.
 #[derive(Debug, Default)]
@@ -190,6 +199,7 @@ impl State {
             self.notices.mark(),
             self.probe_alerts.mark(),
             self.probe_status.mark(),
+            self.traffic_rollups.mark(),
         ])
     }
 
@@ -208,6 +218,7 @@ impl State {
         self.notices.rollback(m[11]);
         self.probe_alerts.rollback(m[12]);
         self.probe_status.rollback(m[13]);
+        self.traffic_rollups.rollback(m[14]);
         while self.settings_undo.len() > m[8] {
             if let Some(s) = self.settings_undo.pop() {
                 self.settings = s;
@@ -243,6 +254,7 @@ impl State {
         take(&mut self.notices, &mut rows);
         take(&mut self.probe_alerts, &mut rows);
         take(&mut self.probe_status, &mut rows);
+        take(&mut self.traffic_rollups, &mut rows);
         self.settings_undo.clear();
         let settings = std::mem::take(&mut self.settings_touched).then(|| encode(&self.settings));
         Changes { rows, settings }
@@ -271,6 +283,7 @@ impl State {
         take(&self.notices, &mut rows);
         take(&self.probe_alerts, &mut rows);
         take(&self.probe_status, &mut rows);
+        take(&self.traffic_rollups, &mut rows);
         let settings = self.settings_touched.then(|| encode(&self.settings));
         Changes { rows, settings }
     }
@@ -290,12 +303,13 @@ impl State {
         self.notices.clear_journal();
         self.probe_alerts.clear_journal();
         self.probe_status.clear_journal();
+        self.traffic_rollups.clear_journal();
         self.settings_undo.clear();
         self.settings_touched = false;
     }
 
     /// Names of every persistent table, for the store.
-    pub const TABLES: [&'static str; 13] = [
+    pub const TABLES: [&'static str; 14] = [
         Agency::TABLE,
         System::TABLE,
         Service::TABLE,
@@ -309,6 +323,7 @@ impl State {
         Notice::TABLE,
         ProbeAlert::TABLE,
         ProbeStatus::TABLE,
+        TrafficRollup::TABLE,
     ];
 
     /// Loads one stored row into the right table (used when opening the store).
@@ -327,6 +342,7 @@ impl State {
             "notices" => self.notices.load(serde_json::from_slice(bytes)?),
             "probe_alerts" => self.probe_alerts.load(serde_json::from_slice(bytes)?),
             "probe_status" => self.probe_status.load(serde_json::from_slice(bytes)?),
+            "traffic_rollups" => self.traffic_rollups.load(serde_json::from_slice(bytes)?),
             _ => {}
         }
         Ok(())

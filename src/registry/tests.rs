@@ -432,3 +432,40 @@ fn a_status_change_is_recorded_once_with_what_a_notice_needs() {
     assert_eq!(st.events.len(), ProbeStatus::MAX_EVENTS);
     assert_eq!(st.events.last().map(|e| e.seq), Some(3 + ProbeStatus::MAX_EVENTS as u64 + 20));
 }
+
+/// Traffic rollups (report): a republished rollup replaces the older copy, a delayed older copy
+/// never wins, and days beyond `keep_days` are forgotten.
+#[test]
+fn traffic_rollups_replace_by_recency_and_expire() {
+    use super::traffic::{TrafficRollup, TrafficRow};
+    let mut r = Reg::new();
+    let day = traffic::local_date(r.now);
+    let rollup = |day: chrono::NaiveDate, count: u64, as_of: Timestamp| TrafficRollup {
+        id: TrafficRollup::key_of(day, "node-1"),
+        node: "node-1".into(),
+        day,
+        as_of,
+        complete: false,
+        unlogged: 0,
+        rows: vec![TrafficRow { service: "dancu".into(), outcome: "OK".into(), count, ..TrafficRow::default() }],
+    };
+    let publish = |x: TrafficRollup| Command::PublishTrafficRollup { rollup: x, keep_days: 400 };
+    let key = TrafficRollup::key_of(day, "node-1");
+    r.ok(publish(rollup(day, 5, r.now)));
+    r.ok(publish(rollup(day, 9, r.now + Duration::minutes(15))));
+    assert_eq!(r.s.traffic_rollups.get(&key).map(|x| x.rows[0].count), Some(9));
+    r.ok(publish(rollup(day, 5, r.now)));
+    assert_eq!(r.s.traffic_rollups.get(&key).map(|x| x.rows[0].count), Some(9), "an older copy never wins");
+    // A wrong key and a future day are refused.
+    let mut bad = rollup(day, 1, r.now);
+    bad.id = "x".into();
+    assert!(r.run(publish(bad)).is_err());
+    assert!(r.run(publish(rollup(day + Duration::days(3), 1, r.now))).is_err());
+    // 401 days later, publishing a new day forgets the old one.
+    r.now += Duration::days(401);
+    let later = traffic::local_date(r.now);
+    r.ok(publish(rollup(later, 1, r.now)));
+    assert!(r.s.traffic_rollups.get(&key).is_none());
+    assert_eq!(r.s.traffic_rollups.len(), 1);
+    assert!(Command::PublishTrafficRollup { rollup: rollup(later, 1, r.now), keep_days: 400 }.is_bookkeeping());
+}
