@@ -58,6 +58,8 @@ pub enum AppError {
     Gateway(String),
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+    #[error("the Raft core stopped ({0}); exiting so that the service manager restarts the node. Check free space and the disk under the data directory")]
+    CoreStopped(String),
 }
 
 /// `lgsp_cluster_*` gauges, refreshed from Raft's metrics at every scrape.
@@ -701,10 +703,19 @@ pub async fn run(cfg: Config, source: Option<PathBuf>) -> Result<(), AppError> {
     };
 
     let mut running = Running { source, cfg, certs, serving };
+    // A node whose Raft core stopped (e.g. its disk filled) would otherwise stay up as a zombie:
+    // proxying from a frozen registry and refusing every admin call. It exits non-zero instead,
+    // after draining like on SIGTERM, and `Restart=on-failure` brings it back once it can write.
+    let mut core_stopped = None;
     loop {
         tokio::select! {
             _ = terminations.next() => {
                 tracing::info!("shutdown requested; draining");
+                break;
+            }
+            why = cluster.core_stopped() => {
+                tracing::error!(error = %why, "the Raft core stopped; draining and exiting so that the node is restarted");
+                core_stopped = Some(why);
                 break;
             }
             Some(res) = tasks.join_next() => {
@@ -733,7 +744,10 @@ pub async fn run(cfg: Config, source: Option<PathBuf>) -> Result<(), AppError> {
     cluster.shutdown().await;
     tracing::info!("stopped");
     drop(watchdog);
-    Ok(())
+    match core_stopped {
+        Some(why) => Err(AppError::CoreStopped(why)),
+        None => Ok(()),
+    }
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), AppError> {

@@ -293,6 +293,11 @@ fn minority_partition_never_accepts_a_write_and_keeps_proxying() {
     // The majority elects a leader and goes on.
     let (k, took) = retry_write(&c, &majority, 501, Duration::from_secs(30));
     eprintln!("majority accepted a write via node {k} after {took:?}");
+    // A change to that agency through the cut-off node cannot be checked against the leader's
+    // state: it is refused for want of a quorum, never answered "does not exist".
+    let contacts = json!({"contacts": [{"name": "Nguyễn Văn A", "email": "a@example.vn"}]});
+    let (s, b) = c.api(leader).patch(&format!("/api/v1/agencies/{}", agency_code(501)), contacts.clone());
+    assert_eq!((s, b["code"].as_str()), (503, Some("NO_QUORUM")), "{b}");
 
     // The minority node reports degraded (still serving) on /status.
     let metrics = c.node(leader).info["metrics_url"].as_str().expect("metrics_url").to_owned();
@@ -316,6 +321,9 @@ fn minority_partition_never_accepts_a_write_and_keeps_proxying() {
     c.heal();
     // After healing, the write refused on the minority side never appears anywhere.
     c.wait_voters(3);
+    // The healed node takes the change at once: it catches up before deciding the agency exists.
+    let (s, b) = c.api(leader).patch(&format!("/api/v1/agencies/{}", agency_code(501)), contacts);
+    assert_eq!(s, 200, "{b}");
     for k in 1..=3 {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !has_agency(&c, k, 501, false) {

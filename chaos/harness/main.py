@@ -3,7 +3,7 @@
 
     main.py SCENARIO...      run these scenarios (see `main.py list`)
     main.py all              run every scenario
-    main.py ci               run the scenarios tagged "ci" (the two CI runs)
+    main.py ci               run the scenarios tagged "ci" (the CI runs)
     main.py list             name and describe the scenarios
     main.py cleanup          remove what a killed run left (namespaces, bridge, mounts, processes)
 

@@ -199,7 +199,7 @@ SCENARIOS = [
     Scenario("network", "delay, reordering and loss on every packet between nodes (UDP relay; no sch_netem here)", bad_network,
              good_network, cycles=1, hold=20, single_node=False, relay=True),
     Scenario("disk-full", "the leader's data directory (a 256 MiB tmpfs) filled to the last byte, freed after the hold",
-             fill_disk, free_disk, cycles=1, hold=12, tmpfs=True),
+             fill_disk, free_disk, cycles=1, hold=12, tmpfs=True, tags=["ci"]),
     Scenario("clock-skew", f"the leader's wall clock moved +{SKEW_S} s, then -{SKEW_S} s (libfaketime; monotonic time untouched)",
              skew_clock, unskew_clock, cycles=2, hold=10, faketime=True),
     Scenario("rolling-restart", "every node stopped (SIGTERM) and started in turn, followers first", rolling_stop, restart,

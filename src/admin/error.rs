@@ -93,6 +93,11 @@ impl From<ClusterError> for ApiError {
     }
 }
 
+/// Marks a response that says an object does not exist (as opposed to an unknown path), so the
+/// admin router can check with the leader before giving that answer for a write.
+#[derive(Clone, Copy, Debug)]
+pub struct NotFoundObject;
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut body = json!({ "code": self.code, "message": self.message });
@@ -100,6 +105,9 @@ impl IntoResponse for ApiError {
             body["details"] = d;
         }
         let mut resp = (self.status, axum::Json(body)).into_response();
+        if self.code == "NOT_FOUND" {
+            resp.extensions_mut().insert(NotFoundObject);
+        }
         if let Some(s) = self.retry_after {
             if let Ok(v) = s.to_string().parse() {
                 resp.headers_mut().insert(header::RETRY_AFTER, v);

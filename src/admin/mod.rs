@@ -120,8 +120,45 @@ async fn read_barrier(
         if let Err(e) = st.cluster.read_barrier().await {
             return ApiError::from(e).into_response();
         }
+        return next.run(req).await;
     }
-    next.run(req).await
+    if local {
+        return next.run(req).await;
+    }
+    // A write checks that its object exists in the local state before proposing. A node a few
+    // entries behind (just restarted, or cut off) would answer 404 for an object created through
+    // another node, so a 404 is only given after the node caught up with the leader; nothing was
+    // proposed by the first attempt, so running the handler again is safe.
+    // Only bodies of a declared, ordinary size are kept for a second attempt (large imports and
+    // catalogs stream to their handler; they do not answer 404 for a missing object).
+    let small = match req.headers().get(axum::http::header::CONTENT_LENGTH) {
+        Some(v) => v.to_str().ok().and_then(|v| v.parse::<usize>().ok()).is_some_and(|n| n <= BODY_LIMIT),
+        None => !req.headers().contains_key(axum::http::header::TRANSFER_ENCODING),
+    };
+    if !small {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, BODY_LIMIT).await {
+        Ok(b) => b,
+        Err(e) => {
+            return ApiError::new(axum::http::StatusCode::BAD_REQUEST, "INVALID_INPUT", format!("the request body could not be read: {e}"))
+                .into_response()
+        }
+    };
+    let first = next.clone().run(axum::extract::Request::from_parts(parts.clone(), body.clone().into())).await;
+    if first.status() != axum::http::StatusCode::NOT_FOUND || !answered_not_found(&first) {
+        return first;
+    }
+    if let Err(e) = st.cluster.read_barrier().await {
+        return ApiError::from(e).into_response();
+    }
+    next.run(axum::extract::Request::from_parts(parts, body.into())).await
+}
+
+/// True when a 404 is a handler's "no such object" (`code: NOT_FOUND`), not an unknown path.
+fn answered_not_found(res: &axum::response::Response) -> bool {
+    res.extensions().get::<error::NotFoundObject>().is_some()
 }
 
 pub fn router(state: Shared) -> Router {

@@ -460,7 +460,11 @@ impl ClusterNode {
                     Ok(Ok(slot)) => return Ok(slot),
                     Ok(Err(WriteFailure::NotLeader(_))) => {}
                     Ok(Err(WriteFailure::Refused(e))) => return Err(ClusterError::Refused(e)),
-                    Ok(Err(WriteFailure::Fatal(e))) => return Err(ClusterError::Storage(e)),
+                    // The entry may have been appended and replicated before the core stopped:
+                    // the same "outcome unknown" as when the leader fails a forwarded write.
+                    Ok(Err(WriteFailure::Fatal(e))) => {
+                        return Err(ClusterError::Ambiguous(format!("this node's Raft core stopped during the write: {e}")))
+                    }
                 },
                 (Some(l), Some(n)) => {
                     match self
@@ -531,6 +535,21 @@ impl ClusterNode {
                 _ => {}
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Resolves when this node's Raft core stopped on its own (a storage failure such as a full
+    /// disk): the node can no longer take part in the cluster until it is restarted. Returns why.
+    pub async fn core_stopped(&self) -> String {
+        let mut rx = self.raft.metrics();
+        loop {
+            let state = rx.borrow().running_state.clone();
+            if let Err(e) = state {
+                return e.to_string();
+            }
+            if rx.changed().await.is_err() {
+                return "the Raft core ended".into();
+            }
         }
     }
 
