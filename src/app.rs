@@ -487,6 +487,7 @@ pub async fn run(cfg: Config, source: Option<PathBuf>) -> Result<(), AppError> {
             keep_days: cfg.backup.keep_days,
             post_hook: cfg.backup.post_hook.clone(),
             recipients: cfg.backup.recipients.clone(),
+            encrypt: cfg.backup.encrypt,
             data_dir: dir.clone(),
         },
         Some(audit_log.clone()),

@@ -461,6 +461,10 @@ pub struct BackupConfig {
     /// into each backup encrypted to them (`keys.age`); without, no key is in a backup.
     #[serde(default)]
     pub recipients: Vec<String>,
+    /// Encrypt each whole backup to `recipients` too (the registry, audit segments and
+    /// configuration; the manifest stays readable for listing and retention).
+    #[serde(default)]
+    pub encrypt: bool,
     /// Directory of this node's backup files (default `DATA_DIR/backups`).
     #[serde(default)]
     pub dir: Option<PathBuf>,
@@ -698,6 +702,13 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.backup.encrypt && self.backup.recipients.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "backup.encrypt",
+                reason: "encrypt = true needs at least one age recipient in [backup] recipients (make one with `lgsp backup keygen`)"
+                    .into(),
+            });
+        }
         for r in &self.backup.recipients {
             crate::backup::keys::parse_recipient(r).map_err(|reason| ConfigError::Invalid { key: "backup.recipients", reason })?;
         }

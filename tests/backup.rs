@@ -431,3 +431,104 @@ fn keys_sealed_to_recipients_restore_with_the_identity() {
     });
     assert_eq!(after.status, before.status, "{}", after.text());
 }
+
+#[test]
+fn a_whole_backup_encrypted_to_recipients_is_checked_listed_and_restored_with_the_identity() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let keygen = |name: &str| {
+        let path = tmp.path().join(name);
+        let o = common::cli_in(tmp.path(), &["backup", "keygen", "--output", path.to_str().expect("utf-8")], None);
+        assert!(o.status.success(), "keygen: {}", stderr(&o));
+        (path, stdout(&o).trim().to_owned())
+    };
+    let (identity, recipient) = keygen("identity.txt");
+    let (other, _) = keygen("other.txt");
+
+    // encrypt without a recipient is a configuration error, said before the node starts.
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(&bad, "[backup]\nencrypt = true\n").expect("bad ops");
+    let o = std::process::Command::new(common::BIN)
+        .args(["dev", "--data-dir", tmp.path().join("never").to_str().expect("utf-8"), "--ops-config", bad.to_str().expect("utf-8")])
+        .output()
+        .expect("run lgsp dev");
+    assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
+    assert!(stderr(&o).contains("backup.encrypt") && stderr(&o).contains("lgsp backup keygen"), "{}", stderr(&o));
+
+    let ops = tmp.path().join("ops.toml");
+    std::fs::write(&ops, format!("[backup]\nrecipients = [\"{recipient}\"]\nencrypt = true\n")).expect("ops");
+    let gw = gateway_support::Gw::on(Node::start_with(&["--ops-config", ops.to_str().expect("utf-8")]));
+    let cred = gw.credential("stp-hotich", "production", false);
+    let token = gw.token(&cred);
+    let before = gw.bearer(&token, "GET", "/dancu/v1/citizens/1", None);
+    let b = create(&gw.node, "encrypted");
+    let file = PathBuf::from(b["file"].as_str().expect("file"));
+    let bytes = std::fs::read(&file).expect("read");
+    // The registry (agencies, systems, services), the audit log and the configuration are not
+    // readable in the file; only the outer manifest is.
+    let text = String::from_utf8_lossy(&bytes);
+    for clear in ["stp-hotich", "dancu", "registry.json", "audit-", "[backup]"] {
+        assert!(!text.contains(clear), "{clear:?} is readable in the encrypted backup");
+    }
+    assert!(!member(&bytes, "backup.lgspbak.age").is_empty());
+
+    // Listed like any other backup.
+    let o = gw.node.cli(&["--json", "backup", "list"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains(b["id"].as_str().expect("id")), "{}", stdout(&o));
+
+    // Without the identity: the container and the encrypted part's SHA-256, and it says so.
+    let o = verify(&gw.node, &file);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("pass --identity"), "{}", stdout(&o));
+    let mut flipped = bytes.clone();
+    let r = member(&bytes, "backup.lgspbak.age");
+    flipped[r.start + r.len() / 2] ^= 0x20;
+    let o = verify(&gw.node, &damaged_copy(tmp.path(), "flipped.lgspbak", &flipped));
+    assert!(!o.status.success() && stderr(&o).contains("backup.lgspbak.age"), "{}", stderr(&o));
+
+    // With it: every part inside, and the registry digest.
+    let with = |id: &Path| {
+        gw.node.cli(&["--json", "backup", "verify", file.to_str().expect("utf-8"), "--identity", id.to_str().expect("utf-8")], None)
+    };
+    let o = with(&identity);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).expect("verify json");
+    assert_eq!((v["encrypted"].as_bool(), v["contents_checked"].as_bool()), (Some(true), Some(true)), "{v}");
+    let digest = v["registry_digest"].as_str().expect("digest").to_owned();
+    assert!(v["parts"].as_array().expect("parts").iter().any(|p| p["name"] == "registry.json"), "{v}");
+    let o = with(&other);
+    assert!(!o.status.success() && stderr(&o).contains("cannot be decrypted"), "{}", stderr(&o));
+
+    // Restore needs the identity, and gives back the same registry and keys.
+    let restore = |dir: &Path, id: Option<&Path>| {
+        let mut args = vec!["--json", "backup", "restore", file.to_str().expect("utf-8"), "--data-dir", dir.to_str().expect("utf-8")];
+        if let Some(id) = id {
+            args.extend(["--identity", id.to_str().expect("utf-8")]);
+        }
+        common::cli_in(tmp.path(), &args, None)
+    };
+    let o = restore(&tmp.path().join("without"), None);
+    assert!(!o.status.success() && stderr(&o).contains("is encrypted; pass --identity"), "{}", stderr(&o));
+    assert!(!tmp.path().join("without").exists(), "a refused restore created its directory");
+    let dir = tmp.path().join("restored");
+    let o = restore(&dir, Some(&identity));
+    assert!(o.status.success(), "restore: {}{}", stdout(&o), stderr(&o));
+    let r: Value = serde_json::from_str(&stdout(&o)).expect("restore json");
+    assert_eq!(r["registry_digest"].as_str(), Some(digest.as_str()));
+    std::fs::copy(gw.node.dir.join("dev.json"), dir.join("dev.json")).expect("dev.json");
+    let restored = Node::start_in(&dir);
+    let url = restored.info["gateway_url"].as_str().expect("gateway_url").to_owned();
+    let http = gateway_support::gateway_client();
+    let after = poll("the restored gateway serves", || {
+        let r = gateway_support::send_to(
+            &http,
+            &url,
+            "GET",
+            "/dancu/v1/citizens/1",
+            &[gateway_support::h("authorization", &format!("Bearer {token}"))],
+            None,
+        );
+        (r.status != 503).then_some(r)
+    });
+    assert_eq!(after.status, before.status, "{}", after.text());
+}

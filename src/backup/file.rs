@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::{
-    BackupError, Header, Manifest, Part, AUDIT_PREFIX, BACKUP_FORMAT, BACKUP_VERSION, EXTENSION, MANIFEST, MANIFEST_SUM, REGISTRY_PART,
+    BackupError, Header, Manifest, Part, AUDIT_PREFIX, BACKUP_FORMAT, BACKUP_VERSION, ENCRYPTED_KIND, ENCRYPTED_PART, EXTENSION, MANIFEST,
+    MANIFEST_SUM, REGISTRY_PART,
 };
 use crate::cluster::snapshot::SnapshotDoc;
 
@@ -29,9 +30,43 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// Writes a backup file into `dir` and returns its path. `parts` are (name, kind, bytes), in
-/// the order they are to appear.
-pub fn write(dir: &Path, header: &Header, parts: &[(String, String, Vec<u8>)]) -> Result<PathBuf, BackupError> {
+/// the order they are to appear. With `encrypt_to` (age recipients), the complete backup is
+/// encrypted to them and becomes the only part ([`ENCRYPTED_PART`]) of an outer file of the same
+/// format, whose manifest repeats the header (so listing and retention still work).
+pub fn write(dir: &Path, header: &Header, parts: &[(String, String, Vec<u8>)], encrypt_to: &[String]) -> Result<PathBuf, BackupError> {
     fs::create_dir_all(dir).map_err(io("create the backup directory", dir))?;
+    let mtime = chrono::Utc::now().timestamp().max(0) as u64;
+    let (manifest, bytes) = encode(header, parts, mtime)?;
+    let (manifest, bytes) = if encrypt_to.is_empty() {
+        (manifest, bytes)
+    } else {
+        let sealed = super::keys::encrypt(&bytes, encrypt_to).map_err(|reason| BackupError::Seal { reason })?;
+        encode(header, &[(ENCRYPTED_PART.to_owned(), ENCRYPTED_KIND.to_owned(), sealed)], mtime)?
+    };
+    let name = file_name(&manifest);
+    let dest = dir.join(&name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let result = (|| -> std::io::Result<()> {
+        let mut f = fs::File::create(&tmp)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(fs::Permissions::from_mode(0o600))?;
+        }
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, &dest)?;
+        fs::File::open(dir)?.sync_all()
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(BackupError::Io { action: "write the backup file", path: dest, source: e });
+    }
+    Ok(dest)
+}
+
+/// The bytes of a backup file holding `parts`, and its manifest.
+fn encode(header: &Header, parts: &[(String, String, Vec<u8>)], mtime: u64) -> Result<(Manifest, Vec<u8>), BackupError> {
     let manifest = Manifest {
         format: BACKUP_FORMAT.into(),
         version: BACKUP_VERSION,
@@ -52,43 +87,25 @@ pub fn write(dir: &Path, header: &Header, parts: &[(String, String, Vec<u8>)]) -
     };
     let manifest_bytes = serde_json::to_vec_pretty(&manifest)?;
     let sum = format!("{}  {MANIFEST}\n", sha256_hex(&manifest_bytes));
-    let name = file_name(&manifest);
-    let dest = dir.join(&name);
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let result = (|| -> std::io::Result<()> {
-        let f = fs::File::create(&tmp)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            f.set_permissions(fs::Permissions::from_mode(0o600))?;
-        }
-        let mut b = tar::Builder::new(std::io::BufWriter::new(f));
-        let mtime = chrono::Utc::now().timestamp().max(0) as u64;
-        let mut add = |name: &str, bytes: &[u8]| -> std::io::Result<()> {
-            let mut h = tar::Header::new_ustar();
-            h.set_size(bytes.len() as u64);
-            h.set_mode(0o600);
-            h.set_mtime(mtime);
-            h.set_entry_type(tar::EntryType::Regular);
-            b.append_data(&mut h, name, bytes)
-        };
-        add(MANIFEST, &manifest_bytes)?;
+    let add = |b: &mut tar::Builder<Vec<u8>>, name: &str, bytes: &[u8]| -> std::io::Result<()> {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(bytes.len() as u64);
+        h.set_mode(0o600);
+        h.set_mtime(mtime);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, name, bytes)
+    };
+    let packed = (|| {
+        let mut b = tar::Builder::new(Vec::new());
+        add(&mut b, MANIFEST, &manifest_bytes)?;
         for (name, _, bytes) in parts {
-            add(name, bytes)?;
+            add(&mut b, name, bytes)?;
         }
-        add(MANIFEST_SUM, sum.as_bytes())?;
-        let mut w = b.into_inner()?;
-        w.flush()?;
-        let f = w.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()?;
-        fs::rename(&tmp, &dest)?;
-        fs::File::open(dir)?.sync_all()
+        add(&mut b, MANIFEST_SUM, sum.as_bytes())?;
+        b.into_inner()
     })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(BackupError::Io { action: "write the backup file", path: dest, source: e });
-    }
-    Ok(dest)
+    let bytes = packed.map_err(|source| BackupError::Io { action: "pack the backup", path: PathBuf::from(&manifest.id), source })?;
+    Ok((manifest, bytes))
 }
 
 /// `lgsp-<node>-<index>-<id>.lgspbak`, with bytes outside `[A-Za-z0-9._-]` as `_`.
@@ -104,6 +121,8 @@ pub struct Verified {
     pub parts: BTreeMap<String, Vec<u8>>,
     /// [`registry_digest`] of the registry part.
     pub registry_digest: String,
+    /// The file was encrypted (and opened with an identity to be checked).
+    pub encrypted: bool,
 }
 
 impl Verified {
@@ -178,16 +197,64 @@ fn parse_octal(f: &[u8]) -> Option<u64> {
     u64::from_str_radix(s, 8).ok()
 }
 
-/// Reads and checks a backup file completely: the container, the manifest and its checksum,
-/// every part's size and SHA-256, that no part is missing or extra, that the registry part is
-/// a snapshot at the manifest's index and that the audit segments verify. Offline.
-pub fn verify(path: &Path) -> Result<Verified, BackupError> {
+/// What [`check`] found: a backup whose contents were checked, or an encrypted backup checked
+/// only as far as it can be without the identity (container, manifest, the encrypted part's
+/// size and SHA-256).
+#[derive(Debug)]
+pub enum Checked {
+    Open(Verified),
+    Sealed(Manifest),
+}
+
+/// Reads and checks a backup file completely (see [`check`]); an encrypted backup needs the
+/// text of an age identity file that opens it.
+pub fn verify(path: &Path, identity: Option<&str>) -> Result<Verified, BackupError> {
+    match check(path, identity)? {
+        Checked::Open(v) => Ok(v),
+        Checked::Sealed(_) => Err(BackupError::Encrypted { path: path.to_path_buf() }),
+    }
+}
+
+/// Checks a backup file: the container, the manifest and its checksum, every part's size and
+/// SHA-256, that no part is missing or extra, that the registry part is a snapshot at the
+/// manifest's index and that the audit segments verify. An encrypted backup is opened with
+/// `identity` (its inner backup must carry the same id and index as the outer manifest) or,
+/// without one, checked as far as the encrypted part. Offline.
+pub fn check(path: &Path, identity: Option<&str>) -> Result<Checked, BackupError> {
     let bytes = fs::read(path).map_err(io("read the backup", path))?;
+    let (manifest, mut parts) = read_container(path, &bytes)?;
+    if !is_encrypted(&manifest) {
+        return contents(path, manifest, parts).map(Checked::Open);
+    }
+    let Some(identity) = identity else { return Ok(Checked::Sealed(manifest)) };
+    let sealed = parts.remove(ENCRYPTED_PART).unwrap_or_default();
+    let inner = super::keys::decrypt(&sealed, identity, ENCRYPTED_PART).map_err(|reason| BackupError::Seal { reason })?;
+    let (inner_manifest, inner_parts) = read_container(path, &inner)?;
+    if is_encrypted(&inner_manifest) || inner_manifest.id != manifest.id || inner_manifest.log_index != manifest.log_index {
+        return Err(BackupError::Damaged {
+            path: path.to_path_buf(),
+            part: ENCRYPTED_PART.into(),
+            reason: "the encrypted backup inside does not match the outer manifest (id or log index): the file was put together from two backups"
+                .into(),
+        });
+    }
+    let mut v = contents(path, inner_manifest, inner_parts)?;
+    v.encrypted = true;
+    Ok(Checked::Open(v))
+}
+
+/// True for the outer file of an encrypted backup.
+fn is_encrypted(m: &Manifest) -> bool {
+    matches!(m.parts.as_slice(), [p] if p.kind == ENCRYPTED_KIND && p.name == ENCRYPTED_PART)
+}
+
+/// The manifest and the parts of one container, every byte checked.
+fn read_container(path: &Path, bytes: &[u8]) -> Result<(Manifest, BTreeMap<String, Vec<u8>>), BackupError> {
     let damaged = |part: &str, reason: String| BackupError::Damaged { path: path.to_path_buf(), part: part.to_owned(), reason };
     if bytes.len() < BLOCK || bytes.get(257..262).is_none_or(|m| m != b"ustar") {
         return Err(BackupError::NotABackup { path: path.to_path_buf(), reason: "it is not a tar file written by lgsp backup".into() });
     }
-    let mut members = read_members(path, &bytes)?;
+    let mut members = read_members(path, bytes)?;
     let first = members.first().map(|(n, _)| n.clone()).unwrap_or_default();
     if first != MANIFEST {
         return Err(BackupError::NotABackup { path: path.to_path_buf(), reason: format!("its first member is {first:?}, not {MANIFEST}") });
@@ -232,6 +299,12 @@ pub fn verify(path: &Path) -> Result<Verified, BackupError> {
         }
         parts.insert(name, data);
     }
+    Ok((manifest, parts))
+}
+
+/// The checks of a plain backup's contents: the registry snapshot and the audit chain.
+fn contents(path: &Path, manifest: Manifest, parts: BTreeMap<String, Vec<u8>>) -> Result<Verified, BackupError> {
+    let damaged = |part: &str, reason: String| BackupError::Damaged { path: path.to_path_buf(), part: part.to_owned(), reason };
     let registry = parts.get(REGISTRY_PART).ok_or_else(|| damaged(REGISTRY_PART, "missing".into()))?;
     let doc = SnapshotDoc::decode(registry).map_err(|e| damaged(REGISTRY_PART, e.to_string()))?;
     let index = doc.last_applied.map_or(0, |l| l.index);
@@ -240,7 +313,7 @@ pub fn verify(path: &Path) -> Result<Verified, BackupError> {
     }
     let registry_digest = registry_digest(&doc);
     check_audit(path, &parts)?;
-    Ok(Verified { manifest, parts, registry_digest })
+    Ok(Verified { manifest, parts, registry_digest, encrypted: false })
 }
 
 /// Runs the audit verifier over the backup's segments (copied to a private temporary directory).
@@ -362,7 +435,7 @@ mod tests {
     use super::*;
     use crate::cluster::snapshot::{SNAPSHOT_FORMAT, SNAPSHOT_VERSION};
 
-    fn sample(dir: &Path) -> PathBuf {
+    fn sample(dir: &Path, encrypt_to: &[String]) -> PathBuf {
         let doc = SnapshotDoc {
             format: SNAPSHOT_FORMAT.into(),
             version: SNAPSHOT_VERSION,
@@ -388,14 +461,14 @@ mod tests {
             (REGISTRY_PART.to_owned(), "registry".to_owned(), doc.encode().unwrap()),
             (super::super::CONFIG_PART.to_owned(), "config".to_owned(), b"# dev\n".to_vec()),
         ];
-        write(dir, &header, &parts).unwrap()
+        write(dir, &header, &parts, encrypt_to).unwrap()
     }
 
     #[test]
     fn round_trip_and_any_flipped_byte_is_refused() {
         let dir = std::env::temp_dir().join(format!("lgsp-bk-unit-{:x}", rand::random::<u64>()));
-        let path = sample(&dir);
-        let ok = verify(&path).unwrap();
+        let path = sample(&dir, &[]);
+        let ok = verify(&path, None).unwrap();
         assert_eq!(ok.manifest.parts.len(), 2);
         let bytes = fs::read(&path).unwrap();
         // Every byte of the file matters: headers, data, padding, trailer.
@@ -404,13 +477,45 @@ mod tests {
             b[i] ^= 0x01;
             let bad = dir.join("bad.lgspbak");
             fs::write(&bad, &b).unwrap();
-            assert!(verify(&bad).is_err(), "a flipped byte at {i} was not detected");
+            assert!(verify(&bad, None).is_err(), "a flipped byte at {i} was not detected");
         }
         for cut in [1, 512, bytes.len() / 2, bytes.len() - 1] {
             let bad = dir.join("cut.lgspbak");
             fs::write(&bad, &bytes[..bytes.len() - cut]).unwrap();
-            assert!(verify(&bad).is_err(), "cutting {cut} bytes was not detected");
+            assert!(verify(&bad, None).is_err(), "cutting {cut} bytes was not detected");
         }
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_encrypted_backup_is_checked_without_the_identity_and_opened_with_it() {
+        let dir = std::env::temp_dir().join(format!("lgsp-bk-unit-{:x}", rand::random::<u64>()));
+        let (identity, recipient) = crate::backup::keys::keygen();
+        let (other, _) = crate::backup::keys::keygen();
+        let plain = verify(&sample(&dir.join("plain"), &[]), None).unwrap();
+        let path = sample(&dir, &[recipient]);
+        let bytes = fs::read(&path).unwrap();
+        // Nothing of the registry or the configuration is readable in the file.
+        assert!(!bytes.windows(6).any(|w| w == b"# dev\n"), "the configuration part is in clear");
+        assert!(!bytes.windows(SNAPSHOT_FORMAT.len()).any(|w| w == SNAPSHOT_FORMAT.as_bytes()), "the registry part is in clear");
+        match check(&path, None).unwrap() {
+            Checked::Sealed(m) => assert_eq!((m.id.as_str(), m.parts.len(), m.parts[0].kind.as_str()), ("bk-1", 1, ENCRYPTED_KIND)),
+            Checked::Open(_) => panic!("opened without an identity"),
+        }
+        assert!(matches!(verify(&path, None), Err(BackupError::Encrypted { .. })));
+        let opened = verify(&path, Some(&identity)).unwrap();
+        assert!(opened.encrypted);
+        assert_eq!(opened.registry_digest, plain.registry_digest);
+        assert_eq!(opened.parts.len(), 2);
+        let e = verify(&path, Some(&other)).unwrap_err().to_string();
+        assert!(e.contains("cannot be decrypted with this identity"), "{e}");
+        // A changed byte of the encrypted part is found without the identity.
+        let mut b = bytes.clone();
+        let at = b.len() / 2;
+        b[at] ^= 0x01;
+        let bad = dir.join("bad.lgspbak");
+        fs::write(&bad, &b).unwrap();
+        assert!(check(&bad, None).is_err());
         let _ = fs::remove_dir_all(&dir);
     }
 }

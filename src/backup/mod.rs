@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-pub use file::{list, registry_digest, verify, write, Listed, Verified};
+pub use file::{check, list, registry_digest, verify, write, Checked, Listed, Verified};
 
 /// Names the manifest's kind; anything else is not an lgsp backup.
 pub const BACKUP_FORMAT: &str = "lgsp-backup";
@@ -36,6 +36,9 @@ pub const REGISTRY_PART: &str = "registry.json";
 pub const CONFIG_PART: &str = "config/lgsp.toml";
 pub const AUDIT_PREFIX: &str = "audit/";
 pub const KEYS_PART: &str = "keys.age";
+/// The only part of an encrypted backup: the complete plain backup file, age-encrypted.
+pub const ENCRYPTED_PART: &str = "backup.lgspbak.age";
+pub const ENCRYPTED_KIND: &str = "encrypted";
 
 /// What a backup file says about itself (`manifest.json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,7 +66,7 @@ pub struct Manifest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Part {
     pub name: String,
-    /// `registry`, `audit`, `config` or `keys`.
+    /// `registry`, `audit`, `config`, `keys`, or `encrypted` (the one part of an encrypted backup).
     pub kind: String,
     pub size: u64,
     /// Lowercase hex SHA-256 of the member's bytes.
@@ -97,6 +100,10 @@ pub enum BackupError {
         "backup {path} has format version {found}, but this lgsp reads only version {BACKUP_VERSION}; use the lgsp version that wrote it"
     )]
     Version { path: PathBuf, found: u32 },
+    #[error("backup {path} is encrypted; pass --identity with the age identity file whose public key is in [backup] recipients")]
+    Encrypted { path: PathBuf },
+    #[error("{reason}")]
+    Seal { reason: String },
     #[error("cannot encode the backup manifest: {0} (a bug; please report it)")]
     Encode(#[from] serde_json::Error),
 }

@@ -80,13 +80,14 @@ fn is_empty(dir: &Path) -> Result<bool, RestoreError> {
 
 /// Restores a backup; see the module documentation.
 pub fn restore(o: &RestoreOptions) -> Result<Restored, RestoreError> {
-    let verified = file::verify(&o.file)?;
+    let identity = match &o.identity {
+        Some(p) => Some(fs::read_to_string(p).map_err(io_err("read the identity file", p))?),
+        None => None,
+    };
+    let verified = file::verify(&o.file, identity.as_deref())?;
     let m = &verified.manifest;
-    let sealed = match (&o.identity, verified.parts.get(KEYS_PART)) {
-        (Some(p), Some(bytes)) => {
-            let text = fs::read_to_string(p).map_err(io_err("read the identity file", p))?;
-            super::keys::open(bytes, &text).map_err(RestoreError::Failed)?
-        }
+    let sealed = match (&identity, verified.parts.get(KEYS_PART)) {
+        (Some(text), Some(bytes)) => super::keys::open(bytes, text).map_err(RestoreError::Failed)?,
         (Some(_), None) => {
             return Err(RestoreError::Failed(
                 "--identity was given, but this backup holds no keys.age ([backup] recipients were not set when it was made); use --secrets-key".into(),

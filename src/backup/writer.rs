@@ -37,6 +37,8 @@ pub struct WriterConfig {
     pub post_hook: Option<PathBuf>,
     /// age recipients of `keys.age` (empty: no keys in the backup).
     pub recipients: Vec<String>,
+    /// Encrypt the whole file to `recipients` as well.
+    pub encrypt: bool,
     /// The data directory, where the sealed files are read.
     pub data_dir: PathBuf,
 }
@@ -85,6 +87,11 @@ impl BackupService {
             "Unix time of this node's last backup file written (0: none since start)",
         )?;
         let hook = prometheus::IntCounter::new("lgsp_backup_hook_failures_total", "Post-backup hook runs that failed or could not start")?;
+        // Both results exported from the start at 0, so that an alert on `increase()` sees the
+        // first failure.
+        for result in ["ok", "failed"] {
+            total.with_label_values(&[result]);
+        }
         registry.register(Box::new(total.clone()))?;
         registry.register(Box::new(last.clone()))?;
         registry.register(Box::new(hook.clone()))?;
@@ -190,7 +197,8 @@ impl BackupService {
             log_index: snap.log_id.index,
             log_term: snap.log_id.leader_id.term,
         };
-        let path = file::write(&self.cfg.dir, &header, &parts).map_err(|e| e.to_string())?;
+        let encrypt_to: &[String] = if self.cfg.encrypt { &self.cfg.recipients } else { &[] };
+        let path = file::write(&self.cfg.dir, &header, &parts, encrypt_to).map_err(|e| e.to_string())?;
         self.prune(&path);
         self.run_hook(&path);
         Ok(path)

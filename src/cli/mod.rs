@@ -656,8 +656,14 @@ pub enum BackupCmd {
     /// This node's backup files
     List,
     /// Check a backup file offline: every checksum, the manifest, the registry snapshot and the
-    /// audit chain (exit 1 naming the damaged part)
-    Verify { file: PathBuf },
+    /// audit chain (exit 1 naming the damaged part). An encrypted backup is checked up to its
+    /// encrypted part without --identity, completely with it
+    Verify {
+        file: PathBuf,
+        /// An age identity file (from `lgsp backup keygen`) that opens an encrypted backup
+        #[arg(long)]
+        identity: Option<PathBuf>,
+    },
     /// Offline: make DIR a new one-node cluster holding the backup's registry and audit log
     /// (verifies first; refuses a directory with data unless --force, which moves it aside)
     Restore {
@@ -1132,13 +1138,38 @@ async fn remote(cmd: Cmd, conn: &Connection, j: bool) -> Result<()> {
         }
         return Ok(());
     }
-    if let Cmd::Backup(BackupCmd::Verify { file }) = &cmd {
-        let v = crate::backup::verify(file)?;
+    if let Cmd::Backup(BackupCmd::Verify { file, identity }) = &cmd {
+        let identity = match identity {
+            Some(p) => Some(std::fs::read_to_string(p).with_context(|| format!("cannot read the identity file {}", p.display()))?),
+            None => None,
+        };
+        let v = match crate::backup::check(file, identity.as_deref())? {
+            crate::backup::Checked::Open(v) => v,
+            crate::backup::Checked::Sealed(m) => {
+                let out = json!({
+                    "ok": true, "encrypted": true, "contents_checked": false, "file": file, "id": m.id, "reason": m.reason,
+                    "created_at": m.created_at, "cluster_id": m.cluster_id, "node_id": m.node_id, "node_name": m.node_name,
+                    "log_index": m.log_index, "log_term": m.log_term, "parts": m.parts,
+                });
+                if j {
+                    show(&out, true, &[]);
+                } else {
+                    println!(
+                        "{}: encrypted backup of node {} at log index {}: the container and the encrypted part's SHA-256 are OK; pass --identity to check its contents",
+                        file.display(),
+                        m.node_name,
+                        m.log_index
+                    );
+                }
+                return Ok(());
+            }
+        };
         let m = &v.manifest;
         let out = json!({
             "ok": true, "file": file, "id": m.id, "reason": m.reason, "created_at": m.created_at, "cluster_id": m.cluster_id,
             "node_id": m.node_id, "node_name": m.node_name, "log_index": m.log_index, "log_term": m.log_term,
-            "parts": m.parts, "registry_digest": v.registry_digest,
+            "parts": m.parts, "registry_digest": v.registry_digest, "encrypted": v.encrypted,
+            "contents_checked": true,
         });
         if j {
             show(&out, true, &[]);
