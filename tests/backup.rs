@@ -59,6 +59,27 @@ fn verify(node: &Node, file: &Path) -> Output {
     node.cli(&["backup", "verify", file.to_str().expect("utf-8 path")], None)
 }
 
+/// Starts the node restored into `dir` (with the backed-up node's dev.json) and checks that an
+/// access token issued before the backup gets the answer it got then.
+fn assert_restored_gateway_answers_like_before(node: &Node, dir: &Path, token: &str, before: u16) {
+    std::fs::copy(node.dir.join("dev.json"), dir.join("dev.json")).expect("dev.json");
+    let restored = Node::start_in(dir);
+    let url = restored.info["gateway_url"].as_str().expect("gateway_url").to_owned();
+    let http = gateway_support::gateway_client();
+    let after = poll("the restored gateway serves", || {
+        let r = gateway_support::send_to(
+            &http,
+            &url,
+            "GET",
+            "/dancu/v1/citizens/1",
+            &[gateway_support::h("authorization", &format!("Bearer {token}"))],
+            None,
+        );
+        (r.status != 503).then_some(r)
+    });
+    assert_eq!(after.status, before, "{}", after.text());
+}
+
 fn damaged_copy(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, bytes).expect("write damaged copy");
@@ -414,22 +435,7 @@ fn keys_sealed_to_recipients_restore_with_the_identity() {
         std::fs::read(dir.join("audit-signing.key")).expect("restored audit key"),
         std::fs::read(gw.node.dir.join("audit-signing.key")).expect("audit key")
     );
-    std::fs::copy(gw.node.dir.join("dev.json"), dir.join("dev.json")).expect("dev.json");
-    let restored = Node::start_in(&dir);
-    let url = restored.info["gateway_url"].as_str().expect("gateway_url").to_owned();
-    let http = gateway_support::gateway_client();
-    let after = poll("the restored gateway serves", || {
-        let r = gateway_support::send_to(
-            &http,
-            &url,
-            "GET",
-            "/dancu/v1/citizens/1",
-            &[gateway_support::h("authorization", &format!("Bearer {token}"))],
-            None,
-        );
-        (r.status != 503).then_some(r)
-    });
-    assert_eq!(after.status, before.status, "{}", after.text());
+    assert_restored_gateway_answers_like_before(&gw.node, &dir, &token, before.status);
 }
 
 #[test]
@@ -515,20 +521,5 @@ fn a_whole_backup_encrypted_to_recipients_is_checked_listed_and_restored_with_th
     assert!(o.status.success(), "restore: {}{}", stdout(&o), stderr(&o));
     let r: Value = serde_json::from_str(&stdout(&o)).expect("restore json");
     assert_eq!(r["registry_digest"].as_str(), Some(digest.as_str()));
-    std::fs::copy(gw.node.dir.join("dev.json"), dir.join("dev.json")).expect("dev.json");
-    let restored = Node::start_in(&dir);
-    let url = restored.info["gateway_url"].as_str().expect("gateway_url").to_owned();
-    let http = gateway_support::gateway_client();
-    let after = poll("the restored gateway serves", || {
-        let r = gateway_support::send_to(
-            &http,
-            &url,
-            "GET",
-            "/dancu/v1/citizens/1",
-            &[gateway_support::h("authorization", &format!("Bearer {token}"))],
-            None,
-        );
-        (r.status != 503).then_some(r)
-    });
-    assert_eq!(after.status, before.status, "{}", after.text());
+    assert_restored_gateway_answers_like_before(&gw.node, &dir, &token, before.status);
 }
