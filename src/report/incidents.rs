@@ -1,14 +1,11 @@
 //! The report's incidents section (O5, HP Art. 10, HN Art. 12): incidents that overlapped the
-//! period, with their severity and how long the fix took (HN Art. 16.10: within 24 hours).
-//!
-//! **Placeholder.** The incident log is being built on another branch (`incident`); until it
-//! is merged, [`incidents_in_period`] returns an empty list and the report says that incidents
-//! are not yet recorded by the appliance. Wiring it is one line: call the incident module's
-//! `incidents_overlapping(state, from, to)` here and map its records to [`Incident`].
+//! period, from the replicated incident log (`registry::incident`), with their severity and
+//! whether the fix took at most 24 hours from detection (HN Art. 16.10).
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
+use crate::registry::incident::incidents_overlapping;
 use crate::registry::State;
 
 /// One incident as the report shows it.
@@ -17,26 +14,53 @@ pub struct Incident {
     pub id: String,
     pub title: String,
     pub severity: String,
+    /// `open`, `isolated`, `fixing`, `monitoring` or `resolved` (at the time of the report).
+    pub status: String,
+    /// When it was detected.
     pub started_at: DateTime<Utc>,
     /// `None` while still open.
     pub resolved_at: Option<DateTime<Utc>>,
-    /// Systems or services affected, as text.
+    /// Services and agencies affected, as text.
     pub affected: String,
+    /// An incident report is due (HP Art. 10.5g).
+    pub serious: bool,
 }
 
 impl Incident {
-    /// Whole hours from start to resolution (`None` while open).
-    pub fn resolution_hours(&self) -> Option<i64> {
-        self.resolved_at.map(|r| (r - self.started_at).num_minutes().div_euclid(60))
+    /// Fixed within `hours` of detection: `Some(true|false)` once resolved, `Some(false)` while
+    /// still open past the limit at `now`, `None` while open within it.
+    pub fn fixed_within(&self, hours: u32, now: DateTime<Utc>) -> Option<bool> {
+        let limit = Duration::hours(i64::from(hours));
+        match self.resolved_at {
+            Some(r) => Some(r - self.started_at <= limit),
+            None => (now - self.started_at > limit).then_some(false),
+        }
     }
 }
 
-/// Whether the appliance records incidents yet (false until the incident log is wired in):
-/// the report then says so instead of showing "no incidents".
-pub const INCIDENT_LOG_AVAILABLE: bool = false;
-
-/// Incidents overlapping `[from, to)`. PLACEHOLDER: always empty until the incident log
-/// (branch `incident`) is merged; see the module doc.
-pub fn incidents_in_period(_state: &State, _from: DateTime<Utc>, _to: DateTime<Utc>) -> Vec<Incident> {
-    Vec::new()
+/// Incidents overlapping `[from, to)` (detected before `to`, not resolved before `from`),
+/// oldest first.
+pub fn incidents_in_period(state: &State, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<Incident> {
+    incidents_overlapping(state, from, to)
+        .into_iter()
+        .map(|i| {
+            let mut affected = Vec::new();
+            if !i.services.is_empty() {
+                affected.push(format!("dịch vụ / services: {}", i.services.join(", ")));
+            }
+            if !i.affected_agencies.is_empty() {
+                affected.push(format!("cơ quan / agencies: {}", i.affected_agencies.join(", ")));
+            }
+            Incident {
+                id: i.id.clone(),
+                title: format!("{} / {}", i.title.vi, i.title.en),
+                severity: i.severity.as_str().to_owned(),
+                status: i.status.as_str().to_owned(),
+                started_at: i.detected_at,
+                resolved_at: i.resolved_at,
+                affected: if affected.is_empty() { "—".to_owned() } else { affected.join("; ") },
+                serious: i.serious(),
+            }
+        })
+        .collect()
 }
