@@ -64,3 +64,54 @@ pub fn incidents_in_period(state: &State, from: DateTime<Utc>, to: DateTime<Utc>
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::incident::{Incident as Logged, IncidentStatus, PreIncidentBackup, Severity};
+    use crate::registry::Bilingual;
+    use chrono::TimeZone;
+
+    fn t(d: u32, h: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, d, h, 0, 0).unwrap()
+    }
+
+    fn logged(id: &str, detected: DateTime<Utc>, resolved: Option<DateTime<Utc>>) -> Logged {
+        Logged {
+            id: id.into(),
+            title: Bilingual { vi: "Sự cố".into(), en: "Incident".into() },
+            description: String::new(),
+            severity: Severity::Normal,
+            status: if resolved.is_some() { IncidentStatus::Resolved } else { IncidentStatus::Fixing },
+            services: vec![],
+            agencies: vec![],
+            affected_agencies: vec!["000.00.00.H31".into(), "000.00.01.H31".into()],
+            detected_at: detected,
+            opened_at: detected,
+            opened_by: "op".into(),
+            expected_fix_at: None,
+            fix_revision: 0,
+            cause: String::new(),
+            resolution: String::new(),
+            resolved_at: resolved,
+            backup: PreIncidentBackup::Failed { error: "test".into(), id: None },
+            escalated: false,
+            timeline: vec![],
+        }
+    }
+
+    #[test]
+    fn overlapping_incidents_and_the_24_hour_rule() {
+        let mut s = State::default();
+        s.incidents.load(logged("before", t(1, 0), Some(t(2, 0))));
+        s.incidents.load(logged("across", t(9, 0), Some(t(11, 0))));
+        s.incidents.load(logged("open", t(12, 0), None));
+        let got = incidents_in_period(&s, t(10, 0), t(20, 0));
+        let ids: Vec<&str> = got.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["across", "open"], "resolved before the period: left out");
+        assert!(got[0].serious, "two agencies affected");
+        assert_eq!(got[0].fixed_within(24, t(20, 0)), Some(false), "48 h");
+        assert_eq!(got[1].fixed_within(24, t(12, 12)), None, "open, within the limit");
+        assert_eq!(got[1].fixed_within(24, t(14, 0)), Some(false), "open past the limit: late already");
+    }
+}
