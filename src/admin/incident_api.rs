@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use super::auth::Principal;
 use super::backup_api::{backup_now, BackupOutcome, WAIT};
 use super::{page, ApiError, ApiJson, ApiQuery, Endpoint, Shared};
-use crate::registry::incident::{self, Incident, IncidentStatus, PreIncidentBackup, Severity};
+use crate::registry::incident::{self, Incident, IncidentChanges, IncidentStatus, PreIncidentBackup, Severity};
 use crate::registry::{Bilingual, Command, Timestamp};
 
 pub fn endpoints() -> Vec<Endpoint> {
@@ -209,49 +209,14 @@ async fn open(State(st): State<Shared>, p: Principal, ApiJson(b): ApiJson<OpenBo
     Ok((StatusCode::CREATED, Json(v)))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UpdateBody {
-    #[serde(default)]
-    note: String,
-    #[serde(default)]
-    status: Option<IncidentStatus>,
-    #[serde(default)]
-    expected_fix_at: Option<Timestamp>,
-    #[serde(default)]
-    severity: Option<Severity>,
-    #[serde(default)]
-    services: Option<Vec<String>>,
-    #[serde(default)]
-    agencies: Option<Vec<String>>,
-    #[serde(default)]
-    cause: Option<String>,
-    #[serde(default)]
-    escalate: bool,
-}
-
 async fn update(
     State(st): State<Shared>,
     p: Principal,
     Path(id): Path<String>,
-    ApiJson(b): ApiJson<UpdateBody>,
+    ApiJson(changes): ApiJson<IncidentChanges>,
 ) -> Result<Json<Value>, ApiError> {
     p.require_operator("update incidents")?;
-    st.propose(
-        p.actor(),
-        Command::UpdateIncident {
-            id: id.clone(),
-            note: b.note,
-            status: b.status,
-            expected_fix_at: b.expected_fix_at,
-            severity: b.severity,
-            services: b.services,
-            agencies: b.agencies,
-            cause: b.cause,
-            escalate: b.escalate,
-        },
-    )
-    .await?;
+    st.propose(p.actor(), Command::UpdateIncident { id: id.clone(), changes }).await?;
     Ok(Json(incident_json(&find(&st, &p, &id)?, Utc::now())))
 }
 

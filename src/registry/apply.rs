@@ -1091,19 +1091,7 @@ impl Cx<'_> {
                 };
                 incident::open(self.s, n, self.at, &self.actor.user)?;
             }
-            UpdateIncident { id, note, status, expected_fix_at, severity, services, agencies, cause, escalate } => {
-                let c = incident::Changes {
-                    note,
-                    status: *status,
-                    expected_fix_at: *expected_fix_at,
-                    severity: *severity,
-                    services: services.as_deref(),
-                    agencies: agencies.as_deref(),
-                    cause: cause.as_deref(),
-                    escalate: *escalate,
-                };
-                incident::update(self.s, id, c, self.at, &self.actor.user)?;
-            }
+            UpdateIncident { id, changes } => incident::update(self.s, id, changes, self.at, &self.actor.user)?,
             ResolveIncident { id, resolution, cause } => {
                 incident::resolve(self.s, id, resolution, cause.as_deref(), self.at, &self.actor.user)?
             }

@@ -445,23 +445,7 @@ pub enum Command {
     /// A changed expected fix time is notified to those affected.
     UpdateIncident {
         id: String,
-        #[serde(default)]
-        note: String,
-        #[serde(default)]
-        status: Option<super::incident::IncidentStatus>,
-        #[serde(default)]
-        expected_fix_at: Option<Timestamp>,
-        #[serde(default)]
-        severity: Option<super::incident::Severity>,
-        #[serde(default)]
-        services: Option<Vec<String>>,
-        #[serde(default)]
-        agencies: Option<Vec<String>>,
-        #[serde(default)]
-        cause: Option<String>,
-        /// Beyond the operator's capacity: Sở KH&CN asked to help (HP Art. 10.5e).
-        #[serde(default)]
-        escalate: bool,
+        changes: super::incident::IncidentChanges,
     },
     /// Closes an incident at the envelope's instant; those affected are notified.
     ResolveIncident {

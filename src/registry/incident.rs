@@ -224,16 +224,31 @@ pub struct NewIncident<'a> {
     pub backup: &'a PreIncidentBackup,
 }
 
-/// The changes of `UpdateIncident`; `None` keeps a field.
-#[derive(Default)]
-pub struct Changes<'a> {
-    pub note: &'a str,
+/// The changes of `UpdateIncident`, also the body of `POST /api/v1/incidents/{id}/updates`:
+/// a note and/or new values; `None` (or left out) keeps a field.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncidentChanges {
+    /// A timeline note (with a status change, the text of that entry).
+    #[serde(default)]
+    pub note: String,
+    #[serde(default)]
     pub status: Option<IncidentStatus>,
+    /// A new expected fix time: notified to those affected.
+    #[serde(default)]
     pub expected_fix_at: Option<Timestamp>,
+    #[serde(default)]
     pub severity: Option<Severity>,
-    pub services: Option<&'a [String]>,
-    pub agencies: Option<&'a [String]>,
-    pub cause: Option<&'a str>,
+    /// Replaces the affected services.
+    #[serde(default)]
+    pub services: Option<Vec<String>>,
+    /// Replaces the agencies named as affected.
+    #[serde(default)]
+    pub agencies: Option<Vec<String>>,
+    #[serde(default)]
+    pub cause: Option<String>,
+    /// Beyond the operator's capacity: Sở KH&CN and related units asked to help (HP Art. 10.5e).
+    #[serde(default)]
     pub escalate: bool,
 }
 
@@ -334,7 +349,7 @@ pub fn open(state: &mut State, n: NewIncident, at: Timestamp, by: &str) -> Resul
     Ok(())
 }
 
-pub fn update(state: &mut State, id: &str, c: Changes, at: Timestamp, by: &str) -> Result<(), E> {
+pub fn update(state: &mut State, id: &str, c: &IncidentChanges, at: Timestamp, by: &str) -> Result<(), E> {
     let mut inc = state.incidents.get(id).cloned().ok_or_else(|| E::not_found("incident", id))?;
     let resolved = inc.status == IncidentStatus::Resolved;
     if resolved
@@ -348,7 +363,7 @@ pub fn update(state: &mut State, id: &str, c: Changes, at: Timestamp, by: &str) 
         return Err(E::conflict("INCIDENT_RESOLVED", format!("incident {id} is resolved: only notes and the cause can change")));
     }
     if !c.note.is_empty() {
-        rules::text("note", c.note, MAX_TEXT)?;
+        rules::text("note", &c.note, MAX_TEXT)?;
     }
     let before = inc.clone();
     let mut entries = Vec::new();
@@ -364,20 +379,20 @@ pub fn update(state: &mut State, id: &str, c: Changes, at: Timestamp, by: &str) 
                 ));
             }
             inc.status = s;
-            let text = if c.note.is_empty() { format!("status: {}", s.words()) } else { c.note.to_owned() };
+            let text = if c.note.is_empty() { format!("status: {}", s.words()) } else { c.note.clone() };
             entries.push(entry(at, by, "status", text, Some(s)));
         }
     }
     if !c.note.is_empty() && !entries.iter().any(|e| e.kind == "status") {
-        entries.push(entry(at, by, "note", c.note.to_owned(), None));
+        entries.push(entry(at, by, "note", c.note.clone(), None));
     }
     if let Some(sev) = c.severity.filter(|s| *s != inc.severity) {
         entries.push(entry(at, by, "severity", format!("severity {} → {}", inc.severity.as_str(), sev.as_str()), None));
         inc.severity = sev;
     }
     if c.services.is_some() || c.agencies.is_some() {
-        let services = c.services.unwrap_or(&before.services);
-        let agencies = c.agencies.unwrap_or(&before.agencies);
+        let services = c.services.as_deref().unwrap_or(&before.services);
+        let agencies = c.agencies.as_deref().unwrap_or(&before.agencies);
         check_affected(state, services, agencies)?;
         if services != before.services.as_slice() || agencies != before.agencies.as_slice() {
             inc.services = services.to_vec();
@@ -391,7 +406,7 @@ pub fn update(state: &mut State, id: &str, c: Changes, at: Timestamp, by: &str) 
             ));
         }
     }
-    if let Some(cause) = c.cause.filter(|x| *x != inc.cause) {
+    if let Some(cause) = c.cause.as_deref().filter(|x| *x != inc.cause) {
         rules::text("cause", cause, MAX_TEXT)?;
         inc.cause = cause.to_owned();
         entries.push(entry(at, by, "cause", format!("cause: {cause}"), None));
@@ -605,20 +620,24 @@ mod tests {
     fn updates_are_timeline_entries_and_fix_changes_are_notices() {
         let mut s = State::default();
         opened(&mut s, "i1", None).unwrap();
-        let c = Changes { note: "cut off the upstream", status: Some(IncidentStatus::Isolated), ..Default::default() };
-        update(&mut s, "i1", c, t(3), "op").unwrap();
-        let c = Changes { expected_fix_at: Some(t(9)), ..Default::default() };
-        update(&mut s, "i1", c, t(3), "op").unwrap();
+        let c = IncidentChanges { note: "cut off the upstream".into(), status: Some(IncidentStatus::Isolated), ..Default::default() };
+        update(&mut s, "i1", &c, t(3), "op").unwrap();
+        let c = IncidentChanges { expected_fix_at: Some(t(9)), ..Default::default() };
+        update(&mut s, "i1", &c, t(3), "op").unwrap();
         assert!(s.notices.contains("incident/i1/expected-fix-1"));
-        let c = Changes { expected_fix_at: Some(t(9)), ..Default::default() };
-        assert_eq!(update(&mut s, "i1", c, t(4), "op").unwrap_err().code(), "INVALID_INPUT", "same time: nothing changes");
-        let c = Changes { status: Some(IncidentStatus::Open), ..Default::default() };
-        assert!(update(&mut s, "i1", c, t(4), "op").unwrap_err().to_string().contains("cannot go back"));
-        let c =
-            Changes { status: Some(IncidentStatus::Monitoring), severity: Some(Severity::Serious), escalate: true, ..Default::default() };
-        update(&mut s, "i1", c, t(4), "op").unwrap();
-        let c = Changes { status: Some(IncidentStatus::Fixing), ..Default::default() };
-        update(&mut s, "i1", c, t(5), "op").expect("monitoring → fixing is a relapse, allowed");
+        let c = IncidentChanges { expected_fix_at: Some(t(9)), ..Default::default() };
+        assert_eq!(update(&mut s, "i1", &c, t(4), "op").unwrap_err().code(), "INVALID_INPUT", "same time: nothing changes");
+        let c = IncidentChanges { status: Some(IncidentStatus::Open), ..Default::default() };
+        assert!(update(&mut s, "i1", &c, t(4), "op").unwrap_err().to_string().contains("cannot go back"));
+        let c = IncidentChanges {
+            status: Some(IncidentStatus::Monitoring),
+            severity: Some(Severity::Serious),
+            escalate: true,
+            ..Default::default()
+        };
+        update(&mut s, "i1", &c, t(4), "op").unwrap();
+        let c = IncidentChanges { status: Some(IncidentStatus::Fixing), ..Default::default() };
+        update(&mut s, "i1", &c, t(5), "op").expect("monitoring → fixing is a relapse, allowed");
         let i = s.incidents.get("i1").unwrap();
         let kinds: Vec<&str> = i.timeline.iter().map(|e| e.kind.as_str()).collect();
         assert_eq!(kinds, ["opened", "status", "expected_fix", "status", "severity", "escalated", "status"]);
@@ -634,10 +653,10 @@ mod tests {
         assert_eq!((i.status, i.fixed_in_time(), i.cause.as_str()), (IncidentStatus::Resolved, Some(true), "connection leak"));
         assert!(s.notices.contains("incident/i1/resolved"));
         assert_eq!(resolve(&mut s, "i1", "again", None, t(21), "op").unwrap_err().code(), "INCIDENT_RESOLVED");
-        let c = Changes { expected_fix_at: Some(t(22)), ..Default::default() };
-        assert_eq!(update(&mut s, "i1", c, t(21), "op").unwrap_err().code(), "INCIDENT_RESOLVED");
-        let c = Changes { note: "post-mortem written", ..Default::default() };
-        update(&mut s, "i1", c, t(21), "op").expect("notes after resolution");
+        let c = IncidentChanges { expected_fix_at: Some(t(22)), ..Default::default() };
+        assert_eq!(update(&mut s, "i1", &c, t(21), "op").unwrap_err().code(), "INCIDENT_RESOLVED");
+        let c = IncidentChanges { note: "post-mortem written".into(), ..Default::default() };
+        update(&mut s, "i1", &c, t(21), "op").expect("notes after resolution");
         let later = Incident { resolved_at: Some(t(1) + Duration::hours(25)), ..i };
         assert_eq!(later.fixed_in_time(), Some(false));
         assert!(later.overlaps(t(23), t(23) + Duration::days(1)) && !later.overlaps(t(0), t(1)));
