@@ -319,6 +319,9 @@ fn json_endpoints(fx: &Fx, cred: &str, sub_req: &str, sub_pa: &str) -> Vec<(&'st
         ("PATCH", "/api/v1/maintenance/mw-x".into()),
         ("POST", "/api/v1/maintenance/mw-x/cancel".into()),
         ("POST", "/api/v1/backups".into()),
+        ("POST", "/api/v1/incidents".into()),
+        ("POST", "/api/v1/incidents/inc-x/updates".into()),
+        ("POST", "/api/v1/incidents/inc-x/resolve".into()),
         ("PUT", format!("/api/v1/agencies/{P}/webhooks")),
     ]
 }
@@ -465,6 +468,8 @@ fn bad_query_strings() {
             q("/api/v1/catalogs/x/entries?version=latest"),
             q("/api/v1/audit/admin?limit=many"),
             q("/api/v1/audit/admin?since=yesterday"),
+            q("/api/v1/incidents?open=maybe"),
+            q("/api/v1/incidents/inc-x/report?format=pdf").says("html or json"),
             bad("POST", "/api/v1/registry/import?dry_run=maybe", json!({}), 400, "INVALID_INPUT"),
             bad(
                 "POST",
@@ -518,6 +523,10 @@ fn wrong_types_and_missing_required_fields() {
             wrong("POST", "/api/v1/subscriptions", json!({"consumer_system": "stp-hotich", "service": "dancu", "version": "v1", "environment": "test", "purpose": "p", "rate_limit": {"per_second": "fast"}}), "per_second"),
             wrong("POST", "/api/v1/services/dancu/versions/v1/deprecate", json!({"retire_at": "next year", "reason": "x"}), "retire_at"),
             wrong("POST", "/api/v1/services/dancu/versions/v1/deprecate", json!({"retire_at": 1893456000, "reason": "x"}), "retire_at"),
+            wrong("POST", "/api/v1/incidents", json!({"title": "Sự cố", "severity": "normal"}), "title"),
+            wrong("POST", "/api/v1/incidents", json!({"title": {"vi": "Sự cố", "en": "Incident"}, "severity": "critical"}), "severity"),
+            wrong("POST", "/api/v1/incidents", json!({"title": {"vi": "Sự cố", "en": "Incident"}, "severity": "normal", "expected_fix_at": "tomorrow"}), "expected_fix_at"),
+            wrong("POST", "/api/v1/incidents", json!({"title": {"vi": "Sự cố", "en": "Incident"}, "severity": "normal", "services": "dancu"}), "services"),
             wrong("PUT", "/api/v1/settings/holidays", json!({"holidays": ["2027-13-01"]}), "holidays"),
             wrong("PUT", "/api/v1/settings/holidays", json!({"holidays": "2027-01-01"}), "holidays"),
             wrong("PUT", &format!("/api/v1/subscriptions/{sub}/limits"), json!({"per_day": -1}), "per_day"),

@@ -10,13 +10,12 @@
 
 mod common;
 
+use common::compat::{python, Smtp};
 use common::wait_for;
 mod gateway_support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::{Datelike, Duration as CDuration, TimeZone, Utc};
@@ -26,68 +25,6 @@ use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
 use sha2::Sha256;
-
-fn python() -> PathBuf {
-    let venv = std::env::var_os("LGSP_COMPAT_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/compat-venv"));
-    let py = venv.join("bin/python");
-    assert!(py.exists(), "{} is missing: run scripts/compat-setup (scripts/test does)", py.display());
-    py
-}
-
-/// aiosmtpd on a free loopback port, storing each message in a Maildir. Killed on drop.
-struct Smtp {
-    child: Child,
-    port: u16,
-    maildir: PathBuf,
-}
-
-impl Smtp {
-    fn start(dir: &Path) -> Smtp {
-        let port = common::serve::free_tcp_port();
-        let maildir = dir.join("maildir");
-        let child = Command::new(python())
-            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"])
-            .arg(&maildir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start aiosmtpd");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "aiosmtpd did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Smtp { child, port, maildir }
-    }
-
-    /// Every received message as (recipients, subject, body), decoded by Python's email package.
-    fn messages(&self) -> Vec<Value> {
-        let script = r#"
-import json, mailbox, sys, email.header
-out = []
-for m in mailbox.Maildir(sys.argv[1], create=False):
-    subj = str(email.header.make_header(email.header.decode_header(m['subject'] or '')))
-    body = m.get_payload(decode=True).decode(m.get_content_charset() or 'utf-8')
-    out.append({"to": m['to'], "subject": subj, "body": body, "message_id": m['message-id']})
-print(json.dumps(out))
-"#;
-        if !self.maildir.join("new").exists() {
-            return vec![];
-        }
-        let out = Command::new(python()).args(["-c", script]).arg(&self.maildir).output().expect("read maildir");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice::<Vec<Value>>(&out.stdout).expect("json")
-    }
-}
-
-impl Drop for Smtp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[derive(Clone, Debug)]
 struct Hook {

@@ -11,7 +11,6 @@ mod common;
 mod gateway_support;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use chrono::{Duration as CDuration, SecondsFormat, Utc};
 use common::cluster::Cluster;
@@ -26,13 +25,6 @@ fn ops_config(dir: &Path) -> PathBuf {
     std::fs::write(&p, "[maintenance]\nmin_notice = '1h'\n[report]\npublish_interval = '1s'\navailability_target = 99.9\n")
         .expect("ops config");
     p
-}
-
-fn python() -> PathBuf {
-    let venv = std::env::var_os("LGSP_COMPAT_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/compat-venv"));
-    venv.join("bin/python")
 }
 
 /// The current month and year in Vietnam time.
@@ -180,21 +172,12 @@ fn monthly_and_yearly_reports_count_what_the_gateway_carried() {
     assert!(ct.starts_with("text/html"), "{ct}");
     let file = tmp.path().join("report.html");
     std::fs::write(&file, &html).expect("write html");
-    let out = Command::new(python())
-        .args([
-            "-c",
-            "import html5lib, json, sys\n\
-             doc = html5lib.HTMLParser(strict=True, namespaceHTMLElements=False).parse(open(sys.argv[1], encoding='utf-8').read())\n\
-             svg = '{http://www.w3.org/2000/svg}'\n\
-             print(json.dumps({'svgs': len(doc.findall('.//' + svg + 'svg')), 'bars': len(doc.findall('.//' + svg + 'rect')),\n\
-               'lines': len(doc.findall('.//' + svg + 'polyline')), 'h2': [''.join(h.itertext()) for h in doc.findall('.//h2')],\n\
-               'scripts': len(doc.findall('.//script'))}))",
-        ])
-        .arg(&file)
-        .output()
-        .expect("python with html5lib (run scripts/compat-setup)");
-    assert!(out.status.success(), "html5lib: {}", String::from_utf8_lossy(&out.stderr));
-    let parsed: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let parsed = common::compat::html5(
+        &file,
+        "{'svgs': len(doc.findall('.//' + svg + 'svg')), 'bars': len(doc.findall('.//' + svg + 'rect')), \
+         'lines': len(doc.findall('.//' + svg + 'polyline')), 'h2': [''.join(h.itertext()) for h in doc.findall('.//h2')], \
+         'scripts': len(doc.findall('.//script'))}",
+    );
     assert!(parsed["svgs"].as_u64() >= Some(4), "transactions, success rate, latency and uptime charts: {parsed}");
     assert!(parsed["bars"].as_u64() >= Some(3) && parsed["lines"].as_u64() >= Some(2), "{parsed}");
     assert_eq!(parsed["scripts"], 0);

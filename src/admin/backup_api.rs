@@ -18,7 +18,7 @@ use super::auth::Principal;
 use super::{ApiError, ApiJson, Endpoint, Shared};
 
 /// How long `POST /api/v1/backups` waits for this node's file before answering 202.
-const WAIT: Duration = Duration::from_secs(120);
+pub const WAIT: Duration = Duration::from_secs(120);
 
 pub fn endpoints() -> Vec<Endpoint> {
     vec![
@@ -53,6 +53,33 @@ fn unavailable() -> ApiError {
     )
 }
 
+/// What became of a backup this node asked for (`POST /api/v1/backups`, and the pre-incident
+/// backup of `POST /api/v1/incidents`).
+pub enum BackupOutcome {
+    /// The point is in the log and this node wrote its file.
+    Written { id: String, index: u64, file: std::path::PathBuf, size: u64 },
+    /// The point is in the log; this node is still writing its file.
+    Pending { id: String, index: u64 },
+    /// The point is in the log but this node could not write its file.
+    FileFailed { id: String, index: u64, error: String },
+}
+
+/// Proposes the `Backup` cluster command with `reason` and waits up to `wait` for this node's
+/// file. Errors: no backup writer on this node, or the command could not be committed.
+pub async fn backup_now(st: &Shared, p: &Principal, reason: &str, wait: Duration) -> Result<BackupOutcome, ApiError> {
+    let service = st.backups.clone().ok_or_else(unavailable)?;
+    let id = format!("{}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ"), hex::encode(crate::secrets::random_bytes::<3>()));
+    let index = st.cluster.backup(p.actor(), id.clone(), reason.to_owned()).await?;
+    Ok(match service.wait(&id, wait).await {
+        Some(Ok(file)) => {
+            let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+            BackupOutcome::Written { id, index, file, size }
+        }
+        Some(Err(e)) => BackupOutcome::FileFailed { id, index, error: e.to_string() },
+        None => BackupOutcome::Pending { id, index },
+    })
+}
+
 async fn create(State(st): State<Shared>, p: Principal, ApiJson(b): ApiJson<CreateBody>) -> Result<(StatusCode, Json<Value>), ApiError> {
     p.require_operator("create backups")?;
     let reason = b.reason.trim().to_owned();
@@ -61,25 +88,20 @@ async fn create(State(st): State<Shared>, p: Principal, ApiJson(b): ApiJson<Crea
         e.details = Some(json!({ "field": "reason" }));
         return Err(e);
     }
-    let service = st.backups.clone().ok_or_else(unavailable)?;
-    let id = format!("{}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ"), hex::encode(crate::secrets::random_bytes::<3>()));
-    let index = st.cluster.backup(p.actor(), id.clone(), reason.clone()).await?;
-    match service.wait(&id, WAIT).await {
-        Some(Ok(file)) => {
-            let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
-            Ok((
-                StatusCode::CREATED,
-                Json(json!({ "id": id, "reason": reason, "log_index": index, "node": st.cluster.id, "file": file, "size": size })),
-            ))
-        }
-        Some(Err(e)) => Err(ApiError::new(
+    let node = st.cluster.id;
+    match backup_now(&st, &p, &reason, WAIT).await? {
+        BackupOutcome::Written { id, index, file, size } => Ok((
+            StatusCode::CREATED,
+            Json(json!({ "id": id, "reason": reason, "log_index": index, "node": node, "file": file, "size": size })),
+        )),
+        BackupOutcome::FileFailed { id, index, error } => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "BACKUP_FAILED",
-            format!("backup {id} (log index {index}) was recorded, but this node could not write its file: {e}"),
+            format!("backup {id} (log index {index}) was recorded, but this node could not write its file: {error}"),
         )),
-        None => Ok((
+        BackupOutcome::Pending { id, index } => Ok((
             StatusCode::ACCEPTED,
-            Json(json!({ "id": id, "reason": reason, "log_index": index, "node": st.cluster.id,
+            Json(json!({ "id": id, "reason": reason, "log_index": index, "node": node,
                 "message": "the backup point is recorded; this node is still writing its file, see `lgsp backup list`" })),
         )),
     }

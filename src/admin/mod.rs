@@ -12,6 +12,7 @@ pub mod backup_api;
 pub mod catalogs;
 pub mod cluster_api;
 pub mod error;
+pub mod incident_api;
 pub mod maintenance_api;
 pub mod openapi;
 pub mod probes_api;
@@ -94,6 +95,7 @@ pub fn endpoints() -> Vec<Endpoint> {
     v.extend(maintenance_api::endpoints());
     v.extend(probes_api::endpoints());
     v.extend(backup_api::endpoints());
+    v.extend(incident_api::endpoints());
     v.extend(report_api::endpoints());
     v
 }

@@ -122,7 +122,8 @@ async fn report(State(st): State<Shared>, p: Principal, ApiQuery(q): ApiQuery<Re
     })
 }
 
-fn attachment(content_type: &str, file: &str, body: String) -> Response {
+/// An inline document with its file name (reports, incident reports).
+pub(super) fn attachment(content_type: &str, file: &str, body: String) -> Response {
     let disposition = format!("inline; filename=\"{file}\"");
     (StatusCode::OK, [(header::CONTENT_TYPE, content_type.to_owned()), (header::CONTENT_DISPOSITION, disposition)], body).into_response()
 }

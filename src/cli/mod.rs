@@ -93,6 +93,10 @@ pub enum Cmd {
     /// Backups: create one on every node, list this node's, verify a file offline
     #[command(subcommand)]
     Backup(BackupCmd),
+    /// The incident log (O5): open (every node backs up first), update, resolve, list, show, and
+    /// the incident report of a serious incident
+    #[command(subcommand)]
+    Incident(IncidentCmd),
     /// Periodic report of the whole cluster: a month (operator's monthly report) or a year
     /// (the December report): traffic, success, latency, uptime, maintenance, subscriptions, SLA
     Report(ReportArgs),
@@ -696,6 +700,148 @@ pub enum BackupCmd {
         #[arg(long)]
         output: PathBuf,
     },
+}
+
+/// Severity levels of an incident (see ARCHITECTURE.md, "Incidents").
+const SEVERITIES: [&str; 3] = ["normal", "serious", "national"];
+
+#[derive(Debug, Subcommand)]
+pub enum IncidentCmd {
+    /// Open an incident: every node backs up first (HP Art. 10.5c, reason "pre-incident: TITLE"),
+    /// then the incident is recorded (even if the backup failed: the output then says so) and
+    /// those affected are told the expected fix time
+    Open {
+        /// An id for the incident (generated if left out)
+        #[arg(long)]
+        id: Option<String>,
+        /// Title in Vietnamese (also the English title unless --title-en)
+        #[arg(long)]
+        title: String,
+        /// Title in English
+        #[arg(long)]
+        title_en: Option<String>,
+        /// normal, serious (nghiêm trọng: several agencies, a report is due) or national
+        #[arg(long, value_parser = SEVERITIES)]
+        severity: String,
+        /// An affected service context (repeat for several)
+        #[arg(long = "service")]
+        services: Vec<String>,
+        /// An affected agency code (repeat for several)
+        #[arg(long = "agency")]
+        agencies: Vec<String>,
+        /// When it was detected (default now), e.g. 2026-12-07T08:30+07:00
+        #[arg(long)]
+        detected: Option<String>,
+        /// Expected fix time, e.g. 2026-12-07T10:00+07:00 (notified to those affected)
+        #[arg(long)]
+        expected_fix: Option<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Add a timeline entry: a note and/or changes (a new expected fix time is notified)
+    Update {
+        id: String,
+        #[arg(long)]
+        note: Option<String>,
+        /// open, isolated, fixing or monitoring (resolve with `lgsp incident resolve`)
+        #[arg(long, value_parser = ["open", "isolated", "fixing", "monitoring"])]
+        status: Option<String>,
+        #[arg(long)]
+        expected_fix: Option<String>,
+        #[arg(long, value_parser = SEVERITIES)]
+        severity: Option<String>,
+        /// Replaces the affected services (repeat for several)
+        #[arg(long = "service")]
+        services: Vec<String>,
+        /// Replaces the affected agencies (repeat for several)
+        #[arg(long = "agency")]
+        agencies: Vec<String>,
+        #[arg(long)]
+        cause: Option<String>,
+        /// Beyond the operator's capacity: Sở KH&CN and related units were asked to help
+        #[arg(long)]
+        escalate: bool,
+    },
+    /// Resolve an incident; those affected are notified
+    Resolve {
+        id: String,
+        #[arg(long)]
+        resolution: String,
+        #[arg(long)]
+        cause: Option<String>,
+    },
+    /// The incident log, newest first
+    List {
+        /// Only incidents not resolved yet
+        #[arg(long)]
+        open: bool,
+    },
+    /// An incident with its timeline
+    Show { id: String },
+    /// The incident report (HTML by default; --json or --format json for JSON)
+    Report {
+        id: String,
+        #[arg(long, default_value = "html", value_parser = ["html", "json"])]
+        format: String,
+        /// Write to this file instead of standard output
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+}
+
+/// An instant given on the command line: RFC 3339, seconds optional (2026-12-07T10:00+07:00).
+fn instant(flag: &str, s: &str) -> Result<String> {
+    let t = chrono::DateTime::parse_from_rfc3339(s)
+        .or_else(|_| chrono::DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M%:z"))
+        .or_else(|_| chrono::DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M%#z"))
+        .map_err(|_| anyhow::anyhow!("{flag} {s:?}: give a time with its offset, e.g. 2026-12-07T10:00+07:00"))?;
+    Ok(t.to_rfc3339())
+}
+
+/// `lgsp incident show` as text: the record, then the timeline.
+fn print_incident(v: &Value) {
+    let s = |k: &str| match &v[k] {
+        Value::String(x) => x.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    println!("incident {}: {} / {}", s("id"), v["title"]["vi"].as_str().unwrap_or(""), v["title"]["en"].as_str().unwrap_or(""));
+    for k in [
+        "severity",
+        "status",
+        "detected_at",
+        "expected_fix_at",
+        "resolved_at",
+        "services",
+        "affected_agencies",
+        "escalated",
+        "serious",
+        "cause",
+        "resolution",
+    ] {
+        println!("  {k:<18} {}", s(k));
+    }
+    let b = &v["backup"];
+    match b["status"].as_str() {
+        Some("ok") => println!(
+            "  {:<18} {} at log index {} ({})",
+            "backup",
+            b["id"].as_str().unwrap_or(""),
+            b["log_index"],
+            b["file"].as_str().unwrap_or("")
+        ),
+        _ => println!("  {:<18} NONE: {}", "backup", b["error"].as_str().unwrap_or("")),
+    }
+    println!("timeline:");
+    for e in v["timeline"].as_array().into_iter().flatten() {
+        println!(
+            "  {}  {:<10} {:<12} {}",
+            e["at"].as_str().unwrap_or(""),
+            e["by"].as_str().unwrap_or(""),
+            e["kind"].as_str().unwrap_or(""),
+            e["text"].as_str().unwrap_or("")
+        );
+    }
 }
 
 #[derive(Debug, Args)]
@@ -1574,6 +1720,105 @@ async fn remote(cmd: Cmd, conn: &Connection, j: bool) -> Result<()> {
         }
         Cmd::Backup(BackupCmd::List) => show(&c.get("/api/v1/backups").await?, j, &["id", "log_index", "created_at", "node_name", "reason", "size", "file"]),
         Cmd::Backup(BackupCmd::Verify { .. } | BackupCmd::Restore { .. } | BackupCmd::Keygen { .. }) => unreachable!("offline verification is handled before connecting"),
+        Cmd::Incident(ic) => match ic {
+            IncidentCmd::Open { id, title, title_en, severity, services, agencies, detected, expected_fix, description } => {
+                let mut b = json!({
+                    "title": {"vi": title, "en": title_en.unwrap_or_else(|| title.clone())},
+                    "severity": severity, "services": services, "agencies": agencies, "description": description,
+                });
+                if let Some(id) = id {
+                    b["id"] = json!(id);
+                }
+                if let Some(t) = detected {
+                    b["detected_at"] = json!(instant("--detected", &t)?);
+                }
+                if let Some(t) = expected_fix {
+                    b["expected_fix_at"] = json!(instant("--expected-fix", &t)?);
+                }
+                let v = c.post("/api/v1/incidents", b).await?;
+                for w in v["warnings"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+                    eprintln!("\n!!! WARNING !!! {w}\n");
+                }
+                if j {
+                    show(&v, true, &[]);
+                } else {
+                    print_incident(&v);
+                }
+            }
+            IncidentCmd::Update { id, note, status, expected_fix, severity, services, agencies, cause, escalate } => {
+                let mut b = json!({});
+                if let Some(n) = note {
+                    b["note"] = json!(n);
+                }
+                if let Some(x) = status {
+                    b["status"] = json!(x);
+                }
+                if let Some(t) = expected_fix {
+                    b["expected_fix_at"] = json!(instant("--expected-fix", &t)?);
+                }
+                if let Some(x) = severity {
+                    b["severity"] = json!(x);
+                }
+                if !services.is_empty() {
+                    b["services"] = json!(services);
+                }
+                if !agencies.is_empty() {
+                    b["agencies"] = json!(agencies);
+                }
+                if let Some(x) = cause {
+                    b["cause"] = json!(x);
+                }
+                if escalate {
+                    b["escalate"] = json!(true);
+                }
+                let v = c.post(&format!("/api/v1/incidents/{}/updates", urlencode(&id)), b).await?;
+                if j {
+                    show(&v, true, &[]);
+                } else {
+                    print_incident(&v);
+                }
+            }
+            IncidentCmd::Resolve { id, resolution, cause } => {
+                let v = c.post(&format!("/api/v1/incidents/{}/resolve", urlencode(&id)), json!({"resolution": resolution, "cause": cause})).await?;
+                if j {
+                    show(&v, true, &[]);
+                } else {
+                    print_incident(&v);
+                }
+            }
+            IncidentCmd::List { open } => {
+                let mut v = c.get(if open { "/api/v1/incidents?open=true" } else { "/api/v1/incidents" }).await?;
+                if let Some(items) = v["items"].as_array_mut() {
+                    for it in items.iter_mut().filter(|_| !j) {
+                        it["title"] = it["title"]["vi"].clone();
+                    }
+                }
+                show(&v, j, &["id", "status", "severity", "detected_at", "expected_fix_at", "serious", "title"]);
+            }
+            IncidentCmd::Show { id } => {
+                let v = c.get(&format!("/api/v1/incidents/{}", urlencode(&id))).await?;
+                if j {
+                    show(&v, true, &[]);
+                } else {
+                    print_incident(&v);
+                }
+            }
+            IncidentCmd::Report { id, format, output } => {
+                let format = if j { "json" } else { format.as_str() };
+                let mut text = c.get_text(&format!("/api/v1/incidents/{}/report?format={format}", urlencode(&id))).await?;
+                if format == "json" {
+                    let v: Value = serde_json::from_str(&text).context("the incident report is not JSON")?;
+                    text = serde_json::to_string_pretty(&v)? + "\n";
+                }
+                match output {
+                    Some(p) => {
+                        std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))?;
+                        eprintln!("incident report written to {}", p.display());
+                    }
+                    None => print!("{text}"),
+                }
+            }
+        },
         Cmd::Report(r) => {
             let format = if j { "json" } else { r.format.as_str() };
             let mut q = match (&r.month, &r.year) {

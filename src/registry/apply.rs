@@ -13,7 +13,7 @@ use super::model::*;
 use super::rules;
 use super::state::State;
 use super::traffic;
-use super::{maintenance, notice};
+use super::{incident, maintenance, notice};
 
 /// What a successful command did, for the caller and the admin audit trail.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1077,6 +1077,24 @@ impl Cx<'_> {
             }
 
             PublishTrafficRollup { rollup, keep_days } => self.publish_traffic_rollup(rollup, *keep_days)?,
+            OpenIncident { id, title, description, severity, services, agencies, detected_at, expected_fix_at, backup } => {
+                let n = incident::NewIncident {
+                    id,
+                    title,
+                    description,
+                    severity: *severity,
+                    services,
+                    agencies,
+                    detected_at: *detected_at,
+                    expected_fix_at: *expected_fix_at,
+                    backup,
+                };
+                incident::open(self.s, n, self.at, &self.actor.user)?;
+            }
+            UpdateIncident { id, changes } => incident::update(self.s, id, changes, self.at, &self.actor.user)?,
+            ResolveIncident { id, resolution, cause } => {
+                incident::resolve(self.s, id, resolution, cause.as_deref(), self.at, &self.actor.user)?
+            }
             Batch { label: _, commands } => {
                 for (i, c) in commands.iter().enumerate() {
                     self.run(c).map_err(|e| prefix_error(e, i))?;

@@ -424,6 +424,37 @@ pub enum Command {
         keep_days: u32,
     },
 
+    /// Opens an incident (O5). The pre-incident backup was proposed first (HP Art. 10.5c) and its
+    /// outcome is carried here, so every node records the same backup id or the same failure.
+    OpenIncident {
+        id: String,
+        title: Bilingual,
+        #[serde(default)]
+        description: String,
+        severity: super::incident::Severity,
+        #[serde(default)]
+        services: Vec<String>,
+        #[serde(default)]
+        agencies: Vec<String>,
+        detected_at: Timestamp,
+        #[serde(default)]
+        expected_fix_at: Option<Timestamp>,
+        backup: super::incident::PreIncidentBackup,
+    },
+    /// A timeline entry and/or changes to an open incident; fields left out keep their value.
+    /// A changed expected fix time is notified to those affected.
+    UpdateIncident {
+        id: String,
+        changes: super::incident::IncidentChanges,
+    },
+    /// Closes an incident at the envelope's instant; those affected are notified.
+    ResolveIncident {
+        id: String,
+        resolution: String,
+        #[serde(default)]
+        cause: Option<String>,
+    },
+
     /// All or nothing: if one command fails, none of them took effect.
     Batch {
         label: String,
@@ -536,6 +567,9 @@ impl Command {
             ProbeStatusChanged { .. } => "probe_status_changed",
             ProbeCertChecked { .. } => "probe_cert_checked",
             PublishTrafficRollup { .. } => "publish_traffic_rollup",
+            OpenIncident { .. } => "open_incident",
+            UpdateIncident { .. } => "update_incident",
+            ResolveIncident { .. } => "resolve_incident",
             Batch { .. } => "batch",
         }
     }
@@ -593,6 +627,7 @@ impl Command {
             SetProbe { owner, .. } | ClearProbe { owner } => format!("probe/{}", owner.target_id()),
             ProbeStatusChanged { target, .. } | ProbeCertChecked { target, .. } => format!("probe/{target}"),
             PublishTrafficRollup { rollup, .. } => format!("traffic/{}", rollup.id),
+            OpenIncident { id, .. } | UpdateIncident { id, .. } | ResolveIncident { id, .. } => format!("incident/{id}"),
             Batch { label, commands } => format!("batch/{label} ({} commands)", commands.len()),
         }
     }

@@ -10,6 +10,7 @@ pub mod command;
 pub mod document;
 pub mod dvhc;
 pub mod error;
+pub mod incident;
 pub mod maintenance;
 pub mod model;
 pub mod notice;

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{de::DeserializeOwned, Serialize};
 
+use super::incident::Incident;
 use super::model::*;
 use super::traffic::TrafficRollup;
 
@@ -42,6 +43,7 @@ entity!(Notice, "notices", id);
 entity!(ProbeAlert, "probe_alerts", target);
 entity!(ProbeStatus, "probe_status", target);
 entity!(TrafficRollup, "traffic_rollups", id);
+entity!(Incident, "incidents", id);
 
 /// A keyed collection that journals every change.
 #[derive(Debug, Clone)]
@@ -154,6 +156,8 @@ pub struct State {
     pub probe_status: Table<ProbeStatus>,
     /// Per node and local day, what its gateway carried (`traffic`; read by the report).
     pub traffic_rollups: Table<TrafficRollup>,
+    /// The incident log (O5; `incident`).
+    pub incidents: Table<Incident>,
     pub settings: Settings,
     settings_undo: Vec<Settings>,
     settings_touched: bool,
@@ -167,7 +171,7 @@ pub struct State {
 
 /// A point to roll back to.
 #[derive(Debug, Clone, Copy)]
-pub struct Checkpoint([usize; 15]);
+pub struct Checkpoint([usize; 16]);
 
 /// What changed in one successful apply, for the store to persist.
 #[derive(Debug, Default)]
@@ -200,6 +204,7 @@ impl State {
             self.probe_alerts.mark(),
             self.probe_status.mark(),
             self.traffic_rollups.mark(),
+            self.incidents.mark(),
         ])
     }
 
@@ -219,6 +224,7 @@ impl State {
         self.probe_alerts.rollback(m[12]);
         self.probe_status.rollback(m[13]);
         self.traffic_rollups.rollback(m[14]);
+        self.incidents.rollback(m[15]);
         while self.settings_undo.len() > m[8] {
             if let Some(s) = self.settings_undo.pop() {
                 self.settings = s;
@@ -255,6 +261,7 @@ impl State {
         take(&mut self.probe_alerts, &mut rows);
         take(&mut self.probe_status, &mut rows);
         take(&mut self.traffic_rollups, &mut rows);
+        take(&mut self.incidents, &mut rows);
         self.settings_undo.clear();
         let settings = std::mem::take(&mut self.settings_touched).then(|| encode(&self.settings));
         Changes { rows, settings }
@@ -284,6 +291,7 @@ impl State {
         take(&self.probe_alerts, &mut rows);
         take(&self.probe_status, &mut rows);
         take(&self.traffic_rollups, &mut rows);
+        take(&self.incidents, &mut rows);
         let settings = self.settings_touched.then(|| encode(&self.settings));
         Changes { rows, settings }
     }
@@ -304,12 +312,13 @@ impl State {
         self.probe_alerts.clear_journal();
         self.probe_status.clear_journal();
         self.traffic_rollups.clear_journal();
+        self.incidents.clear_journal();
         self.settings_undo.clear();
         self.settings_touched = false;
     }
 
     /// Names of every persistent table, for the store.
-    pub const TABLES: [&'static str; 14] = [
+    pub const TABLES: [&'static str; 15] = [
         Agency::TABLE,
         System::TABLE,
         Service::TABLE,
@@ -324,6 +333,7 @@ impl State {
         ProbeAlert::TABLE,
         ProbeStatus::TABLE,
         TrafficRollup::TABLE,
+        Incident::TABLE,
     ];
 
     /// Loads one stored row into the right table (used when opening the store).
@@ -343,6 +353,7 @@ impl State {
             "probe_alerts" => self.probe_alerts.load(serde_json::from_slice(bytes)?),
             "probe_status" => self.probe_status.load(serde_json::from_slice(bytes)?),
             "traffic_rollups" => self.traffic_rollups.load(serde_json::from_slice(bytes)?),
+            "incidents" => self.incidents.load(serde_json::from_slice(bytes)?),
             _ => {}
         }
         Ok(())

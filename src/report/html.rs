@@ -8,7 +8,6 @@
 
 use std::fmt::Write;
 
-use super::incidents::INCIDENT_LOG_AVAILABLE;
 use super::model::{Counts, Report};
 
 /// Escapes text for HTML element content and attribute values.
@@ -31,7 +30,7 @@ fn opt(v: Option<f64>, unit: &str) -> String {
     v.map_or("—".to_owned(), |x| format!("{x:.2}{unit}"))
 }
 
-fn yn(b: bool) -> String {
+pub(super) fn yn(b: bool) -> String {
     if b { "có / yes" } else { "không / no" }.to_owned()
 }
 
@@ -43,7 +42,7 @@ fn yes_no(b: Option<bool>) -> &'static str {
     }
 }
 
-const STYLE: &str = "body{font-family:sans-serif;margin:2em;color:#222;max-width:1100px}h1{font-size:1.5em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ccc}\
+pub(super) const STYLE: &str = "body{font-family:sans-serif;margin:2em;color:#222;max-width:1100px}h1{font-size:1.5em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ccc}\
 table{border-collapse:collapse;margin:.5em 0;font-size:.85em}th,td{border:1px solid #ccc;padding:3px 6px;text-align:right}\
 th{background:#f0f0f0}td.t,th.t{text-align:left}.ok{color:#176117}.bad{color:#a01010;font-weight:bold}.note{color:#7a4b00}\
 figure{margin:1em 0}figcaption{font-size:.85em;color:#555}";
@@ -226,26 +225,35 @@ pub fn render(r: &Report) -> String {
     );
 
     h.push_str("<h2>Sự cố / Incidents</h2>\n");
-    if !INCIDENT_LOG_AVAILABLE {
-        h.push_str("<p class=note>Nhật ký sự cố chưa được ghi nhận trên hệ thống này. / The incident log is not yet recorded by this appliance.</p>\n");
-    } else if r.incidents.is_empty() {
+    if r.incidents.is_empty() {
         h.push_str("<p>Không có sự cố trong kỳ. / No incidents in the period.</p>\n");
     }
     if !r.incidents.is_empty() {
         table(
             &mut h,
-            &["Mã / Id", "Mô tả / Title", "Mức độ / Severity", "Bắt đầu / Started", "Khắc phục / Resolved", "Ảnh hưởng / Affected"],
+            &[
+                "Mã / Id",
+                "Mô tả / Title",
+                "Mức độ / Severity",
+                "Trạng thái / Status",
+                "Ảnh hưởng / Affected",
+                "Phát hiện / Detected",
+                "Khắc phục / Resolved",
+                "Báo cáo sự cố / Report due",
+            ],
             r.incidents.iter().map(|i| {
                 vec![
                     esc(&i.id),
                     esc(&i.title),
                     esc(&i.severity),
+                    esc(&i.status),
+                    esc(&i.affected),
                     esc(&i.started_at.to_rfc3339()),
                     i.resolved_at.map_or("—".into(), |t| esc(&t.to_rfc3339())),
-                    esc(&i.affected),
+                    yn(i.serious),
                 ]
             }),
-            6,
+            5,
         );
     }
 
@@ -351,7 +359,7 @@ fn capital(s: &str) -> String {
 }
 
 /// A table whose first `text_cols` columns are left-aligned text. Cells are already escaped.
-fn table(h: &mut String, head: &[&str], rows: impl Iterator<Item = Vec<String>>, text_cols: usize) {
+pub(super) fn table(h: &mut String, head: &[&str], rows: impl Iterator<Item = Vec<String>>, text_cols: usize) {
     h.push_str("<table><tr>");
     for (i, c) in head.iter().enumerate() {
         let _ = write!(h, "<th{}>{}</th>", if i < text_cols { " class=t" } else { "" }, c);

@@ -14,7 +14,8 @@
 //! |---|---|
 //! | `period.rs` | [`Period`]: a month or a year in Vietnam time, parsing and bounds |
 //! | `model.rs` | the [`Report`] model and the pure [`build`] |
-//! | `incidents.rs` | the incidents section (placeholder until the incident log is merged) |
+//! | `incidents.rs` | the incidents section: incidents of the period from the replicated incident log |
+//! | `incident_report.rs` | one incident's report (HP Art. 10.5g): JSON model and self-contained HTML |
 //! | `html.rs` | the self-contained HTML page with SVG charts |
 //! | `csv.rs` | the CSV tables |
 //! | `publish.rs` | the node's rollup publisher (its audit log → `PublishTrafficRollup`) |
@@ -29,6 +30,7 @@
 
 pub mod csv;
 pub mod html;
+pub mod incident_report;
 pub mod incidents;
 pub mod model;
 pub mod period;

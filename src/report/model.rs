@@ -606,13 +606,14 @@ fn sla_lines(inputs: &Inputs, services: &[ServiceLine], uptime: &[UptimeLine], s
         actual: format!("{} of {} on time", subs.decided_on_time, judged),
         met: (judged > 0).then_some(subs.decided_on_time == judged),
     });
-    let fixed: Vec<_> = inputs.incidents.iter().filter_map(|i| i.resolution_hours()).collect();
+    // Resolved incidents, and open ones already past the limit (late whatever happens next).
+    let judged: Vec<bool> = inputs.incidents.iter().filter_map(|i| i.fixed_within(t.incident_fix_hours, inputs.now)).collect();
     out.push(SlaLine {
         subject: "platform".into(),
         metric: "incident_fix",
         target: format!("within {} hours", t.incident_fix_hours),
-        actual: format!("{} of {} fixed in time", fixed.iter().filter(|h| **h <= i64::from(t.incident_fix_hours)).count(), fixed.len()),
-        met: (!fixed.is_empty()).then(|| fixed.iter().all(|h| *h <= i64::from(t.incident_fix_hours))),
+        actual: format!("{} of {} fixed in time", judged.iter().filter(|ok| **ok).count(), judged.len()),
+        met: (!judged.is_empty()).then(|| judged.iter().all(|ok| *ok)),
     });
     out
 }

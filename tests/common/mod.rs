@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::disallowed_methods)]
 
 pub mod cluster;
+pub mod compat;
 pub mod serve;
 pub mod upstream;
 
