@@ -4,11 +4,19 @@
 //! `committed`, `last_purged` -> JSON). It is a separate file from the registry so that log
 //! appends never wait for a state-machine transaction (redb has one writer per file).
 //!
-//! Invariants: an append is one durable redb transaction (one fsync), made before openraft is
-//! told the entries are persisted: nothing is acknowledged or voted on before it is on disk.
-//! openraft 0.9's core waits for each append to be durable before it handles its next message,
-//! so appends never overlap and a writer thread could batch nothing; the leader batches client
-//! writes into entries instead (`cluster::batch`). Truncation and purge are one durable
+//! Invariants: a follower's append is one durable redb transaction (one fsync), made before
+//! openraft is told the entries are persisted: nothing a follower acknowledges or votes on is
+//! missing from its disk. openraft 0.9's core waits for each append to be flushed before it
+//! sends the entries to the followers, which would put the leader's fsync and the followers' in
+//! series. So the **leader's own new entries** (created under this node's committed vote) are
+//! written without fsync, reported at once, and made durable by the flusher thread while they
+//! travel to the followers (the leader writes its log in parallel with replicating it, Raft
+//! thesis §10.2.1, as etcd does). Nothing learns such an entry is committed before it is durable
+//! here too: the state machine waits for [`Durable`] before applying it (so no client is answered
+//! early), and the transport never sends followers a commit index beyond it
+//! (`transport::NetworkClient`). [`Durable`] is the last entry known to be on disk; every durable
+//! transaction moves it to the log's end under the writer lock.
+//! The leader batches client writes into entries (`cluster::batch`). Truncation and purge are one durable
 //! transaction each; a purge deletes the entries and records `last_purged` in the same
 //! transaction, so a crash never leaves a hole in the log or purged entries without their
 //! marker. The vote is committed durably before `save_vote` returns. The committed marker is
@@ -19,7 +27,7 @@
 use std::fmt::Debug;
 use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
@@ -36,6 +44,22 @@ const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 const LAST_PURGED: &str = "last_purged";
 
+const FLUSHED: &str = "flushed";
+
+/// How far this node's log is on disk: the last entry known durable, or why flushing stopped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Durable {
+    pub last: Option<LogId<NodeId>>,
+    pub failed: Option<String>,
+}
+
+impl Durable {
+    /// True once the entry at `index` is on disk (or flushing failed: the waiter must give up).
+    pub fn covers(&self, index: u64) -> bool {
+        self.failed.is_some() || self.last.is_some_and(|l| l.index >= index)
+    }
+}
+
 /// The Raft log store: what [`openraft::Raft::new`] takes as its `log_store`.
 #[derive(Debug)]
 pub struct LogStore {
@@ -43,6 +67,16 @@ pub struct LogStore {
     /// The latest committed marker not yet written (it rides along with the next append).
     committed: Mutex<Option<Option<LogId<NodeId>>>>,
     path: PathBuf,
+    /// This node's id once it serves in a cluster ([`LogStore::serve_as`]); without it every
+    /// append is durable before it is reported.
+    node_id: Option<NodeId>,
+    /// The vote as last saved or read.
+    vote: Mutex<Option<Vote<NodeId>>>,
+    /// Held from the start of each write transaction until [`Durable`] is updated for it.
+    writer: Arc<Mutex<()>>,
+    durable: Arc<tokio::sync::watch::Sender<Durable>>,
+    /// Wakes the flusher thread (started by `serve_as`).
+    flush: Option<mpsc::Sender<()>>,
 }
 
 /// A read-only handle on the same log, for openraft's replication tasks. Cheap to clone.
@@ -68,7 +102,74 @@ impl LogStore {
             tx.open_table(META).map_err(storage("create its tables"))?;
         }
         tx.commit().map_err(storage("create its tables"))?;
-        Ok(LogStore { db: Arc::new(db), committed: Mutex::new(None), path: path.to_path_buf() })
+        let db = Arc::new(db);
+        // What the file holds after opening is what is on disk.
+        let durable = Durable { last: last_log_id(&db.begin_read().map_err(storage("read the log"))?)?, failed: None };
+        let vote = read_meta(&db, VOTE)?;
+        Ok(LogStore {
+            db,
+            committed: Mutex::new(None),
+            path: path.to_path_buf(),
+            node_id: None,
+            vote: Mutex::new(vote),
+            writer: Arc::new(Mutex::new(())),
+            durable: Arc::new(tokio::sync::watch::channel(durable).0),
+            flush: None,
+        })
+    }
+
+    /// Lets this log, as node `id`'s, report the node's own entries as a leader before they are
+    /// flushed (see the module documentation), and starts the flusher thread that makes them
+    /// durable.
+    pub fn serve_as(&mut self, id: NodeId) -> Result<(), StoreError> {
+        let (tx, rx) = mpsc::channel::<()>();
+        let (db, writer, durable) = (self.db.clone(), self.writer.clone(), self.durable.clone());
+        std::thread::Builder::new()
+            .name("lgsp-raft-flush".into())
+            .spawn(move || flusher(&db, &writer, &durable, &rx))
+            .map_err(|e| StoreError::Storage(format!("cannot start the Raft log flusher thread: {e}")))?;
+        self.node_id = Some(id);
+        self.flush = Some(tx);
+        Ok(())
+    }
+
+    /// Watches how far the log is durable.
+    pub fn durable(&self) -> tokio::sync::watch::Receiver<Durable> {
+        self.durable.subscribe()
+    }
+
+    /// True when `entries` are this node's own, appended as the leader of its committed vote.
+    fn own_as_leader(&self, entries: &[Entry<TypeConfig>]) -> bool {
+        let (Some(me), Some(vote)) = (self.node_id, *lock(&self.vote)) else { return false };
+        vote.is_committed()
+            && vote.leader_id().node_id == me
+            && !entries.is_empty()
+            && entries.iter().all(|e| e.log_id.leader_id == *vote.leader_id())
+    }
+
+    /// Runs `write` in one write transaction under the writer lock; a durable commit moves
+    /// [`Durable`] to the end of the log as it stands in that transaction.
+    fn transact<T>(
+        &self,
+        what: &str,
+        durable: bool,
+        write: impl FnOnce(&redb::WriteTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let _w = lock(&self.writer);
+        if let Some(failed) = self.durable.borrow().failed.clone() {
+            return Err(StoreError::Storage(format!("Raft log: {failed}")));
+        }
+        let mut tx = self.db.begin_write().map_err(storage(what))?;
+        if !durable {
+            tx.set_durability(redb::Durability::None);
+        }
+        let out = write(&tx)?;
+        let last = if durable { Some(last_log_id_in(&tx)?) } else { None };
+        tx.commit().map_err(storage(what))?;
+        if let Some(last) = last {
+            self.durable.send_modify(|d| d.last = last);
+        }
+        Ok(out)
     }
 
     /// The file this log lives in.
@@ -85,24 +186,19 @@ impl LogStore {
     }
 
     fn log_state(&self) -> Result<LogState<TypeConfig>, StoreError> {
-        let last_purged: Option<LogId<NodeId>> = read_meta(&self.db, LAST_PURGED)?;
         let rtx = self.db.begin_read().map_err(storage("read the log"))?;
-        let t = rtx.open_table(LOG).map_err(storage("read the log"))?;
-        let last = match t.last().map_err(storage("read the log"))? {
-            Some((k, v)) => Some(decode_entry(k.value(), v.value())?.log_id),
-            None => None,
-        };
-        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last.or(last_purged) })
+        let last_purged = decode_meta(&rtx.open_table(META).map_err(storage("read the log"))?, LAST_PURGED)?;
+        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last_log_id(&rtx)? })
     }
 
-    /// Writes the entries (and the pending committed marker) in one durable transaction.
-    fn append_batch(&self, entries: impl IntoIterator<Item = Entry<TypeConfig>>) -> Result<(), StoreError> {
+    /// Writes the entries (and the pending committed marker) in one transaction, durable unless
+    /// `early` (the leader's own entries, flushed by the flusher thread).
+    fn append_batch(&self, entries: &[Entry<TypeConfig>], early: bool) -> Result<(), StoreError> {
         let committed = self.take_committed();
-        let tx = self.db.begin_write().map_err(storage("append entries"))?;
-        {
+        self.transact("append entries", !early, |tx| {
             let mut t = tx.open_table(LOG).map_err(storage("append entries"))?;
             for e in entries {
-                let bytes = serde_json::to_vec(&e).map_err(storage("encode an entry"))?;
+                let bytes = serde_json::to_vec(e).map_err(storage("encode an entry"))?;
                 t.insert(e.log_id.index, bytes.as_slice()).map_err(storage("append entries"))?;
             }
             if let Some(c) = committed {
@@ -112,33 +208,96 @@ impl LogStore {
                     .insert(COMMITTED, bytes.as_slice())
                     .map_err(storage("append entries"))?;
             }
-        }
-        tx.commit().map_err(storage("append entries"))
+            Ok(())
+        })
     }
 
     /// Deletes `[from, ∞)`.
     fn truncate_from(&self, from: u64) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(storage("truncate the log"))?;
-        {
+        self.transact("truncate the log", true, |tx| {
             let mut t = tx.open_table(LOG).map_err(storage("truncate the log"))?;
-            t.retain_in(from.., |_, _| false).map_err(storage("truncate the log"))?;
-        }
-        tx.commit().map_err(storage("truncate the log"))
+            t.retain_in(from.., |_, _| false).map_err(storage("truncate the log"))
+        })
     }
 
     /// Deletes `[0, upto.index]` and records `upto` as the last purged id, together.
     pub(super) fn purge_upto(&self, upto: LogId<NodeId>) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(storage("purge the log"))?;
-        {
+        self.transact("purge the log", true, |tx| {
             let bytes = serde_json::to_vec(&upto).map_err(storage("encode the purge point"))?;
             tx.open_table(META)
                 .map_err(storage("purge the log"))?
                 .insert(LAST_PURGED, bytes.as_slice())
                 .map_err(storage("purge the log"))?;
             let mut t = tx.open_table(LOG).map_err(storage("purge the log"))?;
-            t.retain_in(..=upto.index, |_, _| false).map_err(storage("purge the log"))?;
+            t.retain_in(..=upto.index, |_, _| false).map_err(storage("purge the log"))
+        })
+    }
+
+    /// Writes one metadata value durably (the vote).
+    fn write_meta<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(value).map_err(storage("encode the log's metadata"))?;
+        self.transact("write the log's metadata", true, |tx| {
+            tx.open_table(META)
+                .map_err(storage("write the log's metadata"))?
+                .insert(key, bytes.as_slice())
+                .map(|_| ())
+                .map_err(storage("write the log's metadata"))
+        })
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The flusher thread: on each wake-up (coalesced), one durable transaction that makes every
+/// entry written before it durable, then [`Durable`] moves to the log's end. A failure is kept
+/// in [`Durable::failed`]: the waiting apply gives up and the next append fails, which stops
+/// the Raft core (and the node, see `app::run`). Ends when the log store is dropped.
+fn flusher(db: &Database, writer: &Mutex<()>, durable: &tokio::sync::watch::Sender<Durable>, wake: &mpsc::Receiver<()>) {
+    while wake.recv().is_ok() {
+        while wake.try_recv().is_ok() {}
+        let _w = lock(writer);
+        if durable.borrow().failed.is_some() {
+            return;
         }
-        tx.commit().map_err(storage("purge the log"))
+        let flushed = (|| -> Result<Option<LogId<NodeId>>, StoreError> {
+            let tx = db.begin_write().map_err(storage("flush the log"))?;
+            let last = last_log_id_in(&tx)?;
+            // A change, so that the commit is a real, durable one.
+            let bytes = serde_json::to_vec(&last).map_err(storage("encode the flush marker"))?;
+            tx.open_table(META).map_err(storage("flush the log"))?.insert(FLUSHED, bytes.as_slice()).map_err(storage("flush the log"))?;
+            tx.commit().map_err(storage("flush the log"))?;
+            Ok(last)
+        })();
+        match flushed {
+            Ok(last) => durable.send_modify(|d| d.last = last),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot flush the Raft log; this node stops taking part in the cluster");
+                durable.send_modify(|d| d.failed = Some(e.to_string()));
+                return;
+            }
+        }
+    }
+}
+
+/// The log's last entry id (or the last purged one when it is empty), as a read sees it.
+fn last_log_id(rtx: &redb::ReadTransaction) -> Result<Option<LogId<NodeId>>, StoreError> {
+    last_of(&rtx.open_table(LOG).map_err(storage("read the log"))?, &rtx.open_table(META).map_err(storage("read the log"))?)
+}
+
+/// The same, inside a write transaction.
+fn last_log_id_in(tx: &redb::WriteTransaction) -> Result<Option<LogId<NodeId>>, StoreError> {
+    last_of(&tx.open_table(LOG).map_err(storage("read the log"))?, &tx.open_table(META).map_err(storage("read the log"))?)
+}
+
+fn last_of(
+    log: &impl ReadableTable<u64, &'static [u8]>,
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Option<LogId<NodeId>>, StoreError> {
+    match log.last().map_err(storage("read the log"))? {
+        Some((k, v)) => Ok(Some(decode_entry(k.value(), v.value())?.log_id)),
+        None => decode_meta(meta, LAST_PURGED),
     }
 }
 
@@ -152,24 +311,16 @@ fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry<TypeConfig>, StoreErro
 
 fn read_meta<T: DeserializeOwned>(db: &Database, key: &str) -> Result<Option<T>, StoreError> {
     let rtx = db.begin_read().map_err(storage("read the log's metadata"))?;
-    let t = rtx.open_table(META).map_err(storage("read the log's metadata"))?;
+    decode_meta(&rtx.open_table(META).map_err(storage("read the log's metadata"))?, key)
+}
+
+fn decode_meta<T: DeserializeOwned>(t: &impl ReadableTable<&'static str, &'static [u8]>, key: &str) -> Result<Option<T>, StoreError> {
     let Some(v) = t.get(key).map_err(storage("read the log's metadata"))? else { return Ok(None) };
     serde_json::from_slice(v.value()).map(Some).map_err(|e| StoreError::Corrupt {
         table: "raft_log_meta".into(),
         key: key.into(),
         reason: e.to_string(),
     })
-}
-
-/// Writes one metadata value durably (the vote).
-fn write_meta<T: Serialize>(db: &Database, key: &str, value: &T) -> Result<(), StoreError> {
-    let bytes = serde_json::to_vec(value).map_err(storage("encode the log's metadata"))?;
-    let tx = db.begin_write().map_err(storage("write the log's metadata"))?;
-    tx.open_table(META)
-        .map_err(storage("write the log's metadata"))?
-        .insert(key, bytes.as_slice())
-        .map_err(storage("write the log's metadata"))?;
-    tx.commit().map_err(storage("write the log's metadata"))
 }
 
 fn read_entries<RB: RangeBounds<u64>>(db: &Database, range: RB) -> Result<Vec<Entry<TypeConfig>>, StoreError> {
@@ -221,11 +372,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
-        write_meta(&self.db, VOTE, vote).map_err(|e| StorageIOError::write_vote(&e).into())
+        self.write_meta(VOTE, vote).map_err(|e| StorageIOError::write_vote(&e))?;
+        *lock(&self.vote) = Some(*vote);
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
-        read_meta(&self.db, VOTE).map_err(|e| StorageIOError::read_vote(&e).into())
+        let vote = read_meta(&self.db, VOTE).map_err(|e| StorageIOError::read_vote(&e))?;
+        *lock(&self.vote) = vote;
+        Ok(vote)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StorageError<NodeId>> {
@@ -246,7 +401,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let result = self.append_batch(entries);
+        let entries: Vec<_> = entries.into_iter().collect();
+        let early = self.flush.is_some() && self.own_as_leader(&entries);
+        let result = self.append_batch(&entries, early);
+        if result.is_ok() && early {
+            if let Some(f) = &self.flush {
+                let _ = f.send(());
+            }
+        }
         // openraft learns the outcome from the callback (and stops on an error returned here).
         match &result {
             Ok(()) => callback.log_io_completed(Ok(())),

@@ -33,7 +33,7 @@ use tokio::time::Instant;
 use super::batch::{Batcher, Slot, WriteFailure};
 use super::pki::{self, ClusterCa, JoinTokenString, NodeIdentity};
 use super::store::{self, Applied, Store};
-use super::transport::{response_kind, Peer, RpcHandler, Transport, TransportError};
+use super::transport::{response_kind, CommitBound, Peer, RpcHandler, Transport, TransportError};
 use super::types::{
     ClusterCommand, ClusterEnvelope, ClusterOutcome, ClusterStatus, DrainReport, JoinGrant, JoinRequest, MembershipOp, NodeId, NodeInfo,
     NodeStatus, Request, RpcRequest, RpcResponse, SharedBatch, TypeConfig, FIRST_NODE,
@@ -339,10 +339,14 @@ impl ClusterNode {
             opts.listen
         };
         let data_dir = opts.data_dir.clone();
-        let (store, log_store, sm) = tokio::task::spawn_blocking(move || store::open_storage(&data_dir))
+        let (store, mut log_store, mut sm) = tokio::task::spawn_blocking(move || store::open_storage(&data_dir))
             .await
             .map_err(|e| ClusterError::Storage(e.to_string()))?
             .map_err(|e| ClusterError::Storage(e.to_string()))?;
+        // The leader writes its own entries in parallel with replicating them (log_store).
+        log_store.serve_as(nf.node_id).map_err(|e| ClusterError::Storage(e.to_string()))?;
+        sm.wait_for_log(log_store.durable());
+        let bound = CommitBound { durable: log_store.durable(), held_back: Arc::new(std::sync::atomic::AtomicBool::new(false)) };
 
         let cell: Arc<OnceLock<Weak<ClusterNode>>> = Arc::new(OnceLock::new());
         let transport = match Transport::bind(listen, identity.clone(), Arc::new(Handler { node: cell.clone() })).await {
@@ -378,7 +382,7 @@ impl ClusterNode {
         config.replication_lag_threshold = t.snapshot_logs.saturating_mul(2);
         config.install_snapshot_timeout = 60_000;
         let config = Arc::new(config.validate().map_err(|e| ClusterError::Refused(format!("invalid Raft settings: {e}")))?);
-        let raft = Raft::new(nf.node_id, config, transport.network(), log_store, sm)
+        let raft = Raft::new(nf.node_id, config, transport.network(Some(bound.clone())), log_store, sm)
             .await
             .map_err(|e| ClusterError::Storage(format!("Raft did not start: {e}")))?;
 
@@ -414,6 +418,7 @@ impl ClusterNode {
             nf.initialize = false;
             nf.save(&opts.data_dir)?;
         }
+        tokio::spawn(announce_commits(node.raft.clone(), bound, node.stop.subscribe()));
         tokio::spawn(announce(Arc::downgrade(&node), nf.seeds.clone(), node.stop.subscribe()));
         tokio::spawn(leader_duties(Arc::downgrade(&node), node.stop.subscribe()));
         tokio::spawn(renew_certificate(Arc::downgrade(&node), node.stop.subscribe()));
@@ -1040,6 +1045,26 @@ impl ClusterNode {
             secrets_key_b64: self.secrets_b64.clone(),
             members,
         })
+    }
+}
+
+/// When the leader held back a commit index from its followers because its own log was not yet
+/// on disk (`transport::CommitBound`), sends a heartbeat as soon as the log is: followers then
+/// learn of the commit at once rather than at the next heartbeat.
+async fn announce_commits(raft: Raft<TypeConfig>, bound: CommitBound, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut durable = bound.durable.clone();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            changed = durable.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                if bound.held_back.swap(false, std::sync::atomic::Ordering::AcqRel) && raft.trigger().heartbeat().await.is_err() {
+                    return;
+                }
+            }
+        }
     }
 }
 

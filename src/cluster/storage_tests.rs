@@ -32,12 +32,62 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for RedbBuilder {
     }
 }
 
+/// As a running node opens its log: it reports its leader's own entries before they are
+/// flushed (`log_store`). (The state machine is not made to wait for the log here: the suite
+/// applies entries it never appended.)
+struct ServingBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for ServingBuilder {
+    async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError<NodeId>> {
+        let dir = TempDir::new().map_err(|e| StorageIOError::write(&e))?;
+        let (_store, mut log, sm) = open_storage(dir.path()).map_err(|e| StorageIOError::write(&e))?;
+        // The suite's own node id.
+        log.serve_as(0).map_err(|e| StorageIOError::write(&e))?;
+        Ok((dir, log, sm))
+    }
+}
+
 /// openraft's own storage conformance suite (a plain test: it makes its own runtimes).
 #[test]
 fn openraft_conformance_suite() {
     if let Err(e) = Suite::test_all(RedbBuilder) {
         panic!("openraft's storage suite failed: {e}");
     }
+    if let Err(e) = Suite::test_all(ServingBuilder) {
+        panic!("openraft's storage suite failed on a serving log: {e}");
+    }
+}
+
+/// The leader's own entries are reported at once, readable at once (replication reads them),
+/// and made durable by the flusher; a follower's entries are durable before the append returns.
+#[tokio::test]
+async fn a_leaders_own_entries_are_flushed_in_the_background_and_a_followers_at_once() {
+    let dir = TempDir::new().expect("temp dir");
+    let entries = workload();
+    {
+        let (_store, mut log, _sm) = open(dir.path());
+        log.serve_as(1).expect("serve");
+        let mut durable = log.durable();
+        // Node 1 leads term 2 (the workload's entries of term 2 are node 1's own).
+        log.save_vote(&Vote::new_committed(2, 1)).await.expect("vote");
+        log.blocking_append(entries.clone()).await.expect("append");
+        assert_eq!(log.try_get_log_entries(0..100).await.expect("log"), entries, "readable before the flush");
+        let last = entries.last().expect("entries").log_id;
+        let d = tokio::time::timeout(std::time::Duration::from_secs(10), durable.wait_for(|d| d.covers(last.index)))
+            .await
+            .expect("flushed within 10 s")
+            .expect("log open")
+            .clone();
+        assert_eq!(d, super::log_store::Durable { last: Some(last), failed: None });
+
+        // Node 1 now follows node 2 in term 3: entries of node 2's are durable on return.
+        log.save_vote(&Vote::new_committed(3, 2)).await.expect("vote");
+        let theirs = Entry { log_id: LogId::new(CommittedLeaderId::new(3, 2), last.index + 1), payload: EntryPayload::Blank };
+        log.blocking_append(vec![theirs.clone()]).await.expect("append");
+        assert_eq!(log.durable().borrow().last, Some(theirs.log_id), "a follower's append is durable when it returns");
+    }
+    let (_store, mut log, _sm) = open(dir.path());
+    assert_eq!(log.try_get_log_entries(0..100).await.expect("log").len(), entries.len() + 1, "everything survives a reopening");
 }
 
 fn at() -> Timestamp {

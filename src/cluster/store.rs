@@ -932,11 +932,19 @@ fn state_from(doc: &SnapshotDoc) -> Result<State, StoreError> {
 #[derive(Debug, Clone)]
 pub struct StateMachine {
     store: Arc<Store>,
+    /// How far the Raft log is on disk: an entry is applied only once it is (the leader writes
+    /// its own entries in parallel with replicating them; see `log_store`).
+    durable: Option<tokio::sync::watch::Receiver<super::log_store::Durable>>,
 }
 
 impl StateMachine {
     pub fn new(store: Arc<Store>) -> StateMachine {
-        StateMachine { store }
+        StateMachine { store, durable: None }
+    }
+
+    /// Applies entries only once `durable` covers them.
+    pub fn wait_for_log(&mut self, durable: tokio::sync::watch::Receiver<super::log_store::Durable>) {
+        self.durable = Some(durable);
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -969,6 +977,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<_> = entries.into_iter().collect();
+        if let (Some(rx), Some(last)) = (self.durable.as_mut(), entries.last()) {
+            let index = last.log_id.index;
+            let durable = rx.wait_for(|d| d.covers(index)).await.map(|d| d.clone());
+            let failed = match durable {
+                Ok(d) => d.failed,
+                Err(_) => Some("the Raft log was closed".into()),
+            };
+            if let Some(why) = failed {
+                let e = StoreError::Storage(format!("the Raft log could not be made durable ({why}); nothing more is applied"));
+                return Err(StorageIOError::write_state_machine(&e).into());
+            }
+        }
         let applied = self.store.apply(entries).map_err(|e| StorageIOError::write_state_machine(&e))?;
         Ok(vec![(); applied.len()])
     }

@@ -238,8 +238,11 @@ impl Transport {
     }
 
     /// openraft's network over this transport.
-    pub fn network(&self) -> Network {
-        Network { transport: self.clone() }
+    /// openraft's network over this transport. With `durable`, no AppendEntries tells a
+    /// follower of a commit index beyond what this node's log has on disk (`log_store`); a
+    /// message whose commit index was held back sets `held_back`.
+    pub fn network(&self, durable: Option<CommitBound>) -> Network {
+        Network { transport: self.clone(), bound: durable }
     }
 
     /// Sends one request to node `target` at `addr` (`host:port`) and waits for its answer,
@@ -459,6 +462,28 @@ pub async fn join(
 #[derive(Clone)]
 pub struct Network {
     transport: Transport,
+    bound: Option<CommitBound>,
+}
+
+/// What bounds the commit index a leader tells its followers: its own durable log.
+#[derive(Clone)]
+pub struct CommitBound {
+    pub durable: tokio::sync::watch::Receiver<super::log_store::Durable>,
+    /// Set when a message carried a lower commit index than openraft's: the node sends a
+    /// heartbeat once the log has caught up (`node::announce_commits`).
+    pub held_back: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl CommitBound {
+    /// Lowers `leader_commit` to the last durable entry when it is beyond it.
+    fn apply(&self, leader_commit: &mut Option<openraft::LogId<NodeId>>) {
+        let durable = self.durable.borrow().last;
+        let beyond = |c: &openraft::LogId<NodeId>| durable.is_none_or(|d| c.index > d.index);
+        if leader_commit.as_ref().is_some_and(beyond) {
+            *leader_commit = durable;
+            self.held_back.store(true, std::sync::atomic::Ordering::Release);
+        }
+    }
 }
 
 /// openraft's client for one target node. Connects lazily, through the transport's cache.
@@ -466,13 +491,14 @@ pub struct NetworkClient {
     transport: Transport,
     target: NodeId,
     node: NodeInfo,
+    bound: Option<CommitBound>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = NetworkClient;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> NetworkClient {
-        NetworkClient { transport: self.transport.clone(), target, node: node.clone() }
+        NetworkClient { transport: self.transport.clone(), target, node: node.clone(), bound: self.bound.clone() }
     }
 }
 
@@ -512,9 +538,12 @@ impl NetworkClient {
 impl RaftNetwork<TypeConfig> for NetworkClient {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RaftRpcError> {
+        if let Some(b) = &self.bound {
+            b.apply(&mut rpc.leader_commit);
+        }
         let (entries, ttl) = (rpc.entries.len(), option.hard_ttl());
         match self.rpc(RpcRequest::AppendEntries(rpc), Vec::new(), ttl).await {
             Ok(RpcResponse::AppendEntries(Ok(resp))) => Ok(resp),
@@ -1333,7 +1362,7 @@ mod tests {
         let (a, _) = node(&ca, 1).await;
         let (b, hb) = node(&ca, 2).await;
         let info = NodeInfo { name: "n2".into(), raft_addr: b.local_addr().to_string(), ..Default::default() };
-        let mut client = a.network().new_client(2, &info).await;
+        let mut client = a.network(None).new_client(2, &info).await;
         let option = RPCOption::new(Duration::from_secs(10));
 
         let resp = client.vote(VoteRequest::new(Vote::new(3, 1), None), option.clone()).await.expect("vote");
@@ -1373,7 +1402,7 @@ mod tests {
         // Nobody listens there: no handshake within the TTL is unreachability.
         let closed_port = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp").local_addr().expect("addr");
         let gone = NodeInfo { raft_addr: closed_port.to_string(), ..Default::default() };
-        let mut client = a.network().new_client(3, &gone).await;
+        let mut client = a.network(None).new_client(3, &gone).await;
         let err = client.vote(VoteRequest::new(Vote::new(3, 1), None), RPCOption::new(Duration::from_millis(300))).await.expect_err("gone");
         assert!(matches!(err, RPCError::Unreachable(_)), "{err:?}");
         assert_eq!(client.backoff().next(), Some(BACKOFF));
