@@ -77,6 +77,18 @@ pub struct LogStore {
     durable: Arc<tokio::sync::watch::Sender<Durable>>,
     /// Wakes the flusher thread (started by `serve_as`).
     flush: Option<mpsc::Sender<()>>,
+    /// The flusher thread, joined on drop so that the file is closed when the store is.
+    flusher: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for LogStore {
+    fn drop(&mut self) {
+        // Closing the channel ends the flusher after its last flush; it holds the database.
+        self.flush = None;
+        if let Some(t) = self.flusher.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// A read-only handle on the same log, for openraft's replication tasks. Cheap to clone.
@@ -115,6 +127,7 @@ impl LogStore {
             writer: Arc::new(Mutex::new(())),
             durable: Arc::new(tokio::sync::watch::channel(durable).0),
             flush: None,
+            flusher: None,
         })
     }
 
@@ -124,12 +137,13 @@ impl LogStore {
     pub fn serve_as(&mut self, id: NodeId) -> Result<(), StoreError> {
         let (tx, rx) = mpsc::channel::<()>();
         let (db, writer, durable) = (self.db.clone(), self.writer.clone(), self.durable.clone());
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("lgsp-raft-flush".into())
             .spawn(move || flusher(&db, &writer, &durable, &rx))
             .map_err(|e| StoreError::Storage(format!("cannot start the Raft log flusher thread: {e}")))?;
         self.node_id = Some(id);
         self.flush = Some(tx);
+        self.flusher = Some(thread);
         Ok(())
     }
 
