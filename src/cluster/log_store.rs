@@ -72,8 +72,10 @@ pub struct LogStore {
     node_id: Option<NodeId>,
     /// The vote as last saved or read.
     vote: Mutex<Option<Vote<NodeId>>>,
-    /// Held from the start of each write transaction until [`Durable`] is updated for it.
-    writer: Arc<Mutex<()>>,
+    /// The writer lock, held from the start of each write transaction until [`Durable`] is
+    /// updated for it; it guards the log's end (last entry id, or the last purged one) as the
+    /// committed writes left it, so no durable commit has to read the log back to learn it.
+    end: Arc<Mutex<Option<LogId<NodeId>>>>,
     durable: Arc<tokio::sync::watch::Sender<Durable>>,
     /// Wakes the flusher thread (started by `serve_as`).
     flush: Option<mpsc::Sender<()>>,
@@ -116,7 +118,8 @@ impl LogStore {
         tx.commit().map_err(storage("create its tables"))?;
         let db = Arc::new(db);
         // What the file holds after opening is what is on disk.
-        let durable = Durable { last: last_log_id(&db.begin_read().map_err(storage("read the log"))?)?, failed: None };
+        let end = last_log_id(&db.begin_read().map_err(storage("read the log"))?)?;
+        let durable = Durable { last: end, failed: None };
         let vote = read_meta(&db, VOTE)?;
         Ok(LogStore {
             db,
@@ -124,7 +127,7 @@ impl LogStore {
             path: path.to_path_buf(),
             node_id: None,
             vote: Mutex::new(vote),
-            writer: Arc::new(Mutex::new(())),
+            end: Arc::new(Mutex::new(end)),
             durable: Arc::new(tokio::sync::watch::channel(durable).0),
             flush: None,
             flusher: None,
@@ -136,10 +139,10 @@ impl LogStore {
     /// durable.
     pub fn serve_as(&mut self, id: NodeId) -> Result<(), StoreError> {
         let (tx, rx) = mpsc::channel::<()>();
-        let (db, writer, durable) = (self.db.clone(), self.writer.clone(), self.durable.clone());
+        let (db, end, durable) = (self.db.clone(), self.end.clone(), self.durable.clone());
         let thread = std::thread::Builder::new()
             .name("lgsp-raft-flush".into())
-            .spawn(move || flusher(&db, &writer, &durable, &rx))
+            .spawn(move || flusher(&db, &end, &durable, &rx))
             .map_err(|e| StoreError::Storage(format!("cannot start the Raft log flusher thread: {e}")))?;
         self.node_id = Some(id);
         self.flush = Some(tx);
@@ -161,15 +164,16 @@ impl LogStore {
             && entries.iter().all(|e| e.log_id.leader_id == *vote.leader_id())
     }
 
-    /// Runs `write` in one write transaction under the writer lock; a durable commit moves
-    /// [`Durable`] to the end of the log as it stands in that transaction.
+    /// Runs `write` in one write transaction under the writer lock. `write` updates the log's
+    /// end when it moves it; the new end is kept once the commit succeeded, and a durable commit
+    /// moves [`Durable`] to it.
     fn transact<T>(
         &self,
         what: &str,
         durable: bool,
-        write: impl FnOnce(&redb::WriteTransaction) -> Result<T, StoreError>,
+        write: impl FnOnce(&redb::WriteTransaction, &mut Option<LogId<NodeId>>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let _w = lock(&self.writer);
+        let mut end = lock(&self.end);
         if let Some(failed) = self.durable.borrow().failed.clone() {
             return Err(StoreError::Storage(format!("Raft log: {failed}")));
         }
@@ -177,11 +181,12 @@ impl LogStore {
         if !durable {
             tx.set_durability(redb::Durability::None);
         }
-        let out = write(&tx)?;
-        let last = if durable { Some(last_log_id_in(&tx)?) } else { None };
+        let mut new_end = *end;
+        let out = write(&tx, &mut new_end)?;
         tx.commit().map_err(storage(what))?;
-        if let Some(last) = last {
-            self.durable.send_modify(|d| d.last = last);
+        *end = new_end;
+        if durable {
+            self.durable.send_modify(|d| d.last = new_end);
         }
         Ok(out)
     }
@@ -209,7 +214,11 @@ impl LogStore {
     /// `early` (the leader's own entries, flushed by the flusher thread).
     fn append_batch(&self, entries: &[Entry<TypeConfig>], early: bool) -> Result<(), StoreError> {
         let committed = self.take_committed();
-        self.transact("append entries", !early, |tx| {
+        self.transact("append entries", !early, |tx, end| {
+            // openraft appends at the end of the log (it truncates first on a conflict).
+            if let Some(last) = entries.last() {
+                *end = Some(last.log_id);
+            }
             let mut t = tx.open_table(LOG).map_err(storage("append entries"))?;
             for e in entries {
                 let bytes = serde_json::to_vec(e).map_err(storage("encode an entry"))?;
@@ -228,15 +237,24 @@ impl LogStore {
 
     /// Deletes `[from, ∞)`.
     fn truncate_from(&self, from: u64) -> Result<(), StoreError> {
-        self.transact("truncate the log", true, |tx| {
-            let mut t = tx.open_table(LOG).map_err(storage("truncate the log"))?;
-            t.retain_in(from.., |_, _| false).map_err(storage("truncate the log"))
+        self.transact("truncate the log", true, |tx, end| {
+            tx.open_table(LOG)
+                .map_err(storage("truncate the log"))?
+                .retain_in(from.., |_, _| false)
+                .map_err(storage("truncate the log"))?;
+            *end = last_log_id_in(tx)?;
+            Ok(())
         })
     }
 
     /// Deletes `[0, upto.index]` and records `upto` as the last purged id, together.
     pub(super) fn purge_upto(&self, upto: LogId<NodeId>) -> Result<(), StoreError> {
-        self.transact("purge the log", true, |tx| {
+        self.transact("purge the log", true, |tx, end| {
+            // A purge past the last entry (a snapshot installed beyond the log) empties the log,
+            // whose end is then the purge point.
+            if end.is_none_or(|e| e.index < upto.index) {
+                *end = Some(upto);
+            }
             let bytes = serde_json::to_vec(&upto).map_err(storage("encode the purge point"))?;
             tx.open_table(META)
                 .map_err(storage("purge the log"))?
@@ -250,7 +268,7 @@ impl LogStore {
     /// Writes one metadata value durably (the vote).
     fn write_meta<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(value).map_err(storage("encode the log's metadata"))?;
-        self.transact("write the log's metadata", true, |tx| {
+        self.transact("write the log's metadata", true, |tx, _| {
             tx.open_table(META)
                 .map_err(storage("write the log's metadata"))?
                 .insert(key, bytes.as_slice())
@@ -268,24 +286,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// entry written before it durable, then [`Durable`] moves to the log's end. A failure is kept
 /// in [`Durable::failed`]: the waiting apply gives up and the next append fails, which stops
 /// the Raft core (and the node, see `app::run`). Ends when the log store is dropped.
-fn flusher(db: &Database, writer: &Mutex<()>, durable: &tokio::sync::watch::Sender<Durable>, wake: &mpsc::Receiver<()>) {
+fn flusher(db: &Database, end: &Mutex<Option<LogId<NodeId>>>, durable: &tokio::sync::watch::Sender<Durable>, wake: &mpsc::Receiver<()>) {
     while wake.recv().is_ok() {
         while wake.try_recv().is_ok() {}
-        let _w = lock(writer);
+        let end = lock(end);
         if durable.borrow().failed.is_some() {
             return;
         }
-        let flushed = (|| -> Result<Option<LogId<NodeId>>, StoreError> {
+        let flushed = (|| -> Result<(), StoreError> {
             let tx = db.begin_write().map_err(storage("flush the log"))?;
-            let last = last_log_id_in(&tx)?;
             // A change, so that the commit is a real, durable one.
-            let bytes = serde_json::to_vec(&last).map_err(storage("encode the flush marker"))?;
+            let bytes = serde_json::to_vec(&*end).map_err(storage("encode the flush marker"))?;
             tx.open_table(META).map_err(storage("flush the log"))?.insert(FLUSHED, bytes.as_slice()).map_err(storage("flush the log"))?;
-            tx.commit().map_err(storage("flush the log"))?;
-            Ok(last)
+            tx.commit().map_err(storage("flush the log"))
         })();
         match flushed {
-            Ok(last) => durable.send_modify(|d| d.last = last),
+            Ok(()) => durable.send_modify(|d| d.last = *end),
             Err(e) => {
                 tracing::error!(error = %e, "cannot flush the Raft log; this node stops taking part in the cluster");
                 durable.send_modify(|d| d.failed = Some(e.to_string()));
@@ -416,12 +432,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<_> = entries.into_iter().collect();
-        let early = self.flush.is_some() && self.own_as_leader(&entries);
+        let early = self.own_as_leader(&entries);
         let result = self.append_batch(&entries, early);
-        if result.is_ok() && early {
-            if let Some(f) = &self.flush {
-                let _ = f.send(());
-            }
+        if let (Ok(()), true, Some(f)) = (&result, early, &self.flush) {
+            let _ = f.send(());
         }
         // openraft learns the outcome from the callback (and stops on an error returned here).
         match &result {

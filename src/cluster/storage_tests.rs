@@ -85,9 +85,24 @@ async fn a_leaders_own_entries_are_flushed_in_the_background_and_a_followers_at_
         let theirs = Entry { log_id: LogId::new(CommittedLeaderId::new(3, 2), last.index + 1), payload: EntryPayload::Blank };
         log.blocking_append(vec![theirs.clone()]).await.expect("append");
         assert_eq!(log.durable().borrow().last, Some(theirs.log_id), "a follower's append is durable when it returns");
+
+        // Truncations and purges keep what is durable at the log's end, as openraft reads it.
+        log.truncate(theirs.log_id).await.expect("truncate");
+        assert_eq!(log.durable().borrow().last, Some(last));
+        assert_eq!(log.get_log_state().await.expect("state").last_log_id, Some(last));
+        log.blocking_append(vec![theirs.clone()]).await.expect("append");
+        let beyond = LogId::new(CommittedLeaderId::new(3, 2), last.index + 50);
+        log.purge(beyond).await.expect("purge past the end (a snapshot installed beyond the log)");
+        assert_eq!(log.durable().borrow().last, Some(beyond));
+        assert_eq!(log.get_log_state().await.expect("state").last_log_id, Some(beyond));
     }
     let (_store, mut log, _sm) = open(dir.path());
-    assert_eq!(log.try_get_log_entries(0..100).await.expect("log").len(), entries.len() + 1, "everything survives a reopening");
+    assert_eq!(
+        log.get_log_state().await.expect("state").last_log_id.map(|l| l.index),
+        Some(entries.len() as u64 + 50),
+        "survives a reopening"
+    );
+    assert_eq!(log.durable().borrow().last.map(|l| l.index), Some(entries.len() as u64 + 50));
 }
 
 fn at() -> Timestamp {
