@@ -68,7 +68,7 @@ pub enum BackupOutcome {
 /// file. Errors: no backup writer on this node, or the command could not be committed.
 pub async fn backup_now(st: &Shared, p: &Principal, reason: &str, wait: Duration) -> Result<BackupOutcome, ApiError> {
     let service = st.backups.clone().ok_or_else(unavailable)?;
-    let id = format!("{}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ"), hex::encode(crate::secrets::random_bytes::<3>()));
+    let id = crate::backup::new_id(chrono::Utc::now());
     let index = st.cluster.backup(p.actor(), id.clone(), reason.to_owned()).await?;
     Ok(match service.wait(&id, wait).await {
         Some(Ok(file)) => {

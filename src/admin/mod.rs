@@ -149,18 +149,13 @@ async fn read_barrier(
         }
     };
     let first = next.clone().run(axum::extract::Request::from_parts(parts.clone(), body.clone().into())).await;
-    if first.status() != axum::http::StatusCode::NOT_FOUND || !answered_not_found(&first) {
+    if first.extensions().get::<error::NotFoundObject>().is_none() {
         return first;
     }
     if let Err(e) = st.cluster.read_barrier().await {
         return ApiError::from(e).into_response();
     }
     next.run(axum::extract::Request::from_parts(parts, body.into())).await
-}
-
-/// True when a 404 is a handler's "no such object" (`code: NOT_FOUND`), not an unknown path.
-fn answered_not_found(res: &axum::response::Response) -> bool {
-    res.extensions().get::<error::NotFoundObject>().is_some()
 }
 
 pub fn router(state: Shared) -> Router {

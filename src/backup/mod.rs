@@ -40,6 +40,11 @@ pub const KEYS_PART: &str = "keys.age";
 pub const ENCRYPTED_PART: &str = "backup.lgspbak.age";
 pub const ENCRYPTED_KIND: &str = "encrypted";
 
+/// A new backup id: the instant (UTC, to the second) and 6 random hex digits.
+pub fn new_id(now: chrono::DateTime<chrono::Utc>) -> String {
+    format!("{}-{}", now.format("%Y%m%dT%H%M%SZ"), hex::encode(crate::secrets::random_bytes::<3>()))
+}
+
 /// What a backup file says about itself (`manifest.json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {

@@ -304,7 +304,7 @@ pub async fn schedule(cluster: Arc<crate::cluster::node::ClusterNode>, every: Du
         if !due {
             continue;
         }
-        let id = format!("{}-{}", now.format("%Y%m%dT%H%M%SZ"), hex::encode(crate::secrets::random_bytes::<3>()));
+        let id = super::new_id(now);
         match cluster.backup(crate::registry::Actor::system(), id.clone(), "scheduled".into()).await {
             Ok(index) => tracing::info!(backup = %id, index, "scheduled backup requested"),
             Err(e) => tracing::warn!(error = %e, "cannot request the scheduled backup; retrying at the next tick"),

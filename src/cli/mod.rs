@@ -1289,37 +1289,22 @@ async fn remote(cmd: Cmd, conn: &Connection, j: bool) -> Result<()> {
             Some(p) => Some(std::fs::read_to_string(p).with_context(|| format!("cannot read the identity file {}", p.display()))?),
             None => None,
         };
-        let v = match crate::backup::check(file, identity.as_deref())? {
-            crate::backup::Checked::Open(v) => v,
-            crate::backup::Checked::Sealed(m) => {
-                let out = json!({
-                    "ok": true, "encrypted": true, "contents_checked": false, "file": file, "id": m.id, "reason": m.reason,
-                    "created_at": m.created_at, "cluster_id": m.cluster_id, "node_id": m.node_id, "node_name": m.node_name,
-                    "log_index": m.log_index, "log_term": m.log_term, "parts": m.parts,
-                });
-                if j {
-                    show(&out, true, &[]);
-                } else {
-                    println!(
-                        "{}: encrypted backup of node {} at log index {}: the container and the encrypted part's SHA-256 are OK; pass --identity to check its contents",
-                        file.display(),
-                        m.node_name,
-                        m.log_index
-                    );
-                }
-                return Ok(());
-            }
+        let checked = crate::backup::check(file, identity.as_deref())?;
+        let (m, opened) = match &checked {
+            crate::backup::Checked::Open(v) => (&v.manifest, Some(v)),
+            crate::backup::Checked::Sealed(m) => (m, None),
         };
-        let m = &v.manifest;
-        let out = json!({
+        let mut out = json!({
             "ok": true, "file": file, "id": m.id, "reason": m.reason, "created_at": m.created_at, "cluster_id": m.cluster_id,
             "node_id": m.node_id, "node_name": m.node_name, "log_index": m.log_index, "log_term": m.log_term,
-            "parts": m.parts, "registry_digest": v.registry_digest, "encrypted": v.encrypted,
-            "contents_checked": true,
+            "parts": m.parts, "encrypted": opened.is_none_or(|v| v.encrypted), "contents_checked": opened.is_some(),
         });
+        if let Some(v) = opened {
+            out["registry_digest"] = v.registry_digest.clone().into();
+        }
         if j {
             show(&out, true, &[]);
-        } else {
+        } else if let Some(v) = opened {
             println!(
                 "{}: OK ({} parts checked; node {} at log index {}; registry digest {})",
                 file.display(),
@@ -1327,6 +1312,13 @@ async fn remote(cmd: Cmd, conn: &Connection, j: bool) -> Result<()> {
                 m.node_name,
                 m.log_index,
                 v.registry_digest
+            );
+        } else {
+            println!(
+                "{}: encrypted backup of node {} at log index {}: the container and the encrypted part's SHA-256 are OK; pass --identity to check its contents",
+                file.display(),
+                m.node_name,
+                m.log_index
             );
         }
         return Ok(());
