@@ -649,8 +649,20 @@ pub async fn run(cfg: Config, source: Option<PathBuf>) -> Result<(), AppError> {
     // Ready means current: a node restarted while the cluster went on (tokens issued, services
     // changed) first catches up with the leader, so that it does not refuse what the others
     // accept. Without a quorum it serves its last applied registry (degraded), as it would later.
+    // Its own addresses are current in the applied membership too (re-registered after a restart
+    // on other ports), so that `cluster status` and forwarding peers see where it listens.
     match cluster.read_barrier().await {
-        Ok(()) => tracing::debug!("caught up with the cluster before announcing readiness"),
+        Ok(()) => {
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+            while !cluster.registered() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            if cluster.registered() {
+                tracing::debug!("caught up with the cluster before announcing readiness");
+            } else {
+                tracing::warn!("this node's addresses are not yet registered with the cluster; announcing readiness anyway");
+            }
+        }
         Err(e) => {
             tracing::warn!(error = %e, "could not confirm the registry is current (no leader with a quorum yet); serving the last applied registry until the cluster is reachable")
         }

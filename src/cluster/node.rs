@@ -558,6 +558,13 @@ impl ClusterNode {
         }
     }
 
+    /// True when the membership this node has applied carries its current addresses (a node
+    /// restarted on other ports registers them again, see `announce`).
+    pub fn registered(&self) -> bool {
+        let info = self.info.read().unwrap_or_else(|e| e.into_inner()).clone();
+        self.store.membership().membership().get_node(&self.id) == Some(&info)
+    }
+
     /// True when this node knows a leader that heard from a quorum recently: admin writes and
     /// reads work. When false the gateway still serves from the last applied state.
     pub fn has_quorum(&self) -> bool {
