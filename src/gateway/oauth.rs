@@ -7,10 +7,13 @@
 //! registry command and refused by every node until the token would have expired anyway. An
 //! assertion's `jti` is remembered in `shared::SharedState`, which tells the other nodes, so a
 //! replayed assertion is refused cluster-wide (once the gossip has arrived).
+//! Bearer validation remembers the claims of tokens it has verified, keyed by the token's
+//! SHA-256 (never the token itself), so a repeated token costs one hash instead of an HMAC and
+//! two JSON decodings; expiry is still checked on every call.
 //! Invariants: secrets are compared in constant time; nothing here logs a secret or a token.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
@@ -42,6 +45,8 @@ pub struct Claims {
 }
 
 const ISSUER: &str = "lgsp";
+/// Most verified tokens remembered; past it, expired entries are dropped, then all of them.
+const VERIFIED_TOKENS_MAX: usize = 100_000;
 /// Longest accepted remaining lifetime of a `private_key_jwt` assertion, seconds (1 h + leeway).
 const MAX_ASSERTION_LIFETIME: i64 = 3600 + 60;
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -76,6 +81,8 @@ pub struct TokenAuthority {
     /// credential id -> SHA-256 of a secret already verified by argon2 (imported secrets), so
     /// that only the first token request pays for argon2.
     verified: Mutex<HashMap<String, [u8; 32]>>,
+    /// SHA-256 of an access token whose signature and claims were verified -> its claims.
+    verified_tokens: RwLock<HashMap<[u8; 32], Arc<Claims>>>,
 }
 
 impl TokenAuthority {
@@ -91,6 +98,7 @@ impl TokenAuthority {
             validation,
             ttl_seconds,
             verified: Mutex::new(HashMap::new()),
+            verified_tokens: RwLock::new(HashMap::new()),
         }
     }
 
@@ -113,8 +121,30 @@ impl TokenAuthority {
 
     /// Claims of a token this appliance issued and that has not expired (revocation and the
     /// credential's liveness are checked by the caller against the view).
-    pub fn validate(&self, token: &str) -> Option<Claims> {
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).ok().map(|d| d.claims)
+    pub fn validate(&self, token: &str) -> Option<Arc<Claims>> {
+        let now = i64::try_from(jsonwebtoken::get_current_timestamp()).unwrap_or(i64::MAX);
+        self.validate_at(token, now)
+    }
+
+    /// [`TokenAuthority::validate`] at `now` (Unix seconds, the clock jsonwebtoken reads): a
+    /// token seen before is valid while `exp >= now`, exactly the rule of a full decoding
+    /// with no leeway.
+    fn validate_at(&self, token: &str, now: i64) -> Option<Arc<Claims>> {
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let seen = self.verified_tokens.read().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
+        if let Some(claims) = seen {
+            return (claims.exp >= now).then_some(claims);
+        }
+        let claims = Arc::new(jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).ok()?.claims);
+        let mut cache = self.verified_tokens.write().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= VERIFIED_TOKENS_MAX {
+            cache.retain(|_, c| c.exp >= now);
+            if cache.len() >= VERIFIED_TOKENS_MAX {
+                cache.clear();
+            }
+        }
+        cache.insert(key, Arc::clone(&claims));
+        Some(claims)
     }
 
     /// Decodes a token's claims even if expired (for `/revoke`); the signature must hold.
@@ -375,5 +405,25 @@ mod tests {
         let (old, _) = ta.issue(&cred, "", 1_000).unwrap();
         assert!(ta.validate(&old).is_none(), "expired");
         assert!(ta.decode_for_revocation(&old).is_some());
+    }
+
+    #[test]
+    fn a_remembered_token_still_expires_and_never_vouches_for_another() {
+        let ta = TokenAuthority::new([7u8; 32], 60);
+        let cred = CredView::test("cred-1", "sys-1");
+        let now = chrono::Utc::now().timestamp();
+        let (t, c) = ta.issue(&cred, "", now).unwrap();
+        let first = ta.validate_at(&t, now).expect("fresh token");
+        assert_eq!(ta.verified_tokens.read().unwrap().len(), 1, "remembered after the first check");
+        let again = ta.validate_at(&t, now).expect("remembered token");
+        assert!(Arc::ptr_eq(&first, &again), "the second check is answered from memory");
+        assert!(ta.validate_at(&t, c.exp).is_some(), "valid up to and including exp, as a full decoding");
+        assert!(ta.validate_at(&t, c.exp + 1).is_none(), "a remembered token expires like any other");
+        let mut tampered = t.clone();
+        tampered.pop();
+        tampered.push(if t.ends_with('A') { 'B' } else { 'A' });
+        assert!(ta.validate_at(&tampered, now).is_none(), "a remembered token vouches for no other string");
+        let other = TokenAuthority::new([8u8; 32], 60);
+        assert!(other.validate_at(&t, now).is_none(), "the memory belongs to one key");
     }
 }

@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 
-use super::stack::Gateway;
+use super::stack::{Gateway, Peer};
 use crate::ops::shutdown::Shutdown;
 
 pub async fn serve(
@@ -42,9 +42,11 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let gw = gw.clone();
+        let peer_info = Arc::new(Peer::new(peer));
         let service = hyper::service::service_fn(move |req| {
-            let gw = gw.clone();
-            async move { Ok::<_, Infallible>(gw.handle(req, peer).await) }
+            let (gw, peer_info) = (gw.clone(), peer_info.clone());
+            // Boxed: the pipeline's future is large, and hyper moves it around by value.
+            Box::pin(async move { Ok::<_, Infallible>(gw.handle(req, &peer_info).await) })
         });
         let builder = builder.clone();
         let watcher = graceful.watcher();

@@ -72,6 +72,22 @@ pub struct Gateway {
     txn_counter: AtomicU64,
 }
 
+/// The calling connection, prepared once per connection rather than per request.
+pub struct Peer {
+    /// The `for=` node of the `Forwarded` header (RFC 7239 §6: an IPv6 address in brackets).
+    forwarded_for: String,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Peer {
+        let forwarded_for = match addr.ip() {
+            std::net::IpAddr::V4(ip) => ip.to_string(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        };
+        Peer { forwarded_for }
+    }
+}
+
 /// The authenticated caller.
 struct Consumer {
     cred: Arc<CredView>,
@@ -159,12 +175,11 @@ impl Gateway {
     /// A unique, cheap transaction id: a random per-process prefix and a counter, shaped as a UUID.
     fn next_txn(&self) -> String {
         let n = self.txn_counter.fetch_add(1, Ordering::Relaxed);
-        let p = &self.txn_prefix;
-        format!("{}-{}-4{:03x}-8{:03x}-{:012x}", &p[..8], &p[8..12], (n >> 60) & 0xfff, (n >> 48) & 0xfff, n & 0xffff_ffff_ffff)
+        txn_id(&self.txn_prefix, n)
     }
 
     /// Handles one request; never fails (every error is a response).
-    pub async fn handle(self: &Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<GwBody> {
+    pub async fn handle(self: &Arc<Self>, req: Request<Incoming>, peer: &Peer) -> Response<GwBody> {
         let started = Instant::now();
         let txn = self.next_txn();
         let view = self.view.borrow().clone();
@@ -238,7 +253,8 @@ impl Gateway {
             log.record(AuditRecord {
                 txn_id: d.txn,
                 at: d.at,
-                node: self.node.clone(),
+                // The audit writer stamps its own node name.
+                node: String::new(),
                 consumer_agency: d.consumer_agency,
                 consumer_system: d.consumer_system,
                 service: d.service,
@@ -252,8 +268,8 @@ impl Gateway {
                 upstream_us,
                 request_bytes: req.bytes,
                 response_bytes: resp.bytes,
-                request_sha256: req.sha256.map(hex::encode).unwrap_or_default(),
-                response_sha256: resp.sha256.map(hex::encode).unwrap_or_default(),
+                request_sha256: req.sha256.as_ref().map(hex32).unwrap_or_default(),
+                response_sha256: resp.sha256.as_ref().map(hex32).unwrap_or_default(),
                 auth_method: if d.auth_method.is_empty() { "none".into() } else { d.auth_method },
             });
         }
@@ -346,7 +362,7 @@ impl Gateway {
         req: Request<Incoming>,
         view: &View,
         d: &mut Draft,
-        peer: SocketAddr,
+        peer: &Peer,
         started: Instant,
     ) -> Result<Reply, Refusal> {
         let has_body = !req.body().is_end_stream();
@@ -429,8 +445,8 @@ impl Gateway {
         upstream: &super::view::Upstream,
         rest: &str,
         consumer: Consumer,
-        d: &Draft,
-        peer: SocketAddr,
+        d: &mut Draft,
+        peer: &Peer,
         started: Instant,
         limit: u64,
     ) -> Result<Reply, Refusal> {
@@ -476,7 +492,11 @@ impl Gateway {
         headers.insert(HeaderName::from_static("x-transaction-id"), hv(&d.txn));
         headers.insert(HeaderName::from_static("x-consumer-agency"), hv(&d.consumer_agency));
         headers.insert(HeaderName::from_static("x-consumer-system"), hv(&consumer.cred.system));
-        headers.insert(header::FORWARDED, hv(&format!("for=\"{}\";proto={};host=\"{}\"", peer.ip(), self.scheme, original_host)));
+        let mut forwarded = String::with_capacity(32 + peer.forwarded_for.len() + original_host.len());
+        for part in ["for=\"", &peer.forwarded_for, "\";proto=", self.scheme, ";host=\"", &original_host, "\""] {
+            forwarded.push_str(part);
+        }
+        headers.insert(header::FORWARDED, hv(&forwarded));
         let mut client = self.upstreams.plain().clone();
         match &ver.auth {
             UpstreamAuthMaterial::None => {}
@@ -583,18 +603,20 @@ impl Gateway {
         };
 
         let (mut rparts, rbody) = resp.into_parts();
-        for t in connection_tokens(&rparts.headers) {
-            rparts.headers.remove(t.as_str());
-        }
-        for h in HOP_BY_HOP {
-            rparts.headers.remove(h);
+        if rparts.headers.keys().any(|k| HOP_BY_HOP.contains(&k.as_str())) {
+            for t in connection_tokens(&rparts.headers) {
+                rparts.headers.remove(t.as_str());
+            }
+            for h in HOP_BY_HOP {
+                rparts.headers.remove(h);
+            }
         }
         if let Ok(v) = HeaderValue::from_str(&d.txn) {
             rparts.headers.insert(HeaderName::from_static("x-transaction-id"), v);
         }
         let status = rparts.status.as_u16();
         // The audit record is written when the response body has been passed on entirely.
-        let ctx = FinishCtx { draft: d.clone(), status, started, upstream: upstream_elapsed, req_meter };
+        let ctx = FinishCtx { draft: std::mem::take(d), status, started, upstream: upstream_elapsed, req_meter };
         let gw = Arc::clone(self);
         let rbody = Metered::new(rbody, None, None, Sink::Call(Box::new(move |m: Meter| gw.finish_proxied(ctx, m)))).boxed_unsync();
         Ok(Reply::Proxied(Response::from_parts(rparts, rbody)))
@@ -844,9 +866,7 @@ fn connection_tokens(h: &HeaderMap) -> Vec<String> {
 /// them: `.` and `..` segments (also percent-encoded) and encoded `/` or `\`.
 fn check_path(path: &str) -> Result<(), Refusal> {
     let bad = path.split('/').any(|seg| {
-        let lower = seg.to_ascii_lowercase();
-        let decoded = lower.replace("%2e", ".");
-        decoded == "." || decoded == ".." || lower.contains("%2f") || lower.contains("%5c") || seg.contains('\\')
+        is_dot_segment(seg) || seg.contains('\\') || contains_ignore_case(seg, b"%2f") || contains_ignore_case(seg, b"%5c")
     });
     if bad {
         return Err(Refusal::new(
@@ -856,6 +876,28 @@ fn check_path(path: &str) -> Result<(), Refusal> {
         ));
     }
     Ok(())
+}
+
+/// `.` or `..`, each dot written as `.` or as `%2e` in any case (checked on every request,
+/// so without allocating).
+fn is_dot_segment(seg: &str) -> bool {
+    let mut rest = seg.as_bytes();
+    let mut dots = 0;
+    while !rest.is_empty() {
+        if rest[0] == b'.' {
+            rest = &rest[1..];
+        } else if rest.len() >= 3 && rest[..3].eq_ignore_ascii_case(b"%2e") {
+            rest = &rest[3..];
+        } else {
+            return false;
+        }
+        dots += 1;
+    }
+    dots == 1 || dots == 2
+}
+
+fn contains_ignore_case(haystack: &str, needle: &[u8]) -> bool {
+    haystack.as_bytes().windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 fn too_large(limit: u64) -> Refusal {
@@ -939,6 +981,37 @@ fn route(view: &View, path: &str) -> Result<(Arc<RouteService>, Arc<RouteVersion
     Ok((svc, ver, rest))
 }
 
+/// `pppppppp-pppp-4xxx-8xxx-xxxxxxxxxxxx`: the 12 hex digits of `prefix`, then bits of the
+/// counter, shaped as a UUID (written by hand: this runs on every request).
+fn txn_id(prefix: &str, n: u64) -> String {
+    fn hex_digits(out: &mut String, value: u64, count: u32) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for i in (0..count).rev() {
+            out.push(char::from(HEX[((value >> (4 * i)) & 0xf) as usize]));
+        }
+    }
+    let mut out = String::with_capacity(36);
+    out.push_str(prefix.get(..8).unwrap_or(prefix));
+    out.push('-');
+    out.push_str(prefix.get(8..12).unwrap_or(""));
+    out.push('-');
+    hex_digits(&mut out, 0x4000 | ((n >> 60) & 0xfff), 4);
+    out.push('-');
+    hex_digits(&mut out, 0x8000 | ((n >> 48) & 0xfff), 4);
+    out.push('-');
+    hex_digits(&mut out, n & 0xffff_ffff_ffff, 12);
+    out
+}
+
+/// Lower-case hex of a SHA-256, without hex::encode's per-character iterator.
+fn hex32(bytes: &[u8; 32]) -> String {
+    let mut buf = [0u8; 64];
+    match hex::encode_to_slice(bytes, &mut buf) {
+        Ok(()) => String::from_utf8_lossy(&buf).into_owned(),
+        Err(_) => hex::encode(bytes),
+    }
+}
+
 /// `2xx`-style class of an HTTP status, for a bounded metric label.
 fn status_class(status: u16) -> &'static str {
     match status {
@@ -947,5 +1020,48 @@ fn status_class(status: u16) -> &'static str {
         300..=399 => "3xx",
         400..=499 => "4xx",
         _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transaction_ids_are_uuid_shaped_and_follow_the_counter() {
+        let p = "0123456789ab";
+        for n in [0u64, 1, 0xabc, 0xffff_ffff_ffff, 0x0123_4567_89ab_cdef, u64::MAX] {
+            let expected = format!(
+                "{}-{}-4{:03x}-8{:03x}-{:012x}",
+                &p[..8],
+                &p[8..12],
+                (n >> 60) & 0xfff,
+                (n >> 48) & 0xfff,
+                n & 0xffff_ffff_ffff
+            );
+            assert_eq!(txn_id(p, n), expected);
+        }
+    }
+
+    #[test]
+    fn paths_that_could_climb_out_of_the_upstream_prefix_are_refused() {
+        for bad in [
+            "/a/./b", "/a/../b", "/a/%2e/b", "/a/%2E%2e/b", "/a/.%2E", "/..", "/a/b%2fc", "/a/b%2Fc", "/a/%5C", "/a/b\\c",
+        ] {
+            assert!(check_path(bad).is_err(), "{bad} must be refused");
+        }
+        for good in ["/", "/dancu/v1/citizens", "/a/.../b", "/a/.b/c", "/a/%2e%2e%2e", "/a/%2/b", "/a/%2ex", "/a/b.c", "/a//b"] {
+            assert!(check_path(good).is_ok(), "{good} must pass");
+        }
+    }
+
+    #[test]
+    fn body_digests_are_lower_case_hex() {
+        let mut b = [0u8; 32];
+        for (i, x) in b.iter_mut().enumerate() {
+            *x = u8::try_from(i * 8).unwrap_or(0);
+        }
+        assert_eq!(hex32(&b), hex::encode(b));
+        assert_eq!(hex32(&[0xff; 32]), "f".repeat(64));
     }
 }
