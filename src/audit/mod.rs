@@ -137,7 +137,7 @@ pub use log::{AuditLog, AuditStats, AuditWriterTask};
 pub use reconcile::{
     compare, daily_counts, differences_to_csv, parse_csv, to_csv, write_csv_row, CountRow, Difference, DifferenceKind, GAP_OUTCOME,
 };
-pub use record::AuditRecord;
+pub use record::{digest_hex, AuditRecord};
 pub use rollup::{node_day_rollup, node_first_day};
 pub use search::{search, SearchFilter};
 pub use verify::{verify, Finding, FindingKind, NodeSummary, Severity, VerifyReport};

@@ -91,6 +91,27 @@ impl AuditRecord {
     }
 }
 
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// A SHA-256 as records and chain lines write it: lower-case hex, 64 characters (by hand,
+/// since this runs for every transaction).
+pub fn digest_hex(digest: &[u8; 32]) -> String {
+    let mut s = String::with_capacity(64);
+    for b in digest {
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    s
+}
+
+/// Appends [`digest_hex`] of `digest` to a line being built.
+pub(crate) fn push_digest_hex(out: &mut Vec<u8>, digest: &[u8; 32]) {
+    for b in digest {
+        out.push(HEX[usize::from(b >> 4)]);
+        out.push(HEX[usize::from(b & 0xf)]);
+    }
+}
+
 fn clamp(s: &mut String, max: usize) {
     if s.len() > max {
         let mut i = max;
@@ -215,6 +236,19 @@ pub(crate) mod ms_time {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn digests_are_written_as_lower_case_hex() {
+        let mut d = [0u8; 32];
+        for (i, x) in d.iter_mut().enumerate() {
+            *x = u8::try_from(i * 8).unwrap_or(0);
+        }
+        assert_eq!(digest_hex(&d), hex::encode(d));
+        assert_eq!(digest_hex(&[0xff; 32]), "f".repeat(64));
+        let mut line = b"x".to_vec();
+        push_digest_hex(&mut line, &d);
+        assert_eq!(line, [b"x".as_slice(), hex::encode(d).as_bytes()].concat());
+    }
 
     #[test]
     fn sanitize_drops_query_and_clamps() {

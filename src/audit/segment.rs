@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, FixedOffset, NaiveDate, Offset, Utc};
 use sha2::{Digest, Sha256};
 
-use super::record::Body;
+use super::record::{push_digest_hex, Body};
 use super::AuditError;
 
 /// `prev` of a node's very first entry.
@@ -61,9 +61,9 @@ pub(crate) fn encode_line(out: &mut Vec<u8>, seq: u64, prev: &[u8; 32], body: &B
     out.extend_from_slice(P_SEQ);
     out.extend_from_slice(seq.to_string().as_bytes());
     out.extend_from_slice(P_PREV);
-    out.extend_from_slice(hex::encode(prev).as_bytes());
+    push_digest_hex(out, prev);
     out.extend_from_slice(P_HASH);
-    out.extend_from_slice(hex::encode(hash).as_bytes());
+    push_digest_hex(out, &hash);
     out.extend_from_slice(P_BODY);
     out.extend_from_slice(members);
     out.push(b'\n');
