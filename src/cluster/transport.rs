@@ -19,8 +19,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::error::{
     Fatal, InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, StreamingError, Timeout, Unreachable,
@@ -60,6 +61,14 @@ pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long openraft waits before re-contacting an unreachable node. Short, so a restarted
 /// node is back in the replication within a heartbeat or two.
 pub const BACKOFF: Duration = Duration::from_millis(200);
+/// How long a dial may go on in the background, whatever the call that began it allows (a
+/// heartbeat allows 50 ms; a handshake on a loaded machine, or one whose first packet was lost,
+/// takes longer).
+pub const DIAL_BUDGET: Duration = Duration::from_secs(2);
+/// A call joins a dial in progress only if it began this recently; an older one may be stuck
+/// waiting to resend a first packet that went to a peer that was down then, so a new dial is
+/// begun instead (the old one still finishes or gives up on its own).
+const JOIN_WINDOW: Duration = Duration::from_millis(200);
 
 /// How long a peer without a certificate may take to send its (small) request.
 const UNAUTHENTICATED_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -163,8 +172,11 @@ struct Inner {
     /// The client configuration for new dials and its generation; a cached connection made
     /// under an older generation (before a rotation) is not reused.
     client: RwLock<(u64, quinn::ClientConfig)>,
-    /// One slot per target; a dial holds the slot's lock so concurrent calls share it.
-    conns: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<Option<Cached>>>>>,
+    /// One slot per target: its connection and the dial in progress, if any. The lock is
+    /// held only to look or to store, never across a handshake.
+    conns: Mutex<HashMap<NodeId, Arc<Mutex<Slot>>>>,
+    /// Dials begun so far (also each dial's id).
+    dials: AtomicU64,
     faults: Arc<Faults>,
     accept_task: Mutex<Option<JoinHandle<()>>>,
 }
@@ -174,6 +186,22 @@ impl Drop for Inner {
         // The accept loop holds only an endpoint handle; closing lets it end.
         self.endpoint.close(VarInt::from_u32(0), b"transport dropped");
     }
+}
+
+#[derive(Default)]
+struct Slot {
+    cached: Option<Cached>,
+    dial: Option<Dial>,
+}
+
+/// A dial running on its own task; it stores the connection in the slot and then says how it
+/// went (`None` while it runs, `Some(Err(reason))` if it failed).
+struct Dial {
+    id: u64,
+    started: Instant,
+    addr: String,
+    generation: u64,
+    done: tokio::sync::watch::Receiver<Option<Result<(), String>>>,
 }
 
 struct Cached {
@@ -186,6 +214,19 @@ struct Cached {
 }
 
 impl Cached {
+    /// Why this connection may not serve a call to `addr` under `generation`, if it may not.
+    fn unusable(&self, addr: &str, generation: u64) -> Option<&'static str> {
+        if self.conn.close_reason().is_some() {
+            Some("closed")
+        } else if self.addr != addr {
+            Some("address changed")
+        } else if self.generation != generation {
+            Some("certificate rotated")
+        } else {
+            None
+        }
+    }
+
     /// Closes the connection once the calls in flight on it are done.
     fn retire(self, why: &'static str) {
         tokio::spawn(async move {
@@ -217,6 +258,7 @@ impl Transport {
                 provider,
                 client: RwLock::new((0, client)),
                 conns: Mutex::new(HashMap::new()),
+                dials: AtomicU64::new(0),
                 faults,
                 accept_task: Mutex::new(Some(accept_task)),
             }),
@@ -279,15 +321,15 @@ impl Transport {
                 Ok(Err(Failure::NotSent(e))) if !fresh && !retried => {
                     // The cached connection died while idle (e.g. the peer restarted): dial again.
                     tracing::debug!(target, error = %e, "cached cluster connection is dead; re-dialling");
-                    self.evict(target, &conn).await;
+                    self.evict(target, &conn);
                     retried = true;
                 }
                 Ok(Err(failure)) => {
-                    self.evict(target, &conn).await;
+                    self.evict(target, &conn);
                     return Err(failure.into_error(peer(), fresh));
                 }
                 Err(_) => {
-                    self.evict(target, &conn).await;
+                    self.evict(target, &conn);
                     return Err(TransportError::Timeout { peer: peer(), timeout });
                 }
             }
@@ -312,8 +354,8 @@ impl Transport {
         }
         let slots: Vec<_> = lock(&self.inner.conns).values().cloned().collect();
         for slot in slots {
-            // A slot busy with a dial keeps its entry; the generation check retires it on use.
-            if let Some(old) = slot.try_lock().ok().and_then(|mut cached| cached.take()) {
+            // A dial still running under the old configuration is not stored when it ends.
+            if let Some(old) = lock(&slot).cached.take() {
                 old.retire("certificate rotated");
             }
         }
@@ -332,59 +374,135 @@ impl Transport {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.inner.endpoint.wait_idle()).await;
     }
 
-    fn slot(&self, target: NodeId) -> Arc<tokio::sync::Mutex<Option<Cached>>> {
+    fn slot(&self, target: NodeId) -> Arc<Mutex<Slot>> {
         lock(&self.inner.conns).entry(target).or_default().clone()
     }
 
+    fn client_config(&self) -> (u64, quinn::ClientConfig) {
+        let current = self.inner.client.read().unwrap_or_else(|e| e.into_inner());
+        (current.0, current.1.clone())
+    }
+
     /// The connection to use for `target`, a guard that keeps it open while the call is in
-    /// flight, and whether it was dialled just now.
+    /// flight, and whether it was dialled for this call. A dial runs on its own task within
+    /// [`DIAL_BUDGET`], so a call that gives up (its own timeout) does not abort it: the next
+    /// call finds the connection stored, or joins the dial if it began within [`JOIN_WINDOW`].
     async fn connection(&self, target: NodeId, addr: &str) -> Result<(Connection, InFlight, bool), TransportError> {
         let slot = self.slot(target);
-        let mut cached = slot.lock().await;
-        let (generation, config) = {
-            let current = self.inner.client.read().unwrap_or_else(|e| e.into_inner());
-            (current.0, current.1.clone())
-        };
-        if let Some(c) = cached.take() {
-            if c.conn.close_reason().is_some() {
-                // Dead: dial again.
-            } else if c.addr != addr {
-                c.retire("address changed");
-            } else if c.generation != generation {
-                c.retire("certificate rotated");
-            } else {
-                let in_flight = c.gate.clone().read_owned().await;
-                let conn = c.conn.clone();
-                *cached = Some(c);
-                return Ok((conn, in_flight, false));
+        let mut dialled = false;
+        loop {
+            let (generation, config) = self.client_config();
+            let mut done = {
+                let mut s = lock(&slot);
+                if let Some(c) = s.cached.take() {
+                    match c.unusable(addr, generation) {
+                        // Only a connection taken out of the slot is ever retired, so its
+                        // gate has no writer and the read guard is granted at once.
+                        None => match c.gate.clone().try_read_owned() {
+                            Ok(in_flight) => {
+                                let conn = c.conn.clone();
+                                s.cached = Some(c);
+                                return Ok((conn, in_flight, dialled));
+                            }
+                            Err(_) => c.retire("closing"),
+                        },
+                        Some("closed") => {}
+                        Some(why) => c.retire(why),
+                    }
+                }
+                match &s.dial {
+                    Some(d) if d.addr == addr && d.generation == generation && d.started.elapsed() < JOIN_WINDOW => d.done.clone(),
+                    _ => {
+                        let dial = self.begin_dial(slot.clone(), target, addr, generation, config);
+                        let done = dial.done.clone();
+                        s.dial = Some(dial);
+                        done
+                    }
+                }
+            };
+            let outcome = done.wait_for(Option::is_some).await.map(|o| o.clone());
+            match outcome {
+                Ok(Some(Ok(()))) => dialled = true,
+                Ok(Some(Err(reason))) => return Err(TransportError::Unreachable { peer: format!("node {target} ({addr})"), reason }),
+                _ => {
+                    return Err(TransportError::Unreachable {
+                        peer: format!("node {target} ({addr})"),
+                        reason: "the dial ended without an outcome (the transport is shutting down)".into(),
+                    })
+                }
             }
         }
-        let peer = || format!("node {target} ({addr})");
-        let unreachable = |reason: String| TransportError::Unreachable { peer: peer(), reason };
-        let sock = resolve(addr, Some(self.inner.local_addr)).await.map_err(unreachable)?;
-        let connecting =
-            self.inner.endpoint.connect_with(config, sock, &pki::server_name(target)).map_err(|e| unreachable(e.to_string()))?;
-        let conn = connecting.await.map_err(|e| unreachable(describe_connection_error(&e)))?;
+    }
+
+    /// Starts a dial to `target` on its own task; see [`Transport::connection`].
+    fn begin_dial(&self, slot: Arc<Mutex<Slot>>, target: NodeId, addr: &str, generation: u64, config: quinn::ClientConfig) -> Dial {
+        let id = self.inner.dials.fetch_add(1, Ordering::Relaxed);
+        let (tx, done) = tokio::sync::watch::channel(None);
+        let this = self.clone();
+        let dial_addr = addr.to_owned();
+        tokio::spawn(async move {
+            let addr = dial_addr;
+            let handshake = tokio::time::timeout(DIAL_BUDGET, this.handshake(target, &addr, config)).await;
+            let result = handshake.unwrap_or_else(|_| Err(format!("no handshake within {} s", DIAL_BUDGET.as_secs())));
+            let outcome = {
+                let mut s = lock(&slot);
+                if s.dial.as_ref().is_some_and(|d| d.id == id) {
+                    s.dial = None;
+                }
+                result.map(|conn| {
+                    let current = this.client_config().0;
+                    let keep_other = s.cached.as_ref().is_some_and(|c| c.unusable(&addr, current).is_none());
+                    if generation != current {
+                        conn.close(VarInt::from_u32(0), b"certificate rotated");
+                    } else if keep_other {
+                        // A later dial finished first; its connection serves everyone.
+                        conn.close(VarInt::from_u32(0), b"duplicate dial");
+                    } else {
+                        if let Some(old) = s.cached.take() {
+                            old.retire("replaced");
+                        }
+                        let gate = Arc::new(tokio::sync::RwLock::new(()));
+                        s.cached = Some(Cached { addr: addr.clone(), generation, conn, gate });
+                    }
+                })
+            };
+            if let Err(reason) = &outcome {
+                tracing::debug!(target, %addr, %reason, "cluster dial failed");
+            }
+            tx.send_replace(Some(outcome));
+        });
+        Dial { id, started: Instant::now(), addr: addr.to_owned(), generation, done }
+    }
+
+    /// Dials `target` at `addr` and checks that the server is that node.
+    async fn handshake(&self, target: NodeId, addr: &str, config: quinn::ClientConfig) -> Result<Connection, String> {
+        let sock = resolve(addr, Some(self.inner.local_addr)).await?;
+        let connecting = self.inner.endpoint.connect_with(config, sock, &pki::server_name(target)).map_err(|e| e.to_string())?;
+        let conn = connecting.await.map_err(|e| describe_connection_error(&e))?;
         // webpki already matched the name; also refuse a certificate naming several nodes.
-        match peer_node_id(&conn) {
-            Some(Ok(id)) if id == target => {}
-            Some(Ok(id)) => return Err(unreachable(format!("the server's certificate is for node {id}"))),
-            Some(Err(e)) => return Err(unreachable(e.to_string())),
-            None => return Err(unreachable("the server presented no certificate".into())),
-        }
-        let gate = Arc::new(tokio::sync::RwLock::new(()));
-        let in_flight = gate.clone().read_owned().await;
-        *cached = Some(Cached { addr: addr.to_owned(), generation, conn: conn.clone(), gate });
-        Ok((conn, in_flight, true))
+        let checked = match peer_node_id(&conn) {
+            Some(Ok(id)) if id == target => return Ok(conn),
+            Some(Ok(id)) => format!("the server's certificate is for node {id}"),
+            Some(Err(e)) => e.to_string(),
+            None => "the server presented no certificate".into(),
+        };
+        conn.close(VarInt::from_u32(0), b"wrong node");
+        Err(checked)
     }
 
     /// Forgets `conn` if it is still the cached connection to `target`.
-    async fn evict(&self, target: NodeId, conn: &Connection) {
+    fn evict(&self, target: NodeId, conn: &Connection) {
         let slot = self.slot(target);
-        let mut cached = slot.lock().await;
-        if cached.as_ref().is_some_and(|c| c.conn.stable_id() == conn.stable_id()) {
-            *cached = None;
+        let mut s = lock(&slot);
+        if s.cached.as_ref().is_some_and(|c| c.conn.stable_id() == conn.stable_id()) {
+            s.cached = None;
         }
+    }
+
+    /// How many dials this transport has begun.
+    #[cfg(test)]
+    fn dials(&self) -> u64 {
+        self.inner.dials.load(Ordering::Relaxed)
     }
 }
 
@@ -1154,7 +1272,7 @@ mod tests {
     }
 
     async fn cached_conn(t: &Transport, target: NodeId) -> Option<Connection> {
-        t.slot(target).lock().await.as_ref().map(|c| c.conn.clone())
+        lock(&t.slot(target)).cached.as_ref().map(|c| c.conn.clone())
     }
 
     fn peer_leaf(conn: &Connection) -> CertificateDer<'static> {
@@ -1354,6 +1472,53 @@ mod tests {
         // The old connection closes once its last call is done.
         tokio::time::timeout(LONG, old.closed()).await.expect("old connection closed");
         assert!(hb.seen().iter().all(|(p, _)| *p == Peer::Node(1)));
+    }
+
+    #[tokio::test]
+    async fn a_dial_outlives_the_call_that_started_it() {
+        let ca = ClusterCa::create("c1").expect("ca");
+        let (a, _) = node(&ca, 1).await;
+        let (b, hb) = node(&ca, 2).await;
+        let addr = b.local_addr().to_string();
+        // A heartbeat's budget is shorter than a handshake: the call gives up, the dial goes on.
+        let err = a.call(2, &addr, share(), vec![], Duration::from_millis(1)).await.expect_err("too short for a handshake");
+        assert!(matches!(err, TransportError::Unreachable { .. }), "{err}");
+        let waited = tokio::time::timeout(LONG, async {
+            while cached_conn(&a, 2).await.is_none() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(waited.is_ok(), "the dial begun by the abandoned call finished and stored its connection");
+        a.call(2, &addr, share(), vec![], LONG).await.expect("the next call uses it");
+        assert_eq!(a.dials(), 1, "no second handshake");
+        assert_eq!(hb.seen().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_restarted_peer_is_reached_despite_a_dial_begun_while_it_was_down() {
+        let ca = ClusterCa::create("c1").expect("ca");
+        let (a, _) = node(&ca, 1).await;
+        let port = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp").local_addr().expect("addr");
+        let heartbeat = Duration::from_millis(50);
+        // Node 2 is down: the dial's first packet is lost and its resend is about a second away.
+        let err = a.call(2, &port.to_string(), share(), vec![], heartbeat).await.expect_err("down");
+        assert!(matches!(err, TransportError::Unreachable { .. }), "{err}");
+
+        let handler = Arc::new(TestHandler { ca_pem: ca.cert_pem().to_owned(), seen: Mutex::new(Vec::new()) });
+        let _b = Transport::bind(port, identity(&ca, 2), handler.clone()).await.expect("node 2 is back on its port");
+        let give_up = Instant::now() + 2 * DIAL_BUDGET;
+        loop {
+            match a.call(2, &port.to_string(), share(), vec![], heartbeat).await {
+                Ok(_) => break,
+                Err(e) if Instant::now() < give_up => tracing::debug!(error = %e, "not yet"),
+                Err(e) => panic!("node 2 never reached: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Calls did not wait for the stale dial to resend: a newer one reached the peer.
+        assert!(a.dials() >= 2, "dials: {}", a.dials());
+        assert_eq!(handler.seen().len(), 1);
     }
 
     #[tokio::test]
