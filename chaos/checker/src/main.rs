@@ -135,6 +135,9 @@ fn load(path: &str) -> Result<BTreeMap<String, Vec<Op>>, String> {
     Ok(by_key)
 }
 
+/// Stack of each key's checking thread.
+const CHECK_STACK: usize = 1024 * 1024 * 1024;
+
 fn main() -> std::process::ExitCode {
     let args = match parse_args() {
         Ok(a) => a,
@@ -163,10 +166,16 @@ fn main() -> std::process::ExitCode {
         while running.len() < workers {
             let Some((key, ops)) = queue.pop_front() else { break };
             let (tx, initial, k, o) = (tx.clone(), args.initial.clone(), key.clone(), ops.clone());
-            std::thread::spawn(move || {
+            // The tester's search recurses once per operation of a history: a long one overflowed
+            // the default 2 MiB stack (seen in partition-leader). Only the pages used are mapped.
+            let spawned = std::thread::Builder::new().stack_size(CHECK_STACK).spawn(move || {
                 let v = check_key(&o, &initial);
                 let _ = tx.send((k, v));
             });
+            if let Err(e) = spawned {
+                invalid.push(serde_json::json!({"key": key, "error": format!("cannot start a checking thread: {e}")}));
+                continue;
+            }
             running.insert(key, (Instant::now(), ops));
         }
         if running.is_empty() {
