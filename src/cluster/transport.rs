@@ -1252,8 +1252,12 @@ mod tests {
     }
 
     async fn node(ca: &ClusterCa, node_id: NodeId) -> (Transport, Arc<TestHandler>) {
+        node_at(ca, node_id, "127.0.0.1:0".parse().expect("addr")).await
+    }
+
+    async fn node_at(ca: &ClusterCa, node_id: NodeId, addr: SocketAddr) -> (Transport, Arc<TestHandler>) {
         let handler = Arc::new(TestHandler { ca_pem: ca.cert_pem().to_owned(), seen: Mutex::new(Vec::new()) });
-        let t = Transport::bind("127.0.0.1:0".parse().expect("addr"), identity(ca, node_id), handler.clone()).await.expect("bind");
+        let t = Transport::bind(addr, identity(ca, node_id), handler.clone()).await.expect("bind");
         (t, handler)
     }
 
@@ -1505,8 +1509,7 @@ mod tests {
         let err = a.call(2, &port.to_string(), share(), vec![], heartbeat).await.expect_err("down");
         assert!(matches!(err, TransportError::Unreachable { .. }), "{err}");
 
-        let handler = Arc::new(TestHandler { ca_pem: ca.cert_pem().to_owned(), seen: Mutex::new(Vec::new()) });
-        let _b = Transport::bind(port, identity(&ca, 2), handler.clone()).await.expect("node 2 is back on its port");
+        let (_b, handler) = node_at(&ca, 2, port).await; // node 2 is back on its port
         let give_up = Instant::now() + 2 * DIAL_BUDGET;
         loop {
             match a.call(2, &port.to_string(), share(), vec![], heartbeat).await {
