@@ -13,9 +13,12 @@
 //! outcome, so a refused member changes nothing and does not affect the others. A batch is
 //! never nested. Writes that openraft refuses as a whole (this node is no longer the leader)
 //! are refused as a whole, before anything was appended, so the caller may retry them.
+//! A write whose leader is deposed while it is on its way gets an answer within
+//! [`DEPOSED_GRACE`] (openraft 0.9 may otherwise never answer it, see [`deposed`]).
 //! May import `cluster::types` only; openraft and tokio.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::Raft;
@@ -29,6 +32,8 @@ pub const IN_FLIGHT: usize = 2;
 pub const MAX_MEMBERS: usize = 128;
 /// Writes waiting for an entry; a full queue holds callers back.
 const QUEUE: usize = 4096;
+/// How long after this node stops leading a write still on its way may wait for its answer.
+pub const DEPOSED_GRACE: Duration = Duration::from_secs(1);
 
 /// Where a write landed in the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +52,8 @@ pub enum WriteFailure {
     Refused(String),
     /// Storage failed or Raft stopped: the outcome is unknown.
     Fatal(String),
+    /// This node stopped leading while the entry was on its way: it may or may not commit.
+    Unknown(String),
 }
 
 struct Pending {
@@ -121,11 +128,14 @@ async fn commit(raft: &Raft<TypeConfig>, mut batch: Vec<Pending>) {
         (Request::Batch(requests), replies)
     };
     let single = replies.len() == 1;
-    let result = match raft.client_write(request).await {
-        Ok(resp) => Ok(resp.log_id.index),
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(WriteFailure::NotLeader(f.leader_id)),
-        Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => Err(WriteFailure::Refused(e.to_string())),
-        Err(RaftError::Fatal(e)) => Err(WriteFailure::Fatal(e.to_string())),
+    let result = tokio::select! {
+        written = raft.client_write(request) => match written {
+            Ok(resp) => Ok(resp.log_id.index),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(WriteFailure::NotLeader(f.leader_id)),
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => Err(WriteFailure::Refused(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(WriteFailure::Fatal(e.to_string())),
+        },
+        why = deposed(raft, DEPOSED_GRACE) => Err(WriteFailure::Unknown(why)),
     };
     for (i, reply) in replies.into_iter().enumerate() {
         let answer = match &result {
@@ -135,4 +145,29 @@ async fn commit(raft: &Raft<TypeConfig>, mut batch: Vec<Pending>) {
         // The caller may have given up waiting; the write stands regardless.
         let _ = reply.send(answer);
     }
+}
+
+/// Resolves `grace` after this node stops leading (or at once if Raft stopped), with why.
+///
+/// openraft 0.9 answers a deposed leader's pending writes when their entries are applied or
+/// when the new leader's log overwrites them, but not when the node catches up by a snapshot
+/// that covers them without a conflict at the snapshot's last index: such a write would wait
+/// for ever and keep its in-flight slot, and two of them would stop this node's batcher.
+/// Watches the server metrics, which change only with the vote, role or leader.
+async fn deposed(raft: &Raft<TypeConfig>, grace: Duration) -> String {
+    let mut rx = raft.server_metrics();
+    loop {
+        let leading = {
+            let m = rx.borrow_and_update();
+            m.current_leader == Some(m.id)
+        };
+        if !leading {
+            break;
+        }
+        if rx.changed().await.is_err() {
+            return "the Raft core stopped while the write was on its way".into();
+        }
+    }
+    tokio::time::sleep(grace).await;
+    "this node stopped leading while the write was on its way, and no answer came; it may or may not have been applied".into()
 }

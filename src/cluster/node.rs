@@ -304,7 +304,7 @@ fn write_failure_response(f: WriteFailure, leader: Option<NodeId>) -> RpcRespons
     match f {
         WriteFailure::NotLeader(l) => error("not_leader", "this node is not the leader", l),
         WriteFailure::Refused(e) => error("refused", e, leader),
-        WriteFailure::Fatal(e) => error("outcome_unknown", e, leader),
+        WriteFailure::Fatal(e) | WriteFailure::Unknown(e) => error("outcome_unknown", e, leader),
     }
 }
 
@@ -470,6 +470,7 @@ impl ClusterNode {
                     Ok(Err(WriteFailure::Refused(e))) => return Err(ClusterError::Refused(e)),
                     // The entry may have been appended and replicated before the core stopped:
                     // the same "outcome unknown" as when the leader fails a forwarded write.
+                    Ok(Err(WriteFailure::Unknown(e))) => return Err(ClusterError::Ambiguous(e)),
                     Ok(Err(WriteFailure::Fatal(e))) => {
                         return Err(ClusterError::Ambiguous(format!("this node's Raft core stopped during the write: {e}")))
                     }

@@ -1482,11 +1482,12 @@ mod tests {
     async fn a_dial_outlives_the_call_that_started_it() {
         let ca = ClusterCa::create("c1").expect("ca");
         let (a, _) = node(&ca, 1).await;
-        let (b, hb) = node(&ca, 2).await;
-        let addr = b.local_addr().to_string();
-        // A heartbeat's budget is shorter than a handshake: the call gives up, the dial goes on.
-        let err = a.call(2, &addr, share(), vec![], Duration::from_millis(1)).await.expect_err("too short for a handshake");
+        let port = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp").local_addr().expect("addr");
+        // Node 2 is not up yet: the call gives up after a heartbeat's budget, the dial goes on and
+        // resends its first packet about a second later, when node 2 listens.
+        let err = a.call(2, &port.to_string(), share(), vec![], Duration::from_millis(50)).await.expect_err("node 2 is down");
         assert!(matches!(err, TransportError::Unreachable { .. }), "{err}");
+        let (_b, hb) = node_at(&ca, 2, port).await;
         let waited = tokio::time::timeout(LONG, async {
             while cached_conn(&a, 2).await.is_none() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -1494,7 +1495,7 @@ mod tests {
         })
         .await;
         assert!(waited.is_ok(), "the dial begun by the abandoned call finished and stored its connection");
-        a.call(2, &addr, share(), vec![], LONG).await.expect("the next call uses it");
+        a.call(2, &port.to_string(), share(), vec![], LONG).await.expect("the next call uses it");
         assert_eq!(a.dials(), 1, "no second handshake");
         assert_eq!(hb.seen().len(), 1);
     }
