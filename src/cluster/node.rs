@@ -929,7 +929,8 @@ impl ClusterNode {
         let resp = match req {
             RpcRequest::AppendEntries(r) => {
                 let resp = self.raft.append_entries(r).await;
-                if matches!(resp, Ok(ref a) if !matches!(a, openraft::raft::AppendEntriesResponse::HigherVote(_))) {
+                // A stale leader (answered HigherVote) does not count as heard.
+                if resp.as_ref().is_ok_and(|a| !matches!(a, openraft::raft::AppendEntriesResponse::HigherVote(_))) {
                     *self.heard_leader.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
                 }
                 RpcResponse::AppendEntries(resp)
@@ -1103,7 +1104,8 @@ impl ClusterNode {
 /// term above the candidate's wins its vote, since this node's log is more up to date.
 /// Only when this node has not heard from a leader for a lease either (`silent`): otherwise the
 /// leader is alive and the candidate was refused for that (openraft's own lease check).
-/// At most 3, so that a long-isolated candidate with a high term cannot make this node churn.
+/// At most [`MAX_CAMPAIGNS`], so that a long-isolated candidate with a high term cannot make
+/// this node churn.
 fn campaigns_to_outrun(term: u64, log: Option<&openraft::LogId<NodeId>>, resp: &openraft::raft::VoteResponse<NodeId>, silent: bool) -> u64 {
     let mine = resp.vote.leader_id().term;
     let behind = resp.last_log_id.as_ref() > log;
@@ -1111,12 +1113,15 @@ fn campaigns_to_outrun(term: u64, log: Option<&openraft::LogId<NodeId>>, resp: &
         return 0;
     }
     let n = term + 1 - mine;
-    if n > 3 {
+    if n > MAX_CAMPAIGNS {
         0
     } else {
         n
     }
 }
+
+/// See [`campaigns_to_outrun`].
+const MAX_CAMPAIGNS: u64 = 3;
 
 /// When the leader held back a commit index from its followers because its own log was not yet
 /// on disk (`transport::CommitBound`), sends a heartbeat as soon as the log is: followers then

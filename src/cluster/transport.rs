@@ -378,6 +378,12 @@ impl Transport {
         lock(&self.inner.conns).entry(target).or_default().clone()
     }
 
+    /// The generation of the client configuration (bumped by each rotation).
+    fn generation(&self) -> u64 {
+        self.inner.client.read().unwrap_or_else(|e| e.into_inner()).0
+    }
+
+    /// The client configuration for a new dial, and its generation.
     fn client_config(&self) -> (u64, quinn::ClientConfig) {
         let current = self.inner.client.read().unwrap_or_else(|e| e.into_inner());
         (current.0, current.1.clone())
@@ -389,9 +395,10 @@ impl Transport {
     /// call finds the connection stored, or joins the dial if it began within [`JOIN_WINDOW`].
     async fn connection(&self, target: NodeId, addr: &str) -> Result<(Connection, InFlight, bool), TransportError> {
         let slot = self.slot(target);
+        let unreachable = |reason: String| TransportError::Unreachable { peer: format!("node {target} ({addr})"), reason };
         let mut dialled = false;
         loop {
-            let (generation, config) = self.client_config();
+            let generation = self.generation();
             let mut done = {
                 let mut s = lock(&slot);
                 if let Some(c) = s.cached.take() {
@@ -406,13 +413,15 @@ impl Transport {
                             }
                             Err(_) => c.retire("closing"),
                         },
-                        Some("closed") => {}
                         Some(why) => c.retire(why),
                     }
                 }
                 match &s.dial {
                     Some(d) if d.addr == addr && d.generation == generation && d.started.elapsed() < JOIN_WINDOW => d.done.clone(),
                     _ => {
+                        // A rotation in between makes the dial's generation older than the
+                        // configuration's: its connection is not stored, and the loop dials again.
+                        let (_, config) = self.client_config();
                         let dial = self.begin_dial(slot.clone(), target, addr, generation, config);
                         let done = dial.done.clone();
                         s.dial = Some(dial);
@@ -423,13 +432,8 @@ impl Transport {
             let outcome = done.wait_for(Option::is_some).await.map(|o| o.clone());
             match outcome {
                 Ok(Some(Ok(()))) => dialled = true,
-                Ok(Some(Err(reason))) => return Err(TransportError::Unreachable { peer: format!("node {target} ({addr})"), reason }),
-                _ => {
-                    return Err(TransportError::Unreachable {
-                        peer: format!("node {target} ({addr})"),
-                        reason: "the dial ended without an outcome (the transport is shutting down)".into(),
-                    })
-                }
+                Ok(Some(Err(reason))) => return Err(unreachable(reason)),
+                _ => return Err(unreachable("the dial ended without an outcome (the transport is shutting down)".into())),
             }
         }
     }
@@ -450,7 +454,7 @@ impl Transport {
                     s.dial = None;
                 }
                 result.map(|conn| {
-                    let current = this.client_config().0;
+                    let current = this.generation();
                     let keep_other = s.cached.as_ref().is_some_and(|c| c.unusable(&addr, current).is_none());
                     if generation != current {
                         conn.close(VarInt::from_u32(0), b"certificate rotated");
