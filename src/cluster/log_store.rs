@@ -9,23 +9,29 @@
 //! missing from its disk. openraft 0.9's core waits for each append to be flushed before it
 //! sends the entries to the followers, which would put the leader's fsync and the followers' in
 //! series. So the **leader's own new entries** (created under this node's committed vote) are
-//! written without fsync, reported at once, and made durable by the flusher thread while they
-//! travel to the followers (the leader writes its log in parallel with replicating it, Raft
-//! thesis §10.2.1, as etcd does). Nothing learns such an entry is committed before it is durable
-//! here too: the state machine waits for [`Durable`] before applying it (so no client is answered
-//! early), and the transport never sends followers a commit index beyond it
-//! (`transport::NetworkClient`). [`Durable`] is the last entry known to be on disk; every durable
-//! transaction moves it to the log's end under the writer lock.
-//! The leader batches client writes into entries (`cluster::batch`). Truncation and purge are one durable
-//! transaction each; a purge deletes the entries and records `last_purged` in the same
-//! transaction, so a crash never leaves a hole in the log or purged entries without their
+//! only added to the log's tail in memory and reported at once; the flusher thread writes them
+//! durably while they travel to the followers (the leader writes its log in parallel with
+//! replicating it, Raft thesis §10.2.1, as etcd does). Nothing learns such an entry is committed
+//! before it is durable here too: the state machine waits for [`Durable`] before applying it (so
+//! no client is answered early), and the transport never sends followers a commit index beyond
+//! it (`transport::NetworkClient`). [`Durable`] is the last entry known to be on disk.
+//!
+//! The tail ([`Tail`]) holds the log's last entries in memory, so that replication reads them
+//! without the file; the leader's entries not yet written are always in it, and every write
+//! transaction writes them first, so the file's log never has a hole. One writer lock
+//! serialises the write transactions (the tail has its own lock, never held across disk I/O).
+//! The leader batches client writes into entries (`cluster::batch`). Truncation and purge are
+//! one durable transaction each; a purge deletes the entries and records `last_purged` in the
+//! same transaction, so a crash never leaves a hole in the log or purged entries without their
 //! marker. The vote is committed durably before `save_vote` returns. The committed marker is
-//! advisory (openraft re-learns it from the leader) and rides along with the next append. No
+//! advisory (openraft re-learns it from the leader; at start-up it applies the entries up to it
+//! again) and rides along with the next write transaction (the flusher's on a leader). No
 //! transaction is ever held across an `.await`.
 //! May import `cluster::types` and `cluster::store` (its error type) only; openraft and redb.
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
-use std::ops::RangeBounds;
+use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 
@@ -44,7 +50,9 @@ const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 const LAST_PURGED: &str = "last_purged";
 
-const FLUSHED: &str = "flushed";
+/// How many of the log's last written entries the tail keeps for the replication tasks (the
+/// unwritten ones are kept whatever their number).
+const TAIL_KEPT: usize = 256;
 
 /// How far this node's log is on disk: the last entry known durable, or why flushing stopped.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -60,23 +68,78 @@ impl Durable {
     }
 }
 
+/// The log's last entries in memory. `entries` are contiguous and end at `end` when not empty;
+/// the file holds the log up to `written`, and every entry after it is in `entries`.
+#[derive(Debug, Default)]
+struct Tail {
+    entries: VecDeque<Entry<TypeConfig>>,
+    /// The log's last entry id (the last purged one when the log is empty), written or not.
+    end: Option<LogId<NodeId>>,
+    /// The last entry id in the file (or the last purged one).
+    written: Option<LogId<NodeId>>,
+}
+
+impl Tail {
+    fn index_of(id: Option<LogId<NodeId>>) -> Option<u64> {
+        id.map(|l| l.index)
+    }
+
+    /// The entries not yet in the file, in order.
+    fn unwritten(&self) -> Vec<Entry<TypeConfig>> {
+        let written = Self::index_of(self.written);
+        self.entries.iter().filter(|e| written.is_none_or(|w| e.log_id.index > w)).cloned().collect()
+    }
+
+    /// Adds entries at the end of the log (openraft truncates before it appends anywhere else).
+    fn push(&mut self, entries: &[Entry<TypeConfig>]) -> Result<(), StoreError> {
+        let Some(first) = entries.first() else { return Ok(()) };
+        let next = Self::index_of(self.end).map_or(0, |e| e + 1);
+        if first.log_id.index != next && !self.entries.is_empty() {
+            return Err(StoreError::Storage(format!(
+                "Raft log: entries from {} appended to a log that ends before {next}; this is a bug, restart the node",
+                first.log_id.index
+            )));
+        }
+        self.entries.extend(entries.iter().cloned());
+        self.end = entries.last().map(|e| e.log_id);
+        Ok(())
+    }
+
+    /// Records that the file now holds the log up to `id`, and forgets the oldest written
+    /// entries beyond [`TAIL_KEPT`].
+    fn written_up_to(&mut self, id: Option<LogId<NodeId>>) {
+        if id > self.written {
+            self.written = id;
+        }
+        let written = Self::index_of(self.written);
+        while self.entries.len() > TAIL_KEPT && self.entries.front().is_some_and(|e| written.is_some_and(|w| e.log_id.index <= w)) {
+            self.entries.pop_front();
+        }
+    }
+}
+
+/// What the log store, its readers and the flusher thread share.
+#[derive(Debug)]
+struct Shared {
+    db: Database,
+    /// Serialises the write transactions, from their start until [`Durable`] is updated.
+    writer: Mutex<()>,
+    tail: Mutex<Tail>,
+    durable: tokio::sync::watch::Sender<Durable>,
+    /// The latest committed marker not yet written (it rides along with the next write).
+    committed: Mutex<Option<Option<LogId<NodeId>>>>,
+}
+
 /// The Raft log store: what [`openraft::Raft::new`] takes as its `log_store`.
 #[derive(Debug)]
 pub struct LogStore {
-    db: Arc<Database>,
-    /// The latest committed marker not yet written (it rides along with the next append).
-    committed: Mutex<Option<Option<LogId<NodeId>>>>,
+    shared: Arc<Shared>,
     path: PathBuf,
     /// This node's id once it serves in a cluster ([`LogStore::serve_as`]); without it every
     /// append is durable before it is reported.
     node_id: Option<NodeId>,
     /// The vote as last saved or read.
     vote: Mutex<Option<Vote<NodeId>>>,
-    /// The writer lock, held from the start of each write transaction until [`Durable`] is
-    /// updated for it; it guards the log's end (last entry id, or the last purged one) as the
-    /// committed writes left it, so no durable commit has to read the log back to learn it.
-    end: Arc<Mutex<Option<LogId<NodeId>>>>,
-    durable: Arc<tokio::sync::watch::Sender<Durable>>,
     /// Wakes the flusher thread (started by `serve_as`).
     flush: Option<mpsc::Sender<()>>,
     /// The flusher thread, joined on drop so that the file is closed when the store is.
@@ -96,7 +159,7 @@ impl Drop for LogStore {
 /// A read-only handle on the same log, for openraft's replication tasks. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct LogReader {
-    db: Arc<Database>,
+    shared: Arc<Shared>,
 }
 
 fn storage<E: std::fmt::Display>(what: &str) -> impl Fn(E) -> StoreError + '_ {
@@ -116,33 +179,34 @@ impl LogStore {
             tx.open_table(META).map_err(storage("create its tables"))?;
         }
         tx.commit().map_err(storage("create its tables"))?;
-        let db = Arc::new(db);
         // What the file holds after opening is what is on disk.
         let end = last_log_id(&db.begin_read().map_err(storage("read the log"))?)?;
-        let durable = Durable { last: end, failed: None };
         let vote = read_meta(&db, VOTE)?;
-        Ok(LogStore {
+        let shared = Shared {
             db,
+            writer: Mutex::new(()),
+            tail: Mutex::new(Tail { entries: VecDeque::new(), end, written: end }),
+            durable: tokio::sync::watch::channel(Durable { last: end, failed: None }).0,
             committed: Mutex::new(None),
+        };
+        Ok(LogStore {
+            shared: Arc::new(shared),
             path: path.to_path_buf(),
             node_id: None,
             vote: Mutex::new(vote),
-            end: Arc::new(Mutex::new(end)),
-            durable: Arc::new(tokio::sync::watch::channel(durable).0),
             flush: None,
             flusher: None,
         })
     }
 
     /// Lets this log, as node `id`'s, report the node's own entries as a leader before they are
-    /// flushed (see the module documentation), and starts the flusher thread that makes them
-    /// durable.
+    /// written (see the module documentation), and starts the flusher thread that writes them.
     pub fn serve_as(&mut self, id: NodeId) -> Result<(), StoreError> {
         let (tx, rx) = mpsc::channel::<()>();
-        let (db, end, durable) = (self.db.clone(), self.end.clone(), self.durable.clone());
+        let shared = self.shared.clone();
         let thread = std::thread::Builder::new()
             .name("lgsp-raft-flush".into())
-            .spawn(move || flusher(&db, &end, &durable, &rx))
+            .spawn(move || flusher(&shared, &rx))
             .map_err(|e| StoreError::Storage(format!("cannot start the Raft log flusher thread: {e}")))?;
         self.node_id = Some(id);
         self.flush = Some(tx);
@@ -150,9 +214,16 @@ impl LogStore {
         Ok(())
     }
 
+    /// As [`LogStore::serve_as`] but without the flusher: the leader's entries stay in memory
+    /// until the next write transaction, so tests see exactly what that transaction writes.
+    #[cfg(test)]
+    pub(super) fn serve_as_without_flusher(&mut self, id: NodeId) {
+        self.node_id = Some(id);
+    }
+
     /// Watches how far the log is durable.
     pub fn durable(&self) -> tokio::sync::watch::Receiver<Durable> {
-        self.durable.subscribe()
+        self.shared.durable.subscribe()
     }
 
     /// True when `entries` are this node's own, appended as the leader of its committed vote.
@@ -164,149 +235,175 @@ impl LogStore {
             && entries.iter().all(|e| e.log_id.leader_id == *vote.leader_id())
     }
 
-    /// Runs `write` in one write transaction under the writer lock. `write` updates the log's
-    /// end when it moves it; the new end is kept once the commit succeeded, and a durable commit
-    /// moves [`Durable`] to it.
-    fn transact<T>(
-        &self,
-        what: &str,
-        durable: bool,
-        write: impl FnOnce(&redb::WriteTransaction, &mut Option<LogId<NodeId>>) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let mut end = lock(&self.end);
-        if let Some(failed) = self.durable.borrow().failed.clone() {
-            return Err(StoreError::Storage(format!("Raft log: {failed}")));
-        }
-        let mut tx = self.db.begin_write().map_err(storage(what))?;
-        if !durable {
-            tx.set_durability(redb::Durability::None);
-        }
-        let mut new_end = *end;
-        let out = write(&tx, &mut new_end)?;
-        tx.commit().map_err(storage(what))?;
-        *end = new_end;
-        if durable {
-            self.durable.send_modify(|d| d.last = new_end);
-        }
-        Ok(out)
-    }
-
     /// The file this log lives in.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
     fn reader(&self) -> LogReader {
-        LogReader { db: self.db.clone() }
-    }
-
-    fn take_committed(&self) -> Option<Option<LogId<NodeId>>> {
-        self.committed.lock().unwrap_or_else(|e| e.into_inner()).take()
+        LogReader { shared: self.shared.clone() }
     }
 
     fn log_state(&self) -> Result<LogState<TypeConfig>, StoreError> {
-        let rtx = self.db.begin_read().map_err(storage("read the log"))?;
+        let rtx = self.shared.db.begin_read().map_err(storage("read the log"))?;
         let last_purged = decode_meta(&rtx.open_table(META).map_err(storage("read the log"))?, LAST_PURGED)?;
-        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last_log_id(&rtx)? })
+        Ok(LogState { last_purged_log_id: last_purged, last_log_id: lock(&self.shared.tail).end })
     }
 
-    /// Writes the entries (and the pending committed marker) in one transaction, durable unless
-    /// `early` (the leader's own entries, flushed by the flusher thread).
+    /// Appends the entries: the leader's own (`early`) to the tail only, for the flusher to
+    /// write; any other durably, in one transaction.
     fn append_batch(&self, entries: &[Entry<TypeConfig>], early: bool) -> Result<(), StoreError> {
-        let committed = self.take_committed();
-        self.transact("append entries", !early, |tx, end| {
-            // openraft appends at the end of the log (it truncates first on a conflict).
-            if let Some(last) = entries.last() {
-                *end = Some(last.log_id);
+        if early {
+            if let Some(failed) = self.shared.durable.borrow().failed.clone() {
+                return Err(StoreError::Storage(format!("Raft log: {failed}")));
             }
-            let mut t = tx.open_table(LOG).map_err(storage("append entries"))?;
-            for e in entries {
-                let bytes = serde_json::to_vec(e).map_err(storage("encode an entry"))?;
-                t.insert(e.log_id.index, bytes.as_slice()).map_err(storage("append entries"))?;
-            }
-            if let Some(c) = committed {
-                let bytes = serde_json::to_vec(&c).map_err(storage("encode the committed marker"))?;
-                tx.open_table(META)
-                    .map_err(storage("append entries"))?
-                    .insert(COMMITTED, bytes.as_slice())
-                    .map_err(storage("append entries"))?;
-            }
-            Ok(())
-        })
+            return lock(&self.shared.tail).push(entries);
+        }
+        self.shared.transact(
+            "append entries",
+            |tx| put_entries(tx, entries),
+            |tail, _| {
+                tail.push(entries)?;
+                let end = tail.end;
+                tail.written_up_to(end);
+                Ok(())
+            },
+        )
     }
 
     /// Deletes `[from, ∞)`.
     fn truncate_from(&self, from: u64) -> Result<(), StoreError> {
-        self.transact("truncate the log", true, |tx, end| {
-            tx.open_table(LOG)
-                .map_err(storage("truncate the log"))?
-                .retain_in(from.., |_, _| false)
-                .map_err(storage("truncate the log"))?;
-            *end = last_log_id_in(tx)?;
-            Ok(())
-        })
+        self.shared.transact(
+            "truncate the log",
+            |tx| {
+                tx.open_table(LOG)
+                    .map_err(storage("truncate the log"))?
+                    .retain_in(from.., |_, _| false)
+                    .map_err(storage("truncate the log"))?;
+                last_log_id_in(tx)
+            },
+            |tail, end| {
+                while tail.entries.back().is_some_and(|e| e.log_id.index >= from) {
+                    tail.entries.pop_back();
+                }
+                tail.end = end;
+                tail.written = end;
+                Ok(())
+            },
+        )
     }
 
     /// Deletes `[0, upto.index]` and records `upto` as the last purged id, together.
     pub(super) fn purge_upto(&self, upto: LogId<NodeId>) -> Result<(), StoreError> {
-        self.transact("purge the log", true, |tx, end| {
-            // A purge past the last entry (a snapshot installed beyond the log) empties the log,
-            // whose end is then the purge point.
-            if end.is_none_or(|e| e.index < upto.index) {
-                *end = Some(upto);
-            }
-            let bytes = serde_json::to_vec(&upto).map_err(storage("encode the purge point"))?;
-            tx.open_table(META)
-                .map_err(storage("purge the log"))?
-                .insert(LAST_PURGED, bytes.as_slice())
-                .map_err(storage("purge the log"))?;
-            let mut t = tx.open_table(LOG).map_err(storage("purge the log"))?;
-            t.retain_in(..=upto.index, |_, _| false).map_err(storage("purge the log"))
-        })
+        self.shared.transact(
+            "purge the log",
+            |tx| {
+                put_meta(tx, LAST_PURGED, &upto)?;
+                let mut t = tx.open_table(LOG).map_err(storage("purge the log"))?;
+                t.retain_in(..=upto.index, |_, _| false).map_err(storage("purge the log"))
+            },
+            |tail, ()| {
+                while tail.entries.front().is_some_and(|e| e.log_id.index <= upto.index) {
+                    tail.entries.pop_front();
+                }
+                // A purge past the last entry (a snapshot installed beyond the log) empties the
+                // log, whose end is then the purge point.
+                if tail.end.is_none_or(|e| e.index < upto.index) {
+                    tail.end = Some(upto);
+                }
+                tail.written_up_to(Some(upto));
+                Ok(())
+            },
+        )
     }
 
     /// Writes one metadata value durably (the vote).
     fn write_meta<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(value).map_err(storage("encode the log's metadata"))?;
-        self.transact("write the log's metadata", true, |tx, _| {
-            tx.open_table(META)
-                .map_err(storage("write the log's metadata"))?
-                .insert(key, bytes.as_slice())
-                .map(|_| ())
-                .map_err(storage("write the log's metadata"))
-        })
+        self.shared.transact("write the log's metadata", |tx| put_meta(tx, key, value), |_, ()| Ok(()))
     }
+}
+
+impl Shared {
+    /// One durable write transaction under the writer lock: first the tail's entries not yet in
+    /// the file (so that it never has a hole) and the pending committed marker, then `write`. Once it is committed, `after`
+    /// updates the tail with what `write` returned, and [`Durable`] moves to the file's end.
+    fn transact<T, U>(
+        &self,
+        what: &str,
+        write: impl FnOnce(&redb::WriteTransaction) -> Result<T, StoreError>,
+        after: impl FnOnce(&mut Tail, T) -> Result<U, StoreError>,
+    ) -> Result<U, StoreError> {
+        let _writer = lock(&self.writer);
+        if let Some(failed) = self.durable.borrow().failed.clone() {
+            return Err(StoreError::Storage(format!("Raft log: {failed}")));
+        }
+        // The marker first: every entry it covers is in the tail by then, or in the file.
+        let committed = lock(&self.committed).take();
+        let unwritten = lock(&self.tail).unwritten();
+        let tx = self.db.begin_write().map_err(storage(what))?;
+        put_entries(&tx, &unwritten)?;
+        if let Some(c) = committed {
+            put_meta(&tx, COMMITTED, &c)?;
+        }
+        let out = write(&tx)?;
+        tx.commit().map_err(storage(what))?;
+        let (result, written) = {
+            let mut tail = lock(&self.tail);
+            tail.written_up_to(unwritten.last().map(|e| e.log_id));
+            let result = after(&mut tail, out);
+            (result, tail.written)
+        };
+        self.durable.send_modify(|d| d.last = written);
+        result
+    }
+}
+
+fn put_entries(tx: &redb::WriteTransaction, entries: &[Entry<TypeConfig>]) -> Result<(), StoreError> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let mut t = tx.open_table(LOG).map_err(storage("append entries"))?;
+    for e in entries {
+        let bytes = serde_json::to_vec(e).map_err(storage("encode an entry"))?;
+        t.insert(e.log_id.index, bytes.as_slice()).map_err(storage("append entries"))?;
+    }
+    Ok(())
+}
+
+fn put_meta<T: Serialize>(tx: &redb::WriteTransaction, key: &str, value: &T) -> Result<(), StoreError> {
+    let bytes = serde_json::to_vec(value).map_err(storage("encode the log's metadata"))?;
+    tx.open_table(META)
+        .map_err(storage("write the log's metadata"))?
+        .insert(key, bytes.as_slice())
+        .map(|_| ())
+        .map_err(storage("write the log's metadata"))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The flusher thread: on each wake-up (coalesced), one durable transaction that makes every
-/// entry written before it durable, then [`Durable`] moves to the log's end. A failure is kept
-/// in [`Durable::failed`]: the waiting apply gives up and the next append fails, which stops
-/// the Raft core (and the node, see `app::run`). Ends when the log store is dropped.
-fn flusher(db: &Database, end: &Mutex<Option<LogId<NodeId>>>, durable: &tokio::sync::watch::Sender<Durable>, wake: &mpsc::Receiver<()>) {
-    while wake.recv().is_ok() {
+/// The flusher thread: on each wake-up (coalesced), one durable transaction that writes the
+/// tail's entries not yet in the file, then [`Durable`] moves to the last of them. A failure is
+/// kept in [`Durable::failed`]: the waiting apply gives up and the next append fails, which
+/// stops the Raft core (and the node, see `app::run`). Ends when the log store is dropped,
+/// after writing what is left.
+fn flusher(shared: &Shared, wake: &mpsc::Receiver<()>) {
+    loop {
+        let open = wake.recv().is_ok();
         while wake.try_recv().is_ok() {}
-        let end = lock(end);
-        if durable.borrow().failed.is_some() {
+        if shared.durable.borrow().failed.is_some() {
             return;
         }
-        let flushed = (|| -> Result<(), StoreError> {
-            let tx = db.begin_write().map_err(storage("flush the log"))?;
-            // A change, so that the commit is a real, durable one.
-            let bytes = serde_json::to_vec(&*end).map_err(storage("encode the flush marker"))?;
-            tx.open_table(META).map_err(storage("flush the log"))?.insert(FLUSHED, bytes.as_slice()).map_err(storage("flush the log"))?;
-            tx.commit().map_err(storage("flush the log"))
-        })();
-        match flushed {
-            Ok(()) => durable.send_modify(|d| d.last = *end),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot flush the Raft log; this node stops taking part in the cluster");
-                durable.send_modify(|d| d.failed = Some(e.to_string()));
+        if !lock(&shared.tail).unwritten().is_empty() {
+            if let Err(e) = shared.transact("write the leader's entries", |_| Ok(()), |_, ()| Ok(())) {
+                tracing::error!(error = %e, "cannot write the Raft log; this node stops taking part in the cluster");
+                shared.durable.send_modify(|d| d.failed = Some(e.to_string()));
                 return;
             }
+        }
+        if !open {
+            return;
         }
     }
 }
@@ -353,14 +450,34 @@ fn decode_meta<T: DeserializeOwned>(t: &impl ReadableTable<&'static str, &'stati
     })
 }
 
-fn read_entries<RB: RangeBounds<u64>>(db: &Database, range: RB) -> Result<Vec<Entry<TypeConfig>>, StoreError> {
-    let rtx = db.begin_read().map_err(storage("read the log"))?;
-    let t = rtx.open_table(LOG).map_err(storage("read the log"))?;
+/// The entries in `range`: those still in the tail from memory, older ones from the file.
+fn read_entries<RB: RangeBounds<u64>>(shared: &Shared, range: RB) -> Result<Vec<Entry<TypeConfig>>, StoreError> {
+    let start = match range.start_bound() {
+        Bound::Included(&s) => s,
+        Bound::Excluded(&s) => s.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let (first_in_tail, from_tail) = {
+        let tail = lock(&shared.tail);
+        let first = tail.entries.front().map_or(u64::MAX, |e| e.log_id.index);
+        let from_tail: Vec<_> = tail.entries.iter().filter(|e| range.contains(&e.log_id.index)).cloned().collect();
+        (first, from_tail)
+    };
     let mut out = Vec::new();
-    for row in t.range(range).map_err(storage("read the log"))? {
-        let (k, v) = row.map_err(storage("read the log"))?;
-        out.push(decode_entry(k.value(), v.value())?);
+    if start < first_in_tail {
+        let end = match range.end_bound() {
+            Bound::Included(&e) => Bound::Included(e.min(first_in_tail - 1)),
+            Bound::Excluded(&e) => Bound::Excluded(e.min(first_in_tail)),
+            Bound::Unbounded => Bound::Excluded(first_in_tail),
+        };
+        let rtx = shared.db.begin_read().map_err(storage("read the log"))?;
+        let t = rtx.open_table(LOG).map_err(storage("read the log"))?;
+        for row in t.range::<u64>((Bound::Included(start), end)).map_err(storage("read the log"))? {
+            let (k, v) = row.map_err(storage("read the log"))?;
+            out.push(decode_entry(k.value(), v.value())?);
+        }
     }
+    out.extend(from_tail);
     Ok(out)
 }
 
@@ -377,7 +494,7 @@ impl RaftLogReader<TypeConfig> for LogReader {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
-        read_entries(&self.db, range).map_err(read_err)
+        read_entries(&self.shared, range).map_err(read_err)
     }
 }
 
@@ -386,7 +503,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
-        read_entries(&self.db, range).map_err(read_err)
+        read_entries(&self.shared, range).map_err(read_err)
     }
 }
 
@@ -408,22 +525,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
-        let vote = read_meta(&self.db, VOTE).map_err(|e| StorageIOError::read_vote(&e))?;
+        let vote = read_meta(&self.shared.db, VOTE).map_err(|e| StorageIOError::read_vote(&e))?;
         *lock(&self.vote) = vote;
         Ok(vote)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StorageError<NodeId>> {
-        // Advisory (openraft re-learns it from the leader): written with the next append.
-        *self.committed.lock().unwrap_or_else(|e| e.into_inner()) = Some(committed);
+        // Advisory (openraft re-learns it from the leader): written with the next write.
+        *lock(&self.shared.committed) = Some(committed);
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
-        if let Some(c) = *self.committed.lock().unwrap_or_else(|e| e.into_inner()) {
+        if let Some(c) = *lock(&self.shared.committed) {
             return Ok(c);
         }
-        Ok(read_meta::<Option<LogId<NodeId>>>(&self.db, COMMITTED).map_err(read_err)?.flatten())
+        Ok(read_meta::<Option<LogId<NodeId>>>(&self.shared.db, COMMITTED).map_err(read_err)?.flatten())
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError<NodeId>>

@@ -2,9 +2,11 @@
 //! quinn.
 //!
 //! [`store::Store`] holds the replicated state (registry, cluster bookkeeping, admin audit) in
-//! redb and is the Raft state machine ([`store::StateMachine`]): each batch of committed
-//! entries, their effects, the applied log id and the membership are committed in one
-//! transaction (fsynced every 64th batch; the log is the durable record). [`log_store::LogStore`] keeps the Raft log and vote in a second redb file;
+//! memory and in redb and is the Raft state machine ([`store::StateMachine`]): committed entries
+//! are applied in memory and written in groups, each write one transaction with the applied log
+//! id and the membership (fsynced every 64th; the log is the durable record and is applied again
+//! after a crash). [`log_store::LogStore`] keeps the Raft log and vote in a second redb file,
+//! its last entries also in memory for replication;
 //! [`snapshot`] owns the snapshot format and files. [`store::open_storage`] opens all three.
 //! [`pki`] runs the cluster CA and node identities; [`transport`] carries RPCs between nodes
 //! over QUIC with mutual TLS and implements openraft's network on top. [`node`] is one member:

@@ -347,6 +347,8 @@ impl ClusterNode {
             .map_err(|e| ClusterError::Storage(e.to_string()))?;
         // The leader writes its own entries in parallel with replicating them (log_store).
         log_store.serve_as(nf.node_id).map_err(|e| ClusterError::Storage(e.to_string()))?;
+        // Applied entries reach the registry file in groups (store::Store::start_flusher).
+        store.start_flusher().map_err(|e| ClusterError::Storage(e.to_string()))?;
         sm.wait_for_log(log_store.durable());
         let bound = CommitBound { durable: log_store.durable(), held_back: Arc::new(std::sync::atomic::AtomicBool::new(false)) };
 

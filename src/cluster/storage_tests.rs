@@ -105,6 +105,87 @@ async fn a_leaders_own_entries_are_flushed_in_the_background_and_a_followers_at_
     assert_eq!(log.durable().borrow().last.map(|l| l.index), Some(entries.len() as u64 + 50));
 }
 
+/// The tail in memory serves reads with the file: any range over written entries, the
+/// leader's entries not yet written, and both; a truncation drops unwritten entries for good
+/// and writes the ones before it, so the file never has a hole.
+#[tokio::test]
+async fn the_logs_tail_and_file_read_as_one_log_and_unwritten_entries_never_leave_a_hole() {
+    let dir = TempDir::new().expect("temp dir");
+    let blank = |term: u64, leader: NodeId, index: u64| Entry::<TypeConfig> {
+        log_id: LogId::new(CommittedLeaderId::new(term, leader), index),
+        payload: EntryPayload::Blank,
+    };
+    // 300 entries from leader 2 (durable at once), then 10 of this node's own as leader 1.
+    let theirs: Vec<_> = (1..=300).map(|i| blank(1, 2, i)).collect();
+    let own: Vec<_> = (301..=310).map(|i| blank(2, 1, i)).collect();
+    let all: Vec<_> = theirs.iter().chain(&own).cloned().collect();
+    {
+        let (_store, mut log, _sm) = open(dir.path());
+        log.serve_as_without_flusher(1);
+        log.save_vote(&Vote::new_committed(1, 2)).await.expect("vote");
+        for chunk in theirs.chunks(50) {
+            log.blocking_append(chunk.to_vec()).await.expect("append");
+        }
+        log.save_vote(&Vote::new_committed(2, 1)).await.expect("vote");
+        log.blocking_append(own.clone()).await.expect("append");
+        assert_eq!(log.durable().borrow().last, Some(theirs[299].log_id), "the leader's own entries are not written yet");
+        for (from, to) in [(0, 311), (1, 2), (40, 60), (250, 305), (299, 311), (305, 400), (301, 302)] {
+            let want: Vec<_> = all.iter().filter(|e| (from..to).contains(&e.log_id.index)).cloned().collect();
+            assert_eq!(log.try_get_log_entries(from..to).await.expect("read"), want, "entries {from}..{to}");
+        }
+        assert_eq!(log.try_get_log_entries(..=3).await.expect("read"), all[..3].to_vec());
+        assert_eq!(log.try_get_log_entries(308..).await.expect("read"), all[307..].to_vec());
+        assert_eq!(log.get_log_state().await.expect("state").last_log_id, Some(own[9].log_id));
+
+        // Deposed by node 2 in term 3, whose log differs from 305 on: the truncation writes 301..=304
+        // and drops 305..=310, written or not.
+        log.save_vote(&Vote::new_committed(3, 2)).await.expect("vote");
+        log.truncate(own[4].log_id).await.expect("truncate");
+        assert_eq!(log.durable().borrow().last, Some(own[3].log_id), "the file ends just before the truncation");
+        assert_eq!(log.try_get_log_entries(0..400).await.expect("read"), all[..304].to_vec());
+        assert_eq!(log.get_log_state().await.expect("state").last_log_id, Some(own[3].log_id));
+        let next = blank(3, 2, 305);
+        log.blocking_append(vec![next.clone()]).await.expect("append after the truncation");
+        assert_eq!(log.try_get_log_entries(303..).await.expect("read"), vec![all[302].clone(), all[303].clone(), next.clone()]);
+    }
+    let (_store, mut log, _sm) = open(dir.path());
+    let mut want = all[..304].to_vec();
+    want.push(blank(3, 2, 305));
+    assert_eq!(log.try_get_log_entries(0..400).await.expect("read"), want, "the same log after reopening, without a hole");
+}
+
+/// On a node the state machine writes applied entries to the file in groups (a thread, a
+/// little later); whatever reads the file (the admin audit, snapshots) still sees every applied
+/// entry at once, and a reopened store holds them all.
+#[tokio::test]
+async fn applied_entries_reach_the_file_later_but_every_reader_of_the_file_sees_them() {
+    let dir = TempDir::new().expect("temp dir");
+    let entries = workload();
+    let before = {
+        let (store, mut log, mut sm) = open(dir.path());
+        store.start_flusher().expect("flusher");
+        log.blocking_append(entries.clone()).await.expect("append");
+        sm.apply(entries.clone()).await.expect("apply");
+        let actions: Vec<String> = store.audit(10, |_| true).expect("audit").into_iter().map(|e| e.action).collect();
+        assert!(actions.contains(&"cluster.join".to_owned()), "the audit search sees the last entries at once: {actions:?}");
+        assert_eq!(store.snapshot_doc().expect("doc").last_applied, Some(lid(2, 9)), "a snapshot holds every applied entry");
+
+        // More entries after that: the flusher writes them by itself.
+        let more = vec![registry(2, 10, agency("000.00.02.H31")), registry(2, 11, agency("000.00.03.H31"))];
+        log.blocking_append(more.clone()).await.expect("append");
+        sm.apply(more).await.expect("apply");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while store.probe().expect("probe") < 11 {
+            assert!(std::time::Instant::now() < deadline, "the flusher wrote the entries within 10 s");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        everything(&store)
+    };
+    let (store, _log, _sm) = open(dir.path());
+    assert_eq!(everything(&store), before, "everything applied is in the reopened file");
+    assert_eq!(store.read().agencies.len(), 4);
+}
+
 fn at() -> Timestamp {
     "2026-01-05T02:00:00Z".parse().expect("instant")
 }

@@ -8,23 +8,27 @@
 //! snapshot's meta, JSON).
 //!
 //! Invariants:
-//! - One `apply` call (a batch of committed entries) is one redb transaction holding every
-//!   changed row, the audit entries, the cluster state, the applied log id and the membership,
-//!   so a crash leaves all of the batch or none of it. Every 64th batch, and every snapshot, is
-//!   fsynced; the others are made durable by the next fsynced one (redb), and a batch lost in a
-//!   crash is applied again from the Raft log at start-up. If the commit fails, the in-memory
-//!   registry and cluster state are rolled back to before the batch.
+//! - Applying changes the in-memory state only; the changes are written to the file by
+//!   [`Store::flush_locked`], at once or (with [`Store::start_flusher`], on a node) up to
+//!   [`FLUSH_DELAY`] later, so that one redb transaction carries every batch applied
+//!   meanwhile. One write holds every changed row, the audit entries, the cluster state, the
+//!   applied log id and the membership, so the file always holds the state at exactly the
+//!   applied log id it names. Every 64th write, and every snapshot, is fsynced; the others are
+//!   made durable by the next fsynced one (redb). Entries lost in a crash (applied but not yet
+//!   written or fsynced) are applied again from the Raft log at start-up: the log keeps them
+//!   until a snapshot covers them, and snapshots are built from the file after a write. A
+//!   failed write stops applying for good (the node restarts and applies again from the log).
 //! - Applying is deterministic: a refused command is an outcome (kept in memory for
 //!   [`Store::outcome`]), the state is unchanged, and every node computes the same.
 //! - Changes are serialised by one writer lock (lock order: writer -> snapshot lock -> redb
-//!   write transaction); readers use the in-memory state and never wait for disk except while
-//!   a batch is being committed.
-//! - Snapshots are taken from a redb read transaction (MVCC), so they are consistent with
-//!   exactly the applied log id they name, without blocking writers.
+//!   write transaction); readers use the in-memory state and never wait for disk.
+//! - Snapshots, backups and admin-audit searches read the file after writing what is waiting,
+//!   from a redb read transaction (MVCC), so they are consistent with exactly the applied log
+//!   id they name, without blocking writers while they read.
 //!
 //! May import `registry` only (and the other `cluster` files); openraft and redb.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::io::Cursor;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
@@ -57,9 +61,9 @@ pub const SNAPSHOT_DIR: &str = "snapshots";
 pub const OUTCOMES_KEPT: usize = 65_536;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("settings");
+const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new(SETTINGS_TABLE);
 /// The name [`Store::last_changed`] knows the registry settings by.
-pub const SETTINGS_TABLE: &str = "settings";
+pub use crate::registry::SETTINGS_TABLE;
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("admin_audit");
 const CLUSTER: TableDefinition<&str, &[u8]> = TableDefinition::new("cluster");
 const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
@@ -162,8 +166,11 @@ pub struct Store {
     changed_at: Mutex<HashMap<&'static str, u64>>,
     /// Index at which the whole state was last replaced (open, snapshot install).
     changed_floor: std::sync::atomic::AtomicU64,
-    /// Applied batches committed without an fsync since the last durable commit.
-    lazy_commits: std::sync::atomic::AtomicU32,
+    /// What has been applied but not yet written to the file (lock order: writer -> state ->
+    /// cluster -> unwritten).
+    unwritten: Mutex<Unwritten>,
+    /// Wakes the flusher thread ([`Store::start_flusher`]); without one, each apply writes at once.
+    flush_wake: Mutex<Option<std::sync::mpsc::Sender<()>>>,
     /// Where committed backup points go (see [`Store::set_backup_sink`]).
     backup_sink: Mutex<Option<tokio::sync::mpsc::UnboundedSender<BackupSnapshot>>>,
 }
@@ -193,9 +200,38 @@ fn backup_ids(e: &Entry<TypeConfig>) -> Vec<String> {
     out
 }
 
-/// Every this many applied batches one is committed durably (the others are made durable by
-/// it, by a snapshot, or re-applied from the Raft log after a crash).
+/// Every this many writes of applied entries one is committed durably (the others are made
+/// durable by it, by a snapshot, or applied again from the Raft log after a crash).
 const DURABLE_EVERY: u32 = 64;
+
+/// How long the flusher thread lets applied entries gather in memory before it writes them.
+const FLUSH_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Applied effects not yet written to the registry file. The changed rows themselves stay in
+/// [`State`]'s change journal until [`Store::flush_locked`] drains it.
+#[derive(Debug, Default)]
+struct Unwritten {
+    /// The position the next write brings the file to; `None`: nothing is waiting.
+    position: Option<Position>,
+    /// Admin-audit lines by key.
+    audit: Vec<(u64, AuditEntry)>,
+    /// The last admin-audit key assigned, written or not.
+    audit_last: Option<u64>,
+    /// True when the cluster bookkeeping changed.
+    cluster: bool,
+    /// Writes committed without an fsync since the last durable one.
+    lazy: u32,
+    /// Why a write failed. Nothing more is applied then: the entries stay in the Raft log and
+    /// are applied again when the node restarts.
+    failed: Option<String>,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // A clean stop leaves nothing to apply again at start-up (a failure is logged).
+        let _ = self.flush();
+    }
+}
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -251,6 +287,7 @@ impl Store {
         let state = load_state(&rtx)?;
         let cluster: ClusterState = get_json(&rtx.open_table(CLUSTER).map_err(storage)?, "cluster", CLUSTER_STATE)?.unwrap_or_default();
         let position = read_position(&rtx)?;
+        let audit_last = last_audit_key(&rtx)?;
         let current: Option<CurrentSnapshot> = get_json(&rtx.open_table(RAFT_META).map_err(storage)?, "raft_meta", CURRENT_SNAPSHOT)?;
         drop(rtx);
 
@@ -280,7 +317,8 @@ impl Store {
             position: RwLock::new(position),
             snapshot_lock: Mutex::new(()),
             outcomes: Mutex::new(BTreeMap::new()),
-            lazy_commits: std::sync::atomic::AtomicU32::new(0),
+            unwritten: Mutex::new(Unwritten { audit_last, ..Unwritten::default() }),
+            flush_wake: Mutex::new(None),
             backup_sink: Mutex::new(None),
             applied_tx,
             changed_at: Mutex::new(HashMap::new()),
@@ -367,6 +405,8 @@ impl Store {
             let point = rest.last().map(|e| (e.log_id, backup_ids(e))).filter(|(_, ids)| !ids.is_empty());
             all.extend(self.apply_chunk(writer, rest)?);
             if let Some((log_id, ids)) = point {
+                // The backup reads the file: it must hold the state at exactly this entry.
+                self.flush_locked(writer)?;
                 self.hand_over_backups(log_id, &ids);
             }
             rest = tail;
@@ -374,8 +414,9 @@ impl Store {
         Ok(all)
     }
 
-    /// Sends the backup points just committed at `log_id` to the backup writer, each with the
-    /// state at exactly that entry (read in a thread from a read transaction opened now).
+    /// Sends the backup points just applied and written at `log_id` to the backup writer, each
+    /// with the state at exactly that entry (read in a thread from a read transaction opened
+    /// now). Under the writer lock, right after the write.
     fn hand_over_backups(&self, log_id: LogId<NodeId>, ids: &[String]) {
         let Some(sink) = lock(&self.backup_sink).clone() else { return };
         let points: Vec<BackupPoint> =
@@ -420,29 +461,47 @@ impl Store {
         *lock(&self.backup_sink) = Some(sink);
     }
 
-    fn apply_chunk(&self, _writer: &MutexGuard<'_, ()>, entries: Vec<Entry<TypeConfig>>) -> Result<Vec<(u64, Applied)>, StoreError> {
+    fn apply_chunk(&self, writer: &MutexGuard<'_, ()>, entries: Vec<Entry<TypeConfig>>) -> Result<Vec<(u64, Applied)>, StoreError> {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
         let mut pos = self.position();
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         let mut cluster = self.cluster.write().unwrap_or_else(|e| e.into_inner());
-        let cp = state.checkpoint();
-        let mut cluster_before = None;
+        let mut unwritten = lock(&self.unwritten);
+        if let Some(why) = &unwritten.failed {
+            return Err(StoreError::Storage(format!(
+                "the registry file could not be written ({why}); nothing more is applied until the node restarts"
+            )));
+        }
+        let mut cluster_changed = false;
         let mut applied = Vec::with_capacity(entries.len());
-        let result = self.apply_and_commit(&mut state, &mut cluster, &mut cluster_before, &mut pos, entries, &mut applied);
-        let changed = match result {
-            Ok(changed) => changed,
-            Err(e) => {
-                state.rollback(cp);
-                state.clear_journal();
-                if let Some(before) = cluster_before {
-                    *cluster = before;
+        for entry in entries {
+            let log_id = entry.log_id;
+            let index = log_id.index;
+            let outcome = match entry.payload {
+                EntryPayload::Blank => Applied::Other,
+                EntryPayload::Membership(m) => {
+                    pos.membership = StoredMembership::new(Some(log_id), m);
+                    Applied::Other
                 }
-                return Err(e);
-            }
-        };
-        state.clear_journal();
+                EntryPayload::Normal(request) => {
+                    let mut cx = ApplyCx {
+                        state: &mut state,
+                        cluster: &mut cluster,
+                        cluster_changed: &mut cluster_changed,
+                        unwritten: &mut unwritten,
+                    };
+                    cx.apply(index, &request)
+                }
+            };
+            pos.log_id = Some(log_id);
+            applied.push((index, outcome));
+        }
+        let changed = state.settle();
+        unwritten.cluster |= cluster_changed;
+        unwritten.position = Some(pos.clone());
+        drop(unwritten);
         drop(cluster);
         drop(state);
         let index = pos.log_id.map_or(0, |l| l.index);
@@ -460,95 +519,134 @@ impl Store {
                 outcomes.pop_first();
             }
         }
+        match &*lock(&self.flush_wake) {
+            // The flusher is alive as long as the store: a failed send only means it is gone.
+            Some(wake) => {
+                let _ = wake.send(());
+            }
+            None => self.flush_locked(writer)?,
+        }
         self.applied_tx.send_replace(index);
         Ok(applied)
     }
 
-    /// Applies `entries` to the in-memory state and commits their effects in one transaction;
-    /// returns the tables they changed. On error the caller rolls the in-memory state back.
-    fn apply_and_commit(
-        &self,
-        state: &mut State,
-        cluster: &mut ClusterState,
-        cluster_before: &mut Option<ClusterState>,
-        pos: &mut Position,
-        entries: Vec<Entry<TypeConfig>>,
-        applied: &mut Vec<(u64, Applied)>,
-    ) -> Result<BTreeSet<&'static str>, StoreError> {
-        let mut tx = self.db.begin_write().map_err(storage)?;
-        // The Raft log is the durable record of committed entries: a batch lost here in a crash
-        // is applied again from the log at start-up (openraft re-applies from the last applied
-        // id it reads back). Snapshots commit durably before the log behind them is purged.
-        if self.lazy_commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 >= DURABLE_EVERY {
-            self.lazy_commits.store(0, std::sync::atomic::Ordering::Relaxed);
-        } else {
-            tx.set_durability(redb::Durability::None);
+    /// Starts the thread that writes applied entries to the file [`FLUSH_DELAY`] after the
+    /// first of them, so that one redb commit carries every batch applied meanwhile. The
+    /// Raft log holds every applied entry until a snapshot covers it, and a snapshot is built
+    /// from the file only after writing it, so a crash loses nothing: the entries not yet
+    /// written are applied again at start-up. Without this thread each apply writes at once.
+    pub fn start_flusher(self: &Arc<Self>) -> Result<(), StoreError> {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let store = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("lgsp-state-flush".into())
+            .spawn(move || {
+                while rx.recv().is_ok() {
+                    // Gather the wake-ups of the batches applied meanwhile.
+                    let until = std::time::Instant::now() + FLUSH_DELAY;
+                    while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+                        if let Err(std::sync::mpsc::RecvTimeoutError::Disconnected) = rx.recv_timeout(left) {
+                            return;
+                        }
+                    }
+                    let Some(store) = store.upgrade() else { return };
+                    let _ = store.flush();
+                }
+            })
+            .map_err(|e| StoreError::Storage(format!("cannot start the state flusher thread: {e}")))?;
+        *lock(&self.flush_wake) = Some(tx);
+        Ok(())
+    }
+
+    /// Writes everything applied so far to the file (one redb transaction). Blocking.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let w = lock(&self.writer);
+        self.flush_locked(&w)
+    }
+
+    /// Writes the applied entries not yet in the file in one transaction: the changed rows
+    /// (from the state's change journal), the admin-audit lines, the cluster state, the applied
+    /// log id and the membership. Every [`DURABLE_EVERY`]th write is fsynced. A failure is
+    /// kept: every later apply fails, which stops the Raft core, and the node applies the
+    /// entries again from its log when it restarts.
+    fn flush_locked(&self, _writer: &MutexGuard<'_, ()>) -> Result<(), StoreError> {
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let cluster = self.cluster.read().unwrap_or_else(|e| e.into_inner());
+        let mut unwritten = lock(&self.unwritten);
+        if let Some(why) = &unwritten.failed {
+            return Err(StoreError::Storage(format!("the registry file could not be written ({why})")));
         }
-        let mut cluster_changed = false;
-        {
-            let mut audit = tx.open_table(AUDIT).map_err(storage)?;
-            for entry in entries {
-                let log_id = entry.log_id;
-                let index = log_id.index;
-                let outcome = match entry.payload {
-                    EntryPayload::Blank => Applied::Other,
-                    EntryPayload::Membership(m) => {
-                        pos.membership = StoredMembership::new(Some(log_id), m);
-                        Applied::Other
-                    }
-                    EntryPayload::Normal(request) => {
-                        let mut cx = ApplyCx { state, cluster, cluster_before, cluster_changed: &mut cluster_changed, audit: &mut audit };
-                        cx.apply(index, &request)?
-                    }
-                };
-                pos.log_id = Some(log_id);
-                applied.push((index, outcome));
+        let Some(pos) = unwritten.position.take() else { return Ok(()) };
+        let changes = state.drain_changes();
+        drop(state);
+        let durable = unwritten.lazy + 1 >= DURABLE_EVERY;
+        let audit = std::mem::take(&mut unwritten.audit);
+        let cluster_bytes =
+            if std::mem::take(&mut unwritten.cluster) { Some(serde_json::to_vec(&*cluster).map_err(storage)?) } else { None };
+        drop(cluster);
+        let written = (|| -> Result<(), StoreError> {
+            let mut tx = self.db.begin_write().map_err(storage)?;
+            if !durable {
+                tx.set_durability(redb::Durability::None);
+            }
+            for (table, key, value) in &changes.rows {
+                let mut t = tx.open_table(rows(table)).map_err(storage)?;
+                match value {
+                    Some(bytes) => t.insert(key.as_str(), bytes.as_slice()).map(|_| ()).map_err(storage)?,
+                    None => t.remove(key.as_str()).map(|_| ()).map_err(storage)?,
+                }
+            }
+            if let Some(s) = &changes.settings {
+                tx.open_table(SETTINGS).map_err(storage)?.insert("settings", s.as_slice()).map_err(storage)?;
+            }
+            {
+                let mut t = tx.open_table(AUDIT).map_err(storage)?;
+                for (key, entry) in &audit {
+                    let bytes = serde_json::to_vec(entry).map_err(storage)?;
+                    t.insert(*key, bytes.as_slice()).map_err(storage)?;
+                }
+            }
+            if let Some(bytes) = &cluster_bytes {
+                tx.open_table(CLUSTER).map_err(storage)?.insert(CLUSTER_STATE, bytes.as_slice()).map_err(storage)?;
+            }
+            tx.open_table(META).map_err(storage)?.insert(LAST_APPLIED, pos.log_id.map_or(0, |l| l.index)).map_err(storage)?;
+            {
+                let mut meta = tx.open_table(RAFT_META).map_err(storage)?;
+                put_json(&mut meta, APPLIED_LOG_ID, &pos.log_id)?;
+                put_json(&mut meta, MEMBERSHIP, &pos.membership)?;
+            }
+            tx.commit().map_err(storage)
+        })();
+        match written {
+            Ok(()) => {
+                unwritten.lazy = if durable { 0 } else { unwritten.lazy + 1 };
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot write applied entries to the registry file; this node stops applying entries and applies them again from its Raft log when restarted");
+                unwritten.failed = Some(e.to_string());
+                Err(e)
             }
         }
-        let changes = state.pending_changes();
-        for (table, key, value) in &changes.rows {
-            let mut t = tx.open_table(rows(table)).map_err(storage)?;
-            match value {
-                Some(bytes) => {
-                    t.insert(key.as_str(), bytes.as_slice()).map_err(storage)?;
-                }
-                None => {
-                    t.remove(key.as_str()).map_err(storage)?;
-                }
-            }
-        }
-        if let Some(s) = &changes.settings {
-            tx.open_table(SETTINGS).map_err(storage)?.insert("settings", s.as_slice()).map_err(storage)?;
-        }
-        let mut changed: BTreeSet<&'static str> = changes.rows.iter().map(|(t, _, _)| *t).collect();
-        if changes.settings.is_some() {
-            changed.insert(SETTINGS_TABLE);
-        }
-        if cluster_changed {
-            put_json(&mut tx.open_table(CLUSTER).map_err(storage)?, CLUSTER_STATE, &*cluster)?;
-        }
-        tx.open_table(META).map_err(storage)?.insert(LAST_APPLIED, pos.log_id.map_or(0, |l| l.index)).map_err(storage)?;
-        {
-            let mut meta = tx.open_table(RAFT_META).map_err(storage)?;
-            put_json(&mut meta, APPLIED_LOG_ID, &pos.log_id)?;
-            put_json(&mut meta, MEMBERSHIP, &pos.membership)?;
-        }
-        tx.commit().map_err(storage)?;
-        Ok(changed)
     }
 
     /// The applied state as a snapshot document (from one read transaction), without saving it.
     pub fn snapshot_doc(&self) -> Result<SnapshotDoc, StoreError> {
-        let rtx = self.db.begin_read().map_err(storage)?;
-        dump(&rtx)
+        dump(&self.read_all()?)
+    }
+
+    /// A read transaction on the file holding everything applied so far: writes what is
+    /// waiting, then opens the transaction before the next apply (MVCC keeps it consistent
+    /// while reading goes on without the writer lock).
+    fn read_all(&self) -> Result<ReadTransaction, StoreError> {
+        let w = lock(&self.writer);
+        self.flush_locked(&w)?;
+        self.db.begin_read().map_err(storage)
     }
 
     /// Builds a snapshot of the applied state, keeps it as the current snapshot and returns it.
     pub fn build_snapshot(&self) -> Result<Snapshot<TypeConfig>, StoreError> {
-        let doc = {
-            let rtx = self.db.begin_read().map_err(storage)?;
-            dump(&rtx)?
-        };
+        let doc = dump(&self.read_all()?)?;
         let bytes = doc.encode()?;
         let meta = SnapshotMeta {
             last_log_id: doc.last_applied,
@@ -625,6 +723,14 @@ impl Store {
         }
         *self.state.write().unwrap_or_else(|e| e.into_inner()) = state;
         *self.cluster.write().unwrap_or_else(|e| e.into_inner()) = doc.cluster;
+        {
+            // The file now holds the snapshot's state: what was waiting to be written is void.
+            let mut unwritten = lock(&self.unwritten);
+            unwritten.position = None;
+            unwritten.audit.clear();
+            unwritten.cluster = false;
+            unwritten.audit_last = doc.admin_audit.last().map(|(k, _)| *k);
+        }
         *self.position.write().unwrap_or_else(|e| e.into_inner()) = Position { log_id: doc.last_applied, membership: doc.membership };
         // Outcomes of entries this node never applied are unknown; older ones are meaningless.
         lock(&self.outcomes).clear();
@@ -672,7 +778,7 @@ impl Store {
         if limit == 0 {
             return Ok(out);
         }
-        let rtx = self.db.begin_read().map_err(storage)?;
+        let rtx = self.read_all()?;
         let t = rtx.open_table(AUDIT).map_err(storage)?;
         for row in t.iter().map_err(storage)?.rev() {
             let (k, v) = row.map_err(storage)?;
@@ -693,31 +799,27 @@ impl Store {
 }
 
 /// What applying one request touches, for [`ApplyCx::apply`].
-struct ApplyCx<'a, 't> {
+struct ApplyCx<'a> {
     state: &'a mut State,
     cluster: &'a mut ClusterState,
-    cluster_before: &'a mut Option<ClusterState>,
     cluster_changed: &'a mut bool,
-    audit: &'a mut Table<'t, u64, &'static [u8]>,
+    unwritten: &'a mut Unwritten,
 }
 
-impl ApplyCx<'_, '_> {
+impl ApplyCx<'_> {
     /// Applies one request of the entry at `index` (a batch's members in order).
-    fn apply(&mut self, index: u64, request: &Request) -> Result<Applied, StoreError> {
-        Ok(match request {
+    fn apply(&mut self, index: u64, request: &Request) -> Applied {
+        match request {
             Request::Registry(env) => {
                 let r = registry::apply(self.state, env);
                 if let Ok(o) = &r {
                     if !env.command.is_bookkeeping() {
-                        put_audit(self.audit, &registry_audit(index, env, o))?;
+                        self.unwritten.add_audit(registry_audit(index, env, o));
                     }
                 }
                 Applied::Registry(r)
             }
             Request::Cluster(env) => {
-                if self.cluster_before.is_none() {
-                    *self.cluster_before = Some(self.cluster.clone());
-                }
                 let r = self.cluster.apply(env);
                 if let Ok(ClusterOutcome::BackupPoint) = &r {
                     if let Some(b) = self.cluster.backups.last_mut() {
@@ -726,22 +828,21 @@ impl ApplyCx<'_, '_> {
                 }
                 if let Ok(o) = &r {
                     *self.cluster_changed = true;
-                    put_audit(self.audit, &cluster_audit(index, env, o))?;
+                    self.unwritten.add_audit(cluster_audit(index, env, o));
                 }
                 Applied::Cluster(r)
             }
-            Request::Batch(members) => {
-                let mut out = Vec::with_capacity(members.len());
-                for m in members {
-                    out.push(match m {
+            Request::Batch(members) => Applied::Batch(
+                members
+                    .iter()
+                    .map(|m| match m {
                         // Never proposed; applied as nothing, the same way on every node.
                         Request::Batch(_) => Applied::Other,
-                        m => self.apply(index, m)?,
-                    });
-                }
-                Applied::Batch(out)
-            }
-        })
+                        m => self.apply(index, m),
+                    })
+                    .collect(),
+            ),
+        }
     }
 }
 
@@ -785,17 +886,24 @@ fn cluster_audit(index: u64, env: &ClusterEnvelope, outcome: &ClusterOutcome) ->
     audit_entry(index, env.at, &env.actor, action, target, None)
 }
 
-/// Appends an audit line under the next key. Keys are a sequence (the members of a batch entry
-/// share its log index, which each line records); apply is deterministic, so every node assigns
-/// the same keys. (Lines written before batching are keyed by their log index: still ascending.)
-fn put_audit(t: &mut Table<'_, u64, &'static [u8]>, entry: &AuditEntry) -> Result<(), StoreError> {
-    let next = match t.last().map_err(storage)? {
-        Some((k, _)) => k.value().max(entry.index.saturating_sub(1)) + 1,
-        None => entry.index,
-    };
-    let bytes = serde_json::to_vec(entry).map_err(storage)?;
-    t.insert(next, bytes.as_slice()).map_err(storage)?;
-    Ok(())
+impl Unwritten {
+    /// Adds an audit line under the next key. Keys are a sequence (the members of a batch
+    /// entry share its log index, which each line records); apply is deterministic, so every
+    /// node assigns the same keys. (Lines written before batching are keyed by their log index:
+    /// still ascending.)
+    fn add_audit(&mut self, entry: AuditEntry) {
+        let key = match self.audit_last {
+            Some(last) => last.max(entry.index.saturating_sub(1)) + 1,
+            None => entry.index,
+        };
+        self.audit_last = Some(key);
+        self.audit.push((key, entry));
+    }
+}
+
+/// The last admin-audit key in the file.
+fn last_audit_key(rtx: &ReadTransaction) -> Result<Option<u64>, StoreError> {
+    Ok(rtx.open_table(AUDIT).map_err(storage)?.last().map_err(storage)?.map(|(k, _)| k.value()))
 }
 
 fn get_json<T: DeserializeOwned>(

@@ -124,6 +124,14 @@ impl<V: Entity> Table<V> {
         self.undo.clear();
         self.touched.clear();
     }
+    /// Forgets how to undo the changes so far; which keys changed is kept for the next drain.
+    fn forget_undo(&mut self) {
+        self.undo.clear();
+    }
+    /// True when a change since the last [`Table::forget_undo`] (or drain) was not rolled back.
+    fn undoable(&self) -> bool {
+        !self.undo.is_empty()
+    }
     /// Keys changed since the last drain, with their current value (`None` = deleted).
     pub fn drain_changes(&mut self) -> Vec<(String, Option<&V>)> {
         self.undo.clear();
@@ -168,6 +176,9 @@ pub struct State {
     /// (consumer system, service, version, environment) -> the open subscription's id
     open_subs: HashMap<(String, String, String, Environment), String>,
 }
+
+/// The name the settings go by where tables are named (they are one value, not a table).
+pub const SETTINGS_TABLE: &str = "settings";
 
 /// A point to roll back to.
 #[derive(Debug, Clone, Copy)]
@@ -294,6 +305,39 @@ impl State {
         take(&self.incidents, &mut rows);
         let settings = self.settings_touched.then(|| encode(&self.settings));
         Changes { rows, settings }
+    }
+
+    /// Ends a batch of changes that will not be rolled back: forgets how to undo them and
+    /// returns the tables (and [`SETTINGS_TABLE`] for the settings) they changed. Which rows
+    /// changed is kept for the next [`State::drain_changes`], which persists them.
+    pub fn settle(&mut self) -> Vec<&'static str> {
+        fn settle<V: Entity>(t: &mut Table<V>, out: &mut Vec<&'static str>) {
+            if t.undoable() {
+                out.push(V::TABLE);
+            }
+            t.forget_undo();
+        }
+        let mut out = Vec::new();
+        settle(&mut self.agencies, &mut out);
+        settle(&mut self.systems, &mut out);
+        settle(&mut self.services, &mut out);
+        settle(&mut self.subscriptions, &mut out);
+        settle(&mut self.credentials, &mut out);
+        settle(&mut self.catalogs, &mut out);
+        settle(&mut self.users, &mut out);
+        settle(&mut self.tokens, &mut out);
+        settle(&mut self.revoked_tokens, &mut out);
+        settle(&mut self.maintenance, &mut out);
+        settle(&mut self.notices, &mut out);
+        settle(&mut self.probe_alerts, &mut out);
+        settle(&mut self.probe_status, &mut out);
+        settle(&mut self.traffic_rollups, &mut out);
+        settle(&mut self.incidents, &mut out);
+        if !self.settings_undo.is_empty() {
+            out.push(SETTINGS_TABLE);
+        }
+        self.settings_undo.clear();
+        out
     }
 
     /// Forgets the change journal (after the changes were made durable, or rolled back).
