@@ -1068,7 +1068,13 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        self.store.build_snapshot().map_err(|e| StorageIOError::write_snapshot(None, &e).into())
+        // Reading, encoding and fsyncing the whole state takes long with a large registry: on
+        // the blocking pool, so that no runtime worker (and no task queued on it) waits for it.
+        let store = self.store.clone();
+        let built = tokio::task::spawn_blocking(move || store.build_snapshot())
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Storage(format!("the snapshot builder stopped: {e}"))));
+        built.map_err(|e| StorageIOError::write_snapshot(None, &e).into())
     }
 }
 
