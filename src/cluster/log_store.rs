@@ -84,10 +84,18 @@ impl Tail {
         id.map(|l| l.index)
     }
 
+    /// True when the entry is in the file.
+    fn is_written(&self, e: &Entry<TypeConfig>) -> bool {
+        Self::index_of(self.written).is_some_and(|w| e.log_id.index <= w)
+    }
+
     /// The entries not yet in the file, in order.
     fn unwritten(&self) -> Vec<Entry<TypeConfig>> {
-        let written = Self::index_of(self.written);
-        self.entries.iter().filter(|e| written.is_none_or(|w| e.log_id.index > w)).cloned().collect()
+        self.entries.iter().filter(|e| !self.is_written(e)).cloned().collect()
+    }
+
+    fn has_unwritten(&self) -> bool {
+        self.entries.back().is_some_and(|e| !self.is_written(e))
     }
 
     /// Adds entries at the end of the log (openraft truncates before it appends anywhere else).
@@ -111,8 +119,7 @@ impl Tail {
         if id > self.written {
             self.written = id;
         }
-        let written = Self::index_of(self.written);
-        while self.entries.len() > TAIL_KEPT && self.entries.front().is_some_and(|e| written.is_some_and(|w| e.log_id.index <= w)) {
+        while self.entries.len() > TAIL_KEPT && self.entries.front().is_some_and(|e| self.is_written(e)) {
             self.entries.pop_front();
         }
     }
@@ -395,7 +402,7 @@ fn flusher(shared: &Shared, wake: &mpsc::Receiver<()>) {
         if shared.durable.borrow().failed.is_some() {
             return;
         }
-        if !lock(&shared.tail).unwritten().is_empty() {
+        if lock(&shared.tail).has_unwritten() {
             if let Err(e) = shared.transact("write the leader's entries", |_| Ok(()), |_, ()| Ok(())) {
                 tracing::error!(error = %e, "cannot write the Raft log; this node stops taking part in the cluster");
                 shared.durable.send_modify(|d| d.failed = Some(e.to_string()));

@@ -447,17 +447,20 @@ fn last_changed_names_the_last_entry_that_changed_each_table() {
 }
 
 #[test]
-fn pending_changes_can_still_be_rolled_back() {
-    // The store persists `pending_changes` and rolls back if the commit fails: the journal
-    // must survive reading the changes.
+fn settling_names_the_tables_changed_and_keeps_their_rows_for_the_next_write() {
+    // The store applies in memory and writes later: `settle` ends a batch (its refused commands
+    // already rolled back) and names what it changed; the rows wait for `drain_changes`.
     let mut s = State::default();
-    let cp = s.checkpoint();
-    crate::registry::apply(&mut s, &Envelope::new(at(), Actor::system(), agency("000.00.00.H31"))).expect("apply");
-    assert_eq!(s.pending_changes().rows.len(), 1);
-    s.rollback(cp);
-    s.clear_journal();
-    assert!(s.agencies.is_empty(), "rolled back after the changes were read");
-    assert!(s.pending_changes().rows.is_empty());
+    let env = |c| Envelope::new(at(), Actor::system(), c);
+    crate::registry::apply(&mut s, &env(agency("000.00.00.H31"))).expect("apply");
+    assert!(crate::registry::apply(&mut s, &env(system("prov", "000.00.09.H31"))).is_err(), "no such agency");
+    assert_eq!(s.settle(), vec!["agencies"], "the refused command changed nothing");
+    assert!(s.settle().is_empty(), "nothing changed since");
+    crate::registry::apply(&mut s, &env(agency("000.00.01.H31"))).expect("apply");
+    assert_eq!(s.settle(), vec!["agencies"]);
+    let rows: Vec<String> = s.drain_changes().rows.into_iter().map(|(_, key, _)| key).collect();
+    assert_eq!(rows.len(), 2, "both batches' rows wait for the write: {rows:?}");
+    assert!(s.drain_changes().rows.is_empty(), "written once");
 }
 
 async fn transfer(from: &mut StateMachine, to: &mut StateMachine) -> Snapshot<TypeConfig> {

@@ -211,8 +211,9 @@ const FLUSH_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
 /// [`State`]'s change journal until [`Store::flush_locked`] drains it.
 #[derive(Debug, Default)]
 struct Unwritten {
-    /// The position the next write brings the file to; `None`: nothing is waiting.
-    position: Option<Position>,
+    /// True when entries were applied since the last write (the write brings the file to the
+    /// store's position).
+    waiting: bool,
     /// Admin-audit lines by key.
     audit: Vec<(u64, AuditEntry)>,
     /// The last admin-audit key assigned, written or not.
@@ -474,7 +475,6 @@ impl Store {
                 "the registry file could not be written ({why}); nothing more is applied until the node restarts"
             )));
         }
-        let mut cluster_changed = false;
         let mut applied = Vec::with_capacity(entries.len());
         for entry in entries {
             let log_id = entry.log_id;
@@ -486,25 +486,19 @@ impl Store {
                     Applied::Other
                 }
                 EntryPayload::Normal(request) => {
-                    let mut cx = ApplyCx {
-                        state: &mut state,
-                        cluster: &mut cluster,
-                        cluster_changed: &mut cluster_changed,
-                        unwritten: &mut unwritten,
-                    };
-                    cx.apply(index, &request)
+                    ApplyCx { state: &mut state, cluster: &mut cluster, unwritten: &mut unwritten }.apply(index, &request)
                 }
             };
             pos.log_id = Some(log_id);
             applied.push((index, outcome));
         }
         let changed = state.settle();
-        unwritten.cluster |= cluster_changed;
-        unwritten.position = Some(pos.clone());
+        unwritten.waiting = true;
         drop(unwritten);
         drop(cluster);
         drop(state);
         let index = pos.log_id.map_or(0, |l| l.index);
+        // Under the writer lock: the next write reads the position set here.
         *self.position.write().unwrap_or_else(|e| e.into_inner()) = pos;
         {
             let mut at = lock(&self.changed_at);
@@ -570,13 +564,21 @@ impl Store {
     /// kept: every later apply fails, which stops the Raft core, and the node applies the
     /// entries again from its log when it restarts.
     fn flush_locked(&self, _writer: &MutexGuard<'_, ()>) -> Result<(), StoreError> {
+        {
+            // Nothing is applied without the writer lock, so what this reads stays true.
+            let unwritten = lock(&self.unwritten);
+            if let Some(why) = &unwritten.failed {
+                return Err(StoreError::Storage(format!("the registry file could not be written ({why})")));
+            }
+            if !unwritten.waiting {
+                return Ok(());
+            }
+        }
+        let pos = self.position();
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         let cluster = self.cluster.read().unwrap_or_else(|e| e.into_inner());
         let mut unwritten = lock(&self.unwritten);
-        if let Some(why) = &unwritten.failed {
-            return Err(StoreError::Storage(format!("the registry file could not be written ({why})")));
-        }
-        let Some(pos) = unwritten.position.take() else { return Ok(()) };
+        unwritten.waiting = false;
         let changes = state.drain_changes();
         drop(state);
         let durable = unwritten.lazy + 1 >= DURABLE_EVERY;
@@ -726,7 +728,7 @@ impl Store {
         {
             // The file now holds the snapshot's state: what was waiting to be written is void.
             let mut unwritten = lock(&self.unwritten);
-            unwritten.position = None;
+            unwritten.waiting = false;
             unwritten.audit.clear();
             unwritten.cluster = false;
             unwritten.audit_last = doc.admin_audit.last().map(|(k, _)| *k);
@@ -802,7 +804,6 @@ impl Store {
 struct ApplyCx<'a> {
     state: &'a mut State,
     cluster: &'a mut ClusterState,
-    cluster_changed: &'a mut bool,
     unwritten: &'a mut Unwritten,
 }
 
@@ -827,7 +828,7 @@ impl ApplyCx<'_> {
                     }
                 }
                 if let Ok(o) = &r {
-                    *self.cluster_changed = true;
+                    self.unwritten.cluster = true;
                     self.unwritten.add_audit(cluster_audit(index, env, o));
                 }
                 Applied::Cluster(r)

@@ -116,14 +116,6 @@ impl<V: Entity> Table<V> {
             }
         }
     }
-    /// Keys changed since the last drain, with their current value, journal kept.
-    pub fn pending(&self) -> impl Iterator<Item = (&str, Option<&V>)> {
-        self.touched.iter().map(|k| (k.as_str(), self.rows.get(k)))
-    }
-    fn clear_journal(&mut self) {
-        self.undo.clear();
-        self.touched.clear();
-    }
     /// Forgets how to undo the changes so far; which keys changed is kept for the next drain.
     fn forget_undo(&mut self) {
         self.undo.clear();
@@ -278,35 +270,6 @@ impl State {
         Changes { rows, settings }
     }
 
-    /// Every change since the last drain, serialised, **without** forgetting the journal: the
-    /// store persists these and, if persisting fails, can still [`State::rollback`] them. Call
-    /// [`State::clear_journal`] once they are durable.
-    pub fn pending_changes(&self) -> Changes {
-        let mut rows = Vec::new();
-        fn take<V: Entity>(t: &Table<V>, out: &mut Vec<(&'static str, String, Option<Vec<u8>>)>) {
-            for (k, v) in t.pending() {
-                out.push((V::TABLE, k.to_owned(), v.map(encode)));
-            }
-        }
-        take(&self.agencies, &mut rows);
-        take(&self.systems, &mut rows);
-        take(&self.services, &mut rows);
-        take(&self.subscriptions, &mut rows);
-        take(&self.credentials, &mut rows);
-        take(&self.catalogs, &mut rows);
-        take(&self.users, &mut rows);
-        take(&self.tokens, &mut rows);
-        take(&self.revoked_tokens, &mut rows);
-        take(&self.maintenance, &mut rows);
-        take(&self.notices, &mut rows);
-        take(&self.probe_alerts, &mut rows);
-        take(&self.probe_status, &mut rows);
-        take(&self.traffic_rollups, &mut rows);
-        take(&self.incidents, &mut rows);
-        let settings = self.settings_touched.then(|| encode(&self.settings));
-        Changes { rows, settings }
-    }
-
     /// Ends a batch of changes that will not be rolled back: forgets how to undo them and
     /// returns the tables (and [`SETTINGS_TABLE`] for the settings) they changed. Which rows
     /// changed is kept for the next [`State::drain_changes`], which persists them.
@@ -338,27 +301,6 @@ impl State {
         }
         self.settings_undo.clear();
         out
-    }
-
-    /// Forgets the change journal (after the changes were made durable, or rolled back).
-    pub fn clear_journal(&mut self) {
-        self.agencies.clear_journal();
-        self.systems.clear_journal();
-        self.services.clear_journal();
-        self.subscriptions.clear_journal();
-        self.credentials.clear_journal();
-        self.catalogs.clear_journal();
-        self.users.clear_journal();
-        self.tokens.clear_journal();
-        self.revoked_tokens.clear_journal();
-        self.maintenance.clear_journal();
-        self.notices.clear_journal();
-        self.probe_alerts.clear_journal();
-        self.probe_status.clear_journal();
-        self.traffic_rollups.clear_journal();
-        self.incidents.clear_journal();
-        self.settings_undo.clear();
-        self.settings_touched = false;
     }
 
     /// Names of every persistent table, for the store.
