@@ -23,7 +23,11 @@
 //! The leader batches client writes into entries (`cluster::batch`). Truncation and purge are
 //! one durable transaction each; a purge deletes the entries and records `last_purged` in the
 //! same transaction, so a crash never leaves a hole in the log or purged entries without their
-//! marker. The vote is committed durably before `save_vote` returns. The committed marker is
+//! marker. On a serving node (with the flusher) a purge only records `last_purged` durably and
+//! the flusher deletes the purged rows afterwards, [`PURGE_SLICE`] per transaction, between
+//! its writes: deleting thousands of entries at once took the core and the writer lock for
+//! most of a second. Rows at or below `last_purged` are never read, and at start-up they are
+//! deleted the same way. The vote is committed durably before `save_vote` returns. The committed marker is
 //! advisory (openraft re-learns it from the leader; at start-up it applies the entries up to it
 //! again) and rides along with the next write transaction (the flusher's on a leader). No
 //! transaction is ever held across an `.await`.
@@ -54,6 +58,13 @@ const LAST_PURGED: &str = "last_purged";
 /// unwritten ones are kept whatever their number).
 const TAIL_KEPT: usize = 256;
 
+/// How many purged rows one background transaction deletes (about 80 µs each with large
+/// entries on the benchmark machine: a slice holds the writer lock for a few milliseconds).
+const PURGE_SLICE: u64 = 32;
+
+/// The pause between two slices of purged rows when no write is waiting.
+const PURGE_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// How far this node's log is on disk: the last entry known durable, or why flushing stopped.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Durable {
@@ -77,6 +88,11 @@ struct Tail {
     end: Option<LogId<NodeId>>,
     /// The last entry id in the file (or the last purged one).
     written: Option<LogId<NodeId>>,
+    /// The last purged entry id: rows at or below it are not part of the log, even while the
+    /// file still holds them.
+    purged: Option<LogId<NodeId>>,
+    /// True while the file may still hold rows at or below `purged`.
+    purge_backlog: bool,
 }
 
 impl Tail {
@@ -187,12 +203,19 @@ impl LogStore {
         }
         tx.commit().map_err(storage("create its tables"))?;
         // What the file holds after opening is what is on disk.
-        let end = last_log_id(&db.begin_read().map_err(storage("read the log"))?)?;
+        let (end, purged, purge_backlog) = {
+            let rtx = db.begin_read().map_err(storage("read the log"))?;
+            let meta = rtx.open_table(META).map_err(storage("read the log"))?;
+            let purged: Option<LogId<NodeId>> = decode_meta(&meta, LAST_PURGED)?;
+            let first =
+                rtx.open_table(LOG).map_err(storage("read the log"))?.first().map_err(storage("read the log"))?.map(|(k, _)| k.value());
+            (last_log_id(&rtx)?, purged, first.is_some_and(|f| purged.is_some_and(|p| f <= p.index)))
+        };
         let vote = read_meta(&db, VOTE)?;
         let shared = Shared {
             db,
             writer: Mutex::new(()),
-            tail: Mutex::new(Tail { entries: VecDeque::new(), end, written: end }),
+            tail: Mutex::new(Tail { entries: VecDeque::new(), end, written: end, purged, purge_backlog }),
             durable: tokio::sync::watch::channel(Durable { last: end, failed: None }).0,
             committed: Mutex::new(None),
         };
@@ -228,6 +251,15 @@ impl LogStore {
         self.node_id = Some(id);
     }
 
+    /// The indexes of the rows in the file, purged or not (tests see what is left to delete).
+    #[cfg(test)]
+    pub(super) fn rows_in_file(&self) -> Vec<u64> {
+        let rtx = self.shared.db.begin_read().expect("read");
+        let t = rtx.open_table(LOG).expect("log table");
+        let rows: Vec<u64> = t.iter().expect("rows").map(|r| r.expect("row").0.value()).collect();
+        rows
+    }
+
     /// Watches how far the log is durable.
     pub fn durable(&self) -> tokio::sync::watch::Receiver<Durable> {
         self.shared.durable.subscribe()
@@ -251,10 +283,9 @@ impl LogStore {
         LogReader { shared: self.shared.clone() }
     }
 
-    fn log_state(&self) -> Result<LogState<TypeConfig>, StoreError> {
-        let rtx = self.shared.db.begin_read().map_err(storage("read the log"))?;
-        let last_purged = decode_meta(&rtx.open_table(META).map_err(storage("read the log"))?, LAST_PURGED)?;
-        Ok(LogState { last_purged_log_id: last_purged, last_log_id: lock(&self.shared.tail).end })
+    fn log_state(&self) -> LogState<TypeConfig> {
+        let tail = lock(&self.shared.tail);
+        LogState { last_purged_log_id: tail.purged, last_log_id: tail.end }
     }
 
     /// Appends the entries: the leader's own (`early`) to the tail only, for the flusher to
@@ -300,16 +331,28 @@ impl LogStore {
         )
     }
 
-    /// Deletes `[0, upto.index]` and records `upto` as the last purged id, together.
+    /// Records `upto` as the last purged id (durably) and deletes `[0, upto.index]`: in the
+    /// same transaction on a store that does not serve, afterwards in slices by the flusher on
+    /// a serving one.
     pub(super) fn purge_upto(&self, upto: LogId<NodeId>) -> Result<(), StoreError> {
-        self.shared.transact(
+        let started = std::time::Instant::now();
+        // A node serving in a cluster purges lazily; offline tools (restore) and plain stores at once.
+        let at_once = self.node_id.is_none();
+        let purged = self.shared.transact(
             "purge the log",
             |tx| {
                 put_meta(tx, LAST_PURGED, &upto)?;
-                let mut t = tx.open_table(LOG).map_err(storage("purge the log"))?;
-                t.retain_in(..=upto.index, |_, _| false).map_err(storage("purge the log"))
+                if at_once {
+                    let mut t = tx.open_table(LOG).map_err(storage("purge the log"))?;
+                    t.retain_in(..=upto.index, |_, _| false).map_err(storage("purge the log"))?;
+                }
+                Ok(())
             },
             |tail, ()| {
+                if tail.purged < Some(upto) {
+                    tail.purged = Some(upto);
+                }
+                tail.purge_backlog = !at_once;
                 while tail.entries.front().is_some_and(|e| e.log_id.index <= upto.index) {
                     tail.entries.pop_front();
                 }
@@ -321,7 +364,12 @@ impl LogStore {
                 tail.written_up_to(Some(upto));
                 Ok(())
             },
-        )
+        );
+        tracing::info!(upto = upto.index, ms = started.elapsed().as_millis() as u64, "Raft log purged");
+        if let (Ok(()), Some(f)) = (&purged, &self.flush) {
+            let _ = f.send(());
+        }
+        purged
     }
 
     /// Writes one metadata value durably (the vote).
@@ -363,6 +411,36 @@ impl Shared {
         self.durable.send_modify(|d| d.last = written);
         result
     }
+
+    /// Deletes up to [`PURGE_SLICE`] rows at or below the last purged id, in one transaction
+    /// that is not fsynced by itself (the rows are no longer part of the log: a crash that
+    /// brings them back only means they are deleted again). Clears the backlog when none is left.
+    fn delete_purged_slice(&self) -> Result<(), StoreError> {
+        let _writer = lock(&self.writer);
+        let Some(purged) = lock(&self.tail).purged.map(|p| p.index) else {
+            lock(&self.tail).purge_backlog = false;
+            return Ok(());
+        };
+        let mut tx = self.db.begin_write().map_err(storage("delete purged entries"))?;
+        tx.set_durability(redb::Durability::None);
+        let more = {
+            let mut t = tx.open_table(LOG).map_err(storage("delete purged entries"))?;
+            let first = t.first().map_err(storage("delete purged entries"))?.map(|(k, _)| k.value());
+            match first {
+                Some(first) if first <= purged => {
+                    let last = purged.min(first.saturating_add(PURGE_SLICE - 1));
+                    t.retain_in(first..=last, |_, _| false).map_err(storage("delete purged entries"))?;
+                    last < purged
+                }
+                _ => false,
+            }
+        };
+        tx.commit().map_err(storage("delete purged entries"))?;
+        if !more {
+            lock(&self.tail).purge_backlog = false;
+        }
+        Ok(())
+    }
 }
 
 fn put_entries(tx: &redb::WriteTransaction, entries: &[Entry<TypeConfig>]) -> Result<(), StoreError> {
@@ -395,9 +473,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// kept in [`Durable::failed`]: the waiting apply gives up and the next append fails, which
 /// stops the Raft core (and the node, see `app::run`). Ends when the log store is dropped,
 /// after writing what is left.
+///
+/// Between its writes it deletes the rows of purged entries, one [`PURGE_SLICE`] at a time,
+/// [`PURGE_PAUSE`] apart unless a write wakes it sooner (a failed deletion only leaves rows
+/// that are never read; it is tried again at the next purge or start-up).
 fn flusher(shared: &Shared, wake: &mpsc::Receiver<()>) {
     loop {
-        let open = wake.recv().is_ok();
+        let backlog = lock(&shared.tail).purge_backlog;
+        let open = if backlog {
+            !matches!(wake.recv_timeout(PURGE_PAUSE), Err(mpsc::RecvTimeoutError::Disconnected))
+        } else {
+            wake.recv().is_ok()
+        };
         while wake.try_recv().is_ok() {}
         if shared.durable.borrow().failed.is_some() {
             return;
@@ -411,6 +498,12 @@ fn flusher(shared: &Shared, wake: &mpsc::Receiver<()>) {
         }
         if !open {
             return;
+        }
+        if backlog {
+            if let Err(e) = shared.delete_purged_slice() {
+                tracing::warn!(error = %e, "cannot delete purged Raft log entries; they are kept (unread) until the next purge");
+                lock(&shared.tail).purge_backlog = false;
+            }
         }
     }
 }
@@ -429,9 +522,11 @@ fn last_of(
     log: &impl ReadableTable<u64, &'static [u8]>,
     meta: &impl ReadableTable<&'static str, &'static [u8]>,
 ) -> Result<Option<LogId<NodeId>>, StoreError> {
+    let purged: Option<LogId<NodeId>> = decode_meta(meta, LAST_PURGED)?;
     match log.last().map_err(storage("read the log"))? {
-        Some((k, v)) => Ok(Some(decode_entry(k.value(), v.value())?.log_id)),
-        None => decode_meta(meta, LAST_PURGED),
+        // Rows at or below the purge point may wait for deletion; they are not the log.
+        Some((k, v)) if purged.is_none_or(|p| k.value() > p.index) => Ok(Some(decode_entry(k.value(), v.value())?.log_id)),
+        _ => Ok(purged),
     }
 }
 
@@ -459,16 +554,19 @@ fn decode_meta<T: DeserializeOwned>(t: &impl ReadableTable<&'static str, &'stati
 
 /// The entries in `range`: those still in the tail from memory, older ones from the file.
 fn read_entries<RB: RangeBounds<u64>>(shared: &Shared, range: RB) -> Result<Vec<Entry<TypeConfig>>, StoreError> {
-    let start = match range.start_bound() {
+    let asked = match range.start_bound() {
         Bound::Included(&s) => s,
         Bound::Excluded(&s) => s.saturating_add(1),
         Bound::Unbounded => 0,
     };
-    let (first_in_tail, from_tail) = {
+    let (start, first_in_tail, from_tail) = {
         let tail = lock(&shared.tail);
+        // Rows at or below the purge point may wait for deletion: they are not the log.
+        let start = tail.purged.map_or(asked, |p| asked.max(p.index.saturating_add(1)));
         let first = tail.entries.front().map_or(u64::MAX, |e| e.log_id.index);
-        let from_tail: Vec<_> = tail.entries.iter().filter(|e| range.contains(&e.log_id.index)).cloned().collect();
-        (first, from_tail)
+        let from_tail: Vec<_> =
+            tail.entries.iter().filter(|e| e.log_id.index >= start && range.contains(&e.log_id.index)).cloned().collect();
+        (start, first, from_tail)
     };
     let mut out = Vec::new();
     if start < first_in_tail {
@@ -518,7 +616,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogReader;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
-        self.log_state().map_err(read_err)
+        Ok(self.log_state())
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {

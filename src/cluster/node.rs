@@ -49,6 +49,8 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(3);
 pub const SHARE_INTERVAL: Duration = Duration::from_millis(50);
 /// A learner this close to the leader's log is promoted (when its join token said voter).
 const PROMOTE_LAG: u64 = 100;
+/// How often [`ClusterNode::core_stopped`] looks whether the Raft core stopped.
+const CORE_CHECK: Duration = Duration::from_millis(250);
 /// A voter this close to the leader's log counts as healthy for a drain's quorum check.
 const HEALTHY_LAG: u64 = 1000;
 /// Node certificates are renewed when they have fewer days than this left.
@@ -551,14 +553,18 @@ impl ClusterNode {
 
     /// Resolves when this node's Raft core stopped on its own (a storage failure such as a full
     /// disk): the node can no longer take part in the cluster until it is restarted. Returns why.
+    /// Checked every [`CORE_CHECK`] rather than on every change of the metrics, which change
+    /// with every entry appended, replicated or applied (waking a task for each would cost a
+    /// context switch per write).
     pub async fn core_stopped(&self) -> String {
-        let mut rx = self.raft.metrics();
+        let rx = self.raft.metrics();
+        let mut tick = tokio::time::interval(CORE_CHECK);
         loop {
-            let state = rx.borrow().running_state.clone();
-            if let Err(e) = state {
+            tick.tick().await;
+            if let Err(e) = &rx.borrow().running_state {
                 return e.to_string();
             }
-            if rx.changed().await.is_err() {
+            if rx.has_changed().is_err() {
                 return "the Raft core ended".into();
             }
         }

@@ -552,3 +552,59 @@ async fn a_foreign_or_damaged_snapshot_is_refused() {
     sm_b.install_snapshot(&snap.meta, Box::new(Cursor::new(bytes))).await.expect("install");
     assert_eq!(store_b.last_applied(), 9);
 }
+
+fn blanks(indexes: std::ops::RangeInclusive<u64>) -> Vec<Entry<TypeConfig>> {
+    indexes.map(|i| Entry { log_id: lid(1, i), payload: EntryPayload::Blank }).collect()
+}
+
+/// A serving node's purge is one small durable write: the purged entries leave the log at
+/// once (never read again, also after a restart) while their rows are deleted afterwards by the
+/// flusher, a slice at a time between its writes. A purge beyond the log's end, with rows still
+/// waiting for deletion, leaves a log that ends at the purge point, also after a restart.
+#[tokio::test]
+async fn a_serving_log_purges_at_once_and_deletes_the_rows_afterwards() {
+    let dir = TempDir::new().expect("temp dir");
+    let entries = blanks(1..=100);
+    {
+        let (_store, mut log, _sm) = open(dir.path());
+        log.serve_as_without_flusher(1);
+        log.save_vote(&Vote::new(1, 1)).await.expect("vote");
+        log.blocking_append(entries.clone()).await.expect("append");
+        log.purge(lid(1, 70)).await.expect("purge");
+        let state = log.get_log_state().await.expect("state");
+        assert_eq!((state.last_purged_log_id, state.last_log_id), (Some(lid(1, 70)), Some(lid(1, 100))));
+        assert_eq!(log.try_get_log_entries(0..200).await.expect("log"), entries[70..].to_vec(), "purged entries are not read");
+        assert_eq!(log.rows_in_file().len(), 100, "without the flusher the rows wait");
+    }
+    let more = blanks(101..=110);
+    {
+        // Restarted before the rows were deleted: the same log.
+        let (_store, mut log, _sm) = open(dir.path());
+        let state = log.get_log_state().await.expect("state");
+        assert_eq!((state.last_purged_log_id, state.last_log_id), (Some(lid(1, 70)), Some(lid(1, 100))));
+        assert_eq!(log.try_get_log_entries(0..200).await.expect("log"), entries[70..].to_vec());
+        // Serving: the flusher deletes them (more than one slice) while appends go on.
+        log.serve_as(1).expect("serve");
+        log.blocking_append(more.clone()).await.expect("append");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while log.rows_in_file().first().is_some_and(|f| *f <= 70) {
+            assert!(std::time::Instant::now() < deadline, "the purged rows were not deleted within 10 s");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(log.rows_in_file(), (71..=110).collect::<Vec<u64>>());
+        let expected: Vec<_> = entries[70..].iter().chain(&more).cloned().collect();
+        assert_eq!(log.try_get_log_entries(0..200).await.expect("log"), expected);
+    }
+    {
+        // A snapshot installed beyond the log's end purges all of it.
+        let (_store, mut log, _sm) = open(dir.path());
+        log.serve_as_without_flusher(1);
+        log.purge(lid(1, 120)).await.expect("purge");
+        assert_eq!(log.get_log_state().await.expect("state").last_log_id, Some(lid(1, 120)));
+        assert_eq!(log.rows_in_file().len(), 40, "the rows wait for the flusher");
+    }
+    let (_store, mut log, _sm) = open(dir.path());
+    let state = log.get_log_state().await.expect("state");
+    assert_eq!((state.last_purged_log_id, state.last_log_id), (Some(lid(1, 120)), Some(lid(1, 120))));
+    assert!(log.try_get_log_entries(0..200).await.expect("log").is_empty());
+}

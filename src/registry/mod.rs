@@ -22,7 +22,7 @@ pub use apply::{apply, Outcome};
 pub use command::{Actor, Command, Decision, DeliveryOutcome, DeliveryResult, Envelope, NewAgency, ServiceSpec, FORMAT};
 pub use error::RegistryError;
 pub use model::*;
-pub use state::{Entity, State, SETTINGS_TABLE};
+pub use state::{Changes, Entity, State, SETTINGS_TABLE};
 
 #[cfg(test)]
 mod tests;
