@@ -21,13 +21,13 @@
 //! transaction writes them first, so the file's log never has a hole. One writer lock
 //! serialises the write transactions (the tail has its own lock, never held across disk I/O).
 //! The leader batches client writes into entries (`cluster::batch`). Truncation and purge are
-//! one durable transaction each; a purge deletes the entries and records `last_purged` in the
-//! same transaction, so a crash never leaves a hole in the log or purged entries without their
-//! marker. On a serving node (with the flusher) a purge only records `last_purged` durably and
-//! the flusher deletes the purged rows afterwards, [`PURGE_SLICE`] per transaction, between
-//! its writes: deleting thousands of entries at once took the core and the writer lock for
-//! most of a second. Rows at or below `last_purged` are never read, and at start-up they are
-//! deleted the same way. The vote is committed durably before `save_vote` returns. The committed marker is
+//! one durable transaction each, so a crash never leaves a hole in the log. A purge records
+//! `last_purged`; on a store that does not serve (restore) it deletes the entries in the same
+//! transaction, on a serving node the flusher deletes them afterwards, [`PURGE_SLICE`] per
+//! transaction between its writes (deleting thousands of entries at once held the Raft core
+//! and the writer lock for most of a second). Rows at or below `last_purged` are never read
+//! nor counted as the log's end, and those a crash or restart left are deleted the same way.
+//! The vote is committed durably before `save_vote` returns. The committed marker is
 //! advisory (openraft re-learns it from the leader; at start-up it applies the entries up to it
 //! again) and rides along with the next write transaction (the flusher's on a leader). No
 //! transaction is ever held across an `.await`.

@@ -4,7 +4,7 @@
 //! [`store::Store`] holds the replicated state (registry, cluster bookkeeping, admin audit) in
 //! memory and in redb and is the Raft state machine ([`store::StateMachine`]): committed entries
 //! are applied in memory and written in groups, each write one transaction with the applied log
-//! id and the membership (fsynced every 64th; the log is the durable record and is applied again
+//! id and the membership (fsynced every 10th; the log is the durable record and is applied again
 //! after a crash). [`log_store::LogStore`] keeps the Raft log and vote in a second redb file,
 //! its last entries also in memory for replication;
 //! [`snapshot`] owns the snapshot format and files. [`store::open_storage`] opens all three.

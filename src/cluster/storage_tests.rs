@@ -608,3 +608,25 @@ async fn a_serving_log_purges_at_once_and_deletes_the_rows_afterwards() {
     assert_eq!((state.last_purged_log_id, state.last_log_id), (Some(lid(1, 120)), Some(lid(1, 120))));
     assert!(log.try_get_log_entries(0..200).await.expect("log").is_empty());
 }
+
+/// The flusher thread writes without the writer lock: a reader of the file who comes while
+/// such a write is in flight (nothing new waiting) waits for it, and sees every applied entry.
+#[tokio::test]
+async fn a_reader_of_the_file_waits_for_a_write_in_flight() {
+    let dir = TempDir::new().expect("temp dir");
+    let entries = workload();
+    let (store, mut log, mut sm) = open(dir.path());
+    let _writes_wait = store.defer_writes();
+    log.blocking_append(entries.clone()).await.expect("append");
+    sm.apply(entries).await.expect("apply");
+    let in_flight = store.begin_flush().expect("drain").expect("the applied entries wait for their write");
+    let reader = {
+        let store = store.clone();
+        std::thread::spawn(move || store.snapshot_doc().map(|d| d.last_applied))
+    };
+    // Long enough for the reader to reach the file; it must then wait for the write.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    store.end_flush(in_flight).expect("write");
+    let seen = reader.join().expect("reader thread").expect("snapshot document");
+    assert_eq!(seen, Some(lid(2, 9)), "the reader saw the file before the write in flight had finished");
+}

@@ -225,6 +225,12 @@ struct Drained {
     cluster_bytes: Option<Vec<u8>>,
 }
 
+/// A write taken out of memory and not yet in the file: it holds the file lock.
+pub(super) struct InFlight<'a> {
+    file: MutexGuard<'a, ()>,
+    drained: Drained,
+}
+
 /// Applied effects not yet written to the registry file. The changed rows themselves stay in
 /// [`State`]'s change journal until [`Store::flush_locked`] drains it.
 #[derive(Debug, Default)]
@@ -571,14 +577,36 @@ impl Store {
         Ok(())
     }
 
+    /// Makes applies leave their writes waiting, as with the flusher thread, but with nothing
+    /// that writes them (tests write them with [`Store::begin_flush`] and [`Store::end_flush`]).
+    /// The writes wait while the returned receiver lives.
+    #[cfg(test)]
+    pub(super) fn defer_writes(&self) -> std::sync::mpsc::Receiver<()> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        *lock(&self.flush_wake) = Some(tx);
+        rx
+    }
+
     /// Writes everything applied so far to the file (one redb transaction). Blocking. The
     /// applied changes are taken under the writer lock, which is released before the file is
     /// written: applying goes on meanwhile (the write's fsync can take long with a large state).
     pub fn flush(&self) -> Result<(), StoreError> {
+        match self.begin_flush()? {
+            Some(write) => self.end_flush(write),
+            None => Ok(()),
+        }
+    }
+
+    /// The first half of [`Store::flush`]: takes what waits out of memory, under the writer
+    /// lock, and returns it with the file lock held (nothing when nothing waits).
+    pub(super) fn begin_flush(&self) -> Result<Option<InFlight<'_>>, StoreError> {
         let w = lock(&self.writer);
-        let Some((file, drained)) = self.drain_locked(&w)? else { return Ok(()) };
-        drop(w);
-        self.write_drained(file, drained)
+        Ok(self.drain_locked(&w)?.map(|(file, drained)| InFlight { file, drained }))
+    }
+
+    /// The second half of [`Store::flush`]: writes it, without the writer lock.
+    pub(super) fn end_flush(&self, write: InFlight<'_>) -> Result<(), StoreError> {
+        self.write_drained(write.file, write.drained)
     }
 
     /// As [`Store::flush`], with the writer lock held throughout: once it returns, the file
@@ -595,6 +623,10 @@ impl Store {
     /// position they bring the file to. Also takes the file lock, before the writer lock is
     /// released, so that writes reach the file in the order their changes were taken.
     fn drain_locked(&self, _writer: &MutexGuard<'_, ()>) -> Result<Option<(MutexGuard<'_, ()>, Drained)>, StoreError> {
+        // Taken first, even when nothing waits: a write of earlier changes still in flight
+        // (the flusher thread's) finishes before this returns, so that a reader of the file
+        // who flushed first sees everything applied.
+        let file = lock(&self.file);
         {
             // Nothing is applied without the writer lock, so what this reads stays true.
             let unwritten = lock(&self.unwritten);
@@ -605,7 +637,6 @@ impl Store {
                 return Ok(None);
             }
         }
-        let file = lock(&self.file);
         let pos = self.position();
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         let cluster = self.cluster.read().unwrap_or_else(|e| e.into_inner());
