@@ -13,8 +13,8 @@
 //!   [`FLUSH_DELAY`] later, so that one redb transaction carries every batch applied
 //!   meanwhile. One write holds every changed row, the audit entries, the cluster state, the
 //!   applied log id and the membership, so the file always holds the state at exactly the
-//!   applied log id it names. Every [`DURABLE_EVERY`]th write, and every snapshot, is fsynced; the others are
-//!   made durable by the next fsynced one (redb). Entries lost in a crash (applied but not yet
+//!   applied log id it names. Every [`DURABLE_EVERY`]th write, and every snapshot, is
+//!   fsynced; the others are made durable by the next fsynced one (redb). Entries lost in a crash (applied but not yet
 //!   written or fsynced) are applied again from the Raft log at start-up: the log keeps them
 //!   until a snapshot covers them, and snapshots are built from the file after a write. A
 //!   failed write stops applying for good (the node restarts and applies again from the log).
@@ -212,9 +212,9 @@ fn backup_ids(e: &Entry<TypeConfig>) -> Vec<String> {
 const DURABLE_EVERY: u32 = 10;
 
 /// How long the flusher thread lets applied entries gather in memory before it writes them.
-/// Each write is a redb commit (about 150 µs of CPU on the benchmark machine) under the writer
-/// lock; at 100 ms a node under steady load spends a fraction of a percent of a core on it, and
-/// a crash re-applies at most that much of the log.
+/// Each write is a redb commit (about 150 µs of CPU on the benchmark machine, more with many
+/// rows); at 100 ms a node under steady load spends little CPU on them, and a crash re-applies
+/// at most that much of the log.
 const FLUSH_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Applied changes taken out of the in-memory state for one write to the file.
@@ -718,6 +718,9 @@ impl Store {
     /// waiting, then opens the transaction before the next apply (MVCC keeps it consistent
     /// while reading goes on without the writer lock).
     fn read_all(&self) -> Result<ReadTransaction, StoreError> {
+        // A write in flight is waited for before the writer lock is taken, so that applying
+        // does not wait for it too (the flush below waits again for one started meanwhile).
+        drop(lock(&self.file));
         let w = lock(&self.writer);
         self.flush_locked(&w)?;
         self.db.begin_read().map_err(storage)
