@@ -207,9 +207,9 @@ impl LogStore {
             let rtx = db.begin_read().map_err(storage("read the log"))?;
             let meta = rtx.open_table(META).map_err(storage("read the log"))?;
             let purged: Option<LogId<NodeId>> = decode_meta(&meta, LAST_PURGED)?;
-            let first =
-                rtx.open_table(LOG).map_err(storage("read the log"))?.first().map_err(storage("read the log"))?.map(|(k, _)| k.value());
-            (last_log_id(&rtx)?, purged, first.is_some_and(|f| purged.is_some_and(|p| f <= p.index)))
+            let log = rtx.open_table(LOG).map_err(storage("read the log"))?;
+            let first = log.first().map_err(storage("read the log"))?.map(|(k, _)| k.value());
+            (last_of(&log, purged)?, purged, first.is_some_and(|f| purged.is_some_and(|p| f <= p.index)))
         };
         let vote = read_meta(&db, VOTE)?;
         let shared = Shared {
@@ -508,21 +508,14 @@ fn flusher(shared: &Shared, wake: &mpsc::Receiver<()>) {
     }
 }
 
-/// The log's last entry id (or the last purged one when it is empty), as a read sees it.
-fn last_log_id(rtx: &redb::ReadTransaction) -> Result<Option<LogId<NodeId>>, StoreError> {
-    last_of(&rtx.open_table(LOG).map_err(storage("read the log"))?, &rtx.open_table(META).map_err(storage("read the log"))?)
-}
-
-/// The same, inside a write transaction.
+/// The log's last entry id (or the last purged one when it is empty), inside a write transaction.
 fn last_log_id_in(tx: &redb::WriteTransaction) -> Result<Option<LogId<NodeId>>, StoreError> {
-    last_of(&tx.open_table(LOG).map_err(storage("read the log"))?, &tx.open_table(META).map_err(storage("read the log"))?)
+    let purged = decode_meta(&tx.open_table(META).map_err(storage("read the log"))?, LAST_PURGED)?;
+    last_of(&tx.open_table(LOG).map_err(storage("read the log"))?, purged)
 }
 
-fn last_of(
-    log: &impl ReadableTable<u64, &'static [u8]>,
-    meta: &impl ReadableTable<&'static str, &'static [u8]>,
-) -> Result<Option<LogId<NodeId>>, StoreError> {
-    let purged: Option<LogId<NodeId>> = decode_meta(meta, LAST_PURGED)?;
+/// The last entry id of `log`, whose last purged id is `purged`.
+fn last_of(log: &impl ReadableTable<u64, &'static [u8]>, purged: Option<LogId<NodeId>>) -> Result<Option<LogId<NodeId>>, StoreError> {
     match log.last().map_err(storage("read the log"))? {
         // Rows at or below the purge point may wait for deletion; they are not the log.
         Some((k, v)) if purged.is_none_or(|p| k.value() > p.index) => Ok(Some(decode_entry(k.value(), v.value())?.log_id)),

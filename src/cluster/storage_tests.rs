@@ -626,7 +626,7 @@ async fn a_reader_of_the_file_waits_for_a_write_in_flight() {
     };
     // Long enough for the reader to reach the file; it must then wait for the write.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    store.end_flush(in_flight).expect("write");
+    store.write(in_flight).expect("write");
     let seen = reader.join().expect("reader thread").expect("snapshot document");
     assert_eq!(seen, Some(lid(2, 9)), "the reader saw the file before the write in flight had finished");
 }

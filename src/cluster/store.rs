@@ -14,10 +14,11 @@
 //!   meanwhile. One write holds every changed row, the audit entries, the cluster state, the
 //!   applied log id and the membership, so the file always holds the state at exactly the
 //!   applied log id it names. Every [`DURABLE_EVERY`]th write, and every snapshot, is
-//!   fsynced; the others are made durable by the next fsynced one (redb). Entries lost in a crash (applied but not yet
-//!   written or fsynced) are applied again from the Raft log at start-up: the log keeps them
-//!   until a snapshot covers them, and snapshots are built from the file after a write. A
-//!   failed write stops applying for good (the node restarts and applies again from the log).
+//!   fsynced; the others are made durable by the next fsynced one (redb). Entries lost in a
+//!   crash (applied but not yet written or fsynced) are applied again from the Raft log at
+//!   start-up: the log keeps them until a snapshot covers them, and snapshots are built from
+//!   the file after a write. A failed write stops applying for good (the node restarts and
+//!   applies again from the log).
 //! - Applying is deterministic: a refused command is an outcome (kept in memory for
 //!   [`Store::outcome`]), the state is unchanged, and every node computes the same.
 //! - Changes are serialised by one writer lock (lock order: writer -> file -> snapshot lock ->
@@ -217,18 +218,14 @@ const DURABLE_EVERY: u32 = 10;
 /// at most that much of the log.
 const FLUSH_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Applied changes taken out of the in-memory state for one write to the file.
-struct Drained {
+/// Applied changes taken out of the in-memory state for one write to the file, not yet in it:
+/// the write holds the file lock from the moment its changes were taken.
+pub(super) struct PendingWrite<'a> {
+    _file: MutexGuard<'a, ()>,
     pos: Position,
     changes: crate::registry::Changes,
     audit: Vec<(u64, AuditEntry)>,
     cluster_bytes: Option<Vec<u8>>,
-}
-
-/// A write taken out of memory and not yet in the file: it holds the file lock.
-pub(super) struct InFlight<'a> {
-    file: MutexGuard<'a, ()>,
-    drained: Drained,
 }
 
 /// Applied effects not yet written to the registry file. The changed rows themselves stay in
@@ -578,7 +575,7 @@ impl Store {
     }
 
     /// Makes applies leave their writes waiting, as with the flusher thread, but with nothing
-    /// that writes them (tests write them with [`Store::begin_flush`] and [`Store::end_flush`]).
+    /// that writes them (tests write them with [`Store::begin_flush`] and [`Store::write`]).
     /// The writes wait while the returned receiver lives.
     #[cfg(test)]
     pub(super) fn defer_writes(&self) -> std::sync::mpsc::Receiver<()> {
@@ -591,38 +588,27 @@ impl Store {
     /// applied changes are taken under the writer lock, which is released before the file is
     /// written: applying goes on meanwhile (the write's fsync can take long with a large state).
     pub fn flush(&self) -> Result<(), StoreError> {
-        match self.begin_flush()? {
-            Some(write) => self.end_flush(write),
-            None => Ok(()),
-        }
+        self.begin_flush()?.map_or(Ok(()), |w| self.write(w))
     }
 
     /// The first half of [`Store::flush`]: takes what waits out of memory, under the writer
-    /// lock, and returns it with the file lock held (nothing when nothing waits).
-    pub(super) fn begin_flush(&self) -> Result<Option<InFlight<'_>>, StoreError> {
+    /// lock, which is released on return (nothing when nothing waits).
+    pub(super) fn begin_flush(&self) -> Result<Option<PendingWrite<'_>>, StoreError> {
         let w = lock(&self.writer);
-        Ok(self.drain_locked(&w)?.map(|(file, drained)| InFlight { file, drained }))
-    }
-
-    /// The second half of [`Store::flush`]: writes it, without the writer lock.
-    pub(super) fn end_flush(&self, write: InFlight<'_>) -> Result<(), StoreError> {
-        self.write_drained(write.file, write.drained)
+        self.drain_locked(&w)
     }
 
     /// As [`Store::flush`], with the writer lock held throughout: once it returns, the file
     /// holds exactly the applied state.
     fn flush_locked(&self, writer: &MutexGuard<'_, ()>) -> Result<(), StoreError> {
-        match self.drain_locked(writer)? {
-            Some((file, drained)) => self.write_drained(file, drained),
-            None => Ok(()),
-        }
+        self.drain_locked(writer)?.map_or(Ok(()), |w| self.write(w))
     }
 
     /// Takes what was applied since the last write out of the in-memory state: the changed
     /// rows (from the state's change journal), the admin-audit lines, the cluster state, and the
     /// position they bring the file to. Also takes the file lock, before the writer lock is
     /// released, so that writes reach the file in the order their changes were taken.
-    fn drain_locked(&self, _writer: &MutexGuard<'_, ()>) -> Result<Option<(MutexGuard<'_, ()>, Drained)>, StoreError> {
+    fn drain_locked(&self, _writer: &MutexGuard<'_, ()>) -> Result<Option<PendingWrite<'_>>, StoreError> {
         // Taken first, even when nothing waits: a write of earlier changes still in flight
         // (the flusher thread's) finishes before this returns, so that a reader of the file
         // who flushed first sees everything applied.
@@ -647,14 +633,16 @@ impl Store {
         let audit = std::mem::take(&mut unwritten.audit);
         let cluster_bytes =
             if std::mem::take(&mut unwritten.cluster) { Some(serde_json::to_vec(&*cluster).map_err(storage)?) } else { None };
-        Ok(Some((file, Drained { pos, changes, audit, cluster_bytes })))
+        Ok(Some(PendingWrite { _file: file, pos, changes, audit, cluster_bytes }))
     }
 
-    /// Writes drained changes in one transaction, with the applied log id and the membership.
+    /// Writes the changes taken by [`Store::begin_flush`] (or a flush under the writer lock) in
+    /// one transaction, with the applied log id and the membership (the writer lock is not
+    /// needed: the file lock the changes came with orders the writes).
     /// Every [`DURABLE_EVERY`]th write is fsynced. A failure is kept: every later write and
     /// apply fails, which stops the Raft core, and the node applies the entries again from its
     /// log when it restarts.
-    fn write_drained(&self, _file: MutexGuard<'_, ()>, d: Drained) -> Result<(), StoreError> {
+    pub(super) fn write(&self, d: PendingWrite<'_>) -> Result<(), StoreError> {
         let durable = {
             let unwritten = lock(&self.unwritten);
             if let Some(why) = &unwritten.failed {
