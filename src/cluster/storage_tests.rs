@@ -591,7 +591,8 @@ async fn a_serving_log_purges_at_once_and_deletes_the_rows_afterwards() {
             assert!(std::time::Instant::now() < deadline, "the purged rows were not deleted within 10 s");
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        assert_eq!(log.rows_in_file(), (71..=110).collect::<Vec<u64>>());
+        // The new entries are in the journal until a checkpoint.
+        assert_eq!(log.rows_in_file(), (71..=100).collect::<Vec<u64>>());
         let expected: Vec<_> = entries[70..].iter().chain(&more).cloned().collect();
         assert_eq!(log.try_get_log_entries(0..200).await.expect("log"), expected);
     }
@@ -629,4 +630,108 @@ async fn a_reader_of_the_file_waits_for_a_write_in_flight() {
     store.write(in_flight).expect("write");
     let seen = reader.join().expect("reader thread").expect("snapshot document");
     assert_eq!(seen, Some(lid(2, 9)), "the reader saw the file before the write in flight had finished");
+}
+
+/// The Raft log's files as a crash would leave them: copied while the log is open.
+fn crash_copy(from: &Path) -> TempDir {
+    let to = TempDir::new().expect("temp dir");
+    for file in [super::store::LOG_FILE, "raft-log.wal"] {
+        std::fs::copy(from.join(file), to.path().join(file)).expect("copy the log's files");
+    }
+    to
+}
+
+async fn log_after_crash(from: &Path) -> Vec<Entry<TypeConfig>> {
+    let copy = crash_copy(from);
+    let (_store, mut log, _sm) = open(copy.path());
+    log.try_get_log_entries(0..1000).await.expect("log")
+}
+
+/// A serving follower's append is durable in the journal when it returns, before the file
+/// holds it: a crash then loses none of it, nor the committed marker the journal carried. A
+/// durable transaction of the file (here a truncation) retires the journal's records, so a
+/// crash never brings truncated entries back, and the journal restarted at its beginning holds
+/// what comes after.
+#[tokio::test]
+async fn a_followers_entries_survive_a_crash_in_the_journal_and_a_truncation_is_never_undone() {
+    let dir = TempDir::new().expect("temp dir");
+    let (_store, mut log, _sm) = open(dir.path());
+    // No flusher: the entries stay in the journal only.
+    log.serve_as_without_flusher(1);
+    log.save_vote(&Vote::new_committed(1, 2)).await.expect("vote");
+    let first = blanks(1..=20);
+    log.blocking_append(first[..10].to_vec()).await.expect("append");
+    log.save_committed(Some(lid(1, 5))).await.expect("committed");
+    log.blocking_append(first[10..].to_vec()).await.expect("append");
+    assert!(log.rows_in_file().is_empty(), "the file does not hold them yet");
+    assert_eq!(log.durable().borrow().last, Some(lid(1, 20)), "durable when the append returns");
+    assert_eq!(log_after_crash(dir.path()).await, first, "the journal brings them back");
+    {
+        let copy = crash_copy(dir.path());
+        let (_store, mut log, _sm) = open(copy.path());
+        assert_eq!(log.read_committed().await.expect("committed"), Some(lid(1, 5)), "and the committed marker they carried");
+    }
+
+    log.truncate(lid(1, 15)).await.expect("truncate");
+    assert_eq!(log_after_crash(dir.path()).await, first[..14].to_vec(), "the truncated entries stay gone");
+
+    log.save_vote(&Vote::new_committed(2, 2)).await.expect("vote");
+    let newer: Vec<_> = (15..=16).map(|i| Entry { log_id: lid(2, i), payload: EntryPayload::Blank }).collect();
+    log.blocking_append(newer.clone()).await.expect("append");
+    let expected: Vec<_> = first[..14].iter().chain(&newer).cloned().collect();
+    assert_eq!(log_after_crash(dir.path()).await, expected);
+    let reopened = crash_copy(dir.path());
+    let (_store, mut log, _sm) = open(reopened.path());
+    assert_eq!(log.get_log_state().await.expect("state").last_log_id, Some(lid(2, 16)));
+    assert_eq!(log.rows_in_file(), (1..=16).collect::<Vec<u64>>(), "opening writes the journal's entries into the file");
+}
+
+/// Once the journal holds enough the flusher checkpoints: the journaled entries move into the
+/// file while appends go on; a clean stop writes the rest.
+#[tokio::test]
+async fn the_flusher_checkpoints_a_full_journal_and_a_stop_writes_the_rest() {
+    let dir = TempDir::new().expect("temp dir");
+    let mut appended = Vec::new();
+    {
+        let (_store, mut log, _sm) = open(dir.path());
+        log.serve_as(1).expect("serve");
+        log.save_vote(&Vote::new_committed(1, 2)).await.expect("vote");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while log.rows_in_file().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "no checkpoint within 30 s");
+            let next = appended.len() as u64 + 1;
+            let chunk = blanks(next..=next + 199);
+            log.blocking_append(chunk.clone()).await.expect("append");
+            appended.extend(chunk);
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let in_file = log.rows_in_file();
+        assert_eq!(in_file, (1..=in_file.len() as u64).collect::<Vec<u64>>(), "the file's log has no hole");
+    }
+    let (_store, mut log, _sm) = open(dir.path());
+    assert_eq!(log.rows_in_file().len(), appended.len());
+    assert_eq!(log.try_get_log_entries(0..100_000).await.expect("log"), appended);
+}
+
+/// A crash during a checkpoint (the journal already in its next epoch, the file not yet
+/// written) or after it loses nothing: the journal's two epochs are read in order.
+#[tokio::test]
+async fn a_crash_during_or_after_a_checkpoint_loses_nothing() {
+    let dir = TempDir::new().expect("temp dir");
+    let (_store, mut log, _sm) = open(dir.path());
+    log.serve_as_without_flusher(1);
+    log.save_vote(&Vote::new_committed(1, 2)).await.expect("vote");
+    let all = blanks(1..=30);
+    log.blocking_append(all[..10].to_vec()).await.expect("append");
+    log.blocking_append(all[10..20].to_vec()).await.expect("append");
+    // The file as it is before the checkpoint's transaction.
+    let before = TempDir::new().expect("temp dir");
+    std::fs::copy(dir.path().join(super::store::LOG_FILE), before.path().join(super::store::LOG_FILE)).expect("copy");
+    log.checkpoint_now().expect("checkpoint");
+    assert_eq!(log.rows_in_file(), (1..=20).collect::<Vec<u64>>());
+    log.blocking_append(all[20..].to_vec()).await.expect("append");
+    assert_eq!(log_after_crash(dir.path()).await, all, "after the checkpoint");
+    // During it: the journal moved on, the file did not.
+    std::fs::copy(dir.path().join("raft-log.wal"), before.path().join("raft-log.wal")).expect("copy");
+    assert_eq!(log_after_crash(before.path()).await, all, "during the checkpoint");
 }
