@@ -8,7 +8,7 @@
 //!
 //! Invariants: on a serving node an append is durable in the journal (one record, one
 //! fdatasync) before openraft is told the entries are persisted: nothing a follower
-//! acknowledges or votes on is missing from its disk. The flusher thread moves journaled
+//! acknowledges or votes on is missing from its disk. The file thread moves journaled
 //! entries into the redb file in batches (a checkpoint, one durable transaction, once the
 //! journal holds `journal::CHECKPOINT_BYTES`); opening the log writes what the journal holds
 //! into the file first. openraft 0.9's core waits for each append to be flushed before it sends
@@ -32,14 +32,14 @@
 //! also writes every entry not yet in the file and retires the journal's records, so a crash
 //! never leaves a hole in the log nor brings truncated entries back. A purge records
 //! `last_purged`; on a store that does not serve (restore) it deletes the entries in the same
-//! transaction, on a serving node the flusher deletes them afterwards, [`PURGE_SLICE`] per
-//! transaction between its writes (deleting thousands of entries at once held the Raft core
-//! and the writer lock for most of a second). Rows at or below `last_purged` are never read
+//! transaction, on a serving node the file thread deletes them afterwards, [`PURGE_SLICE`]
+//! per transaction between its checkpoints (deleting thousands of entries at once held the
+//! Raft core and the writer lock for most of a second). Rows at or below `last_purged` are never read
 //! nor counted as the log's end, and those a crash or restart left are deleted the same way.
 //! The vote is committed durably before `save_vote` returns. The committed marker is
 //! advisory (openraft re-learns it from the leader; at start-up it applies the entries up to it
-//! again) and rides along with the next write transaction. No transaction is ever held across
-//! an `.await`.
+//! again) and rides along with the next journal record and write transaction. No transaction
+//! is ever held across an `.await`.
 //! May import `cluster::types`, `cluster::journal` and `cluster::store` (its error type) only;
 //! openraft and redb.
 

@@ -583,7 +583,7 @@ async fn a_serving_log_purges_at_once_and_deletes_the_rows_afterwards() {
         let state = log.get_log_state().await.expect("state");
         assert_eq!((state.last_purged_log_id, state.last_log_id), (Some(lid(1, 70)), Some(lid(1, 100))));
         assert_eq!(log.try_get_log_entries(0..200).await.expect("log"), entries[70..].to_vec());
-        // Serving: the flusher deletes them (more than one slice) while appends go on.
+        // Serving: the file thread deletes them (more than one slice) while appends go on.
         log.serve_as(1).expect("serve");
         log.blocking_append(more.clone()).await.expect("append");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -686,7 +686,7 @@ async fn a_followers_entries_survive_a_crash_in_the_journal_and_a_truncation_is_
     assert_eq!(log.rows_in_file(), (1..=16).collect::<Vec<u64>>(), "opening writes the journal's entries into the file");
 }
 
-/// Once the journal holds enough the flusher checkpoints: the journaled entries move into the
+/// Once the journal holds enough the file thread checkpoints: the journaled entries move into the
 /// file while appends go on; a clean stop writes the rest.
 #[tokio::test]
 async fn the_flusher_checkpoints_a_full_journal_and_a_stop_writes_the_rest() {
