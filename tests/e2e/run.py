@@ -17,7 +17,8 @@ From nothing (or the cache) to a checked three-node cluster:
      and require zero failed requests and the new version on every node.
 
 Run as root on Debian 12: `tests/e2e/run.py` (see tests/e2e/README.md). KEEP=1 leaves the hosts
-up afterwards; `tests/e2e/run.py --cleanup` removes them. Exit status 0 only if every check held.
+up afterwards; `tests/e2e/run.py --cleanup` removes them; `tests/e2e/run.py --prepare` only fills
+the cache. Exit status 0 only if every check held.
 """
 
 from __future__ import annotations
@@ -476,12 +477,29 @@ def dump_diagnostics(lab: hosts.Lab) -> None:
         print("\n".join(journal.stdout.splitlines()[-15:]) or journal.stderr)
 
 
+def prepare() -> int:
+    """Only fills the cache (Debian image, Ansible virtualenv), so that a later run starts at the
+    packages: scripts/test runs this in the background while the Rust tests run."""
+    try:
+        check_tools()
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            image_job = pool.submit(hosts.ensure_image, CACHE, log)
+            ensure_venv()
+            image_job.result()
+    except (Failed, LabError, subprocess.SubprocessError, OSError) as e:
+        print(f"\nprepare FAILED: {e}\n", file=sys.stderr)
+        return 1
+    log(f"prepared: Debian image and Ansible virtualenv cached in {CACHE}")
+    return 0
+
+
 def main() -> int:
     lab = hosts.Lab(NAMES, log)
     if sys.argv[1:] == ["--cleanup"]:
         lab.destroy()
         return 0
-    if sys.argv[1:]:
+    prepare_only = sys.argv[1:] == ["--prepare"]
+    if sys.argv[1:] and not prepare_only:
         print(__doc__)
         return 64
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -491,6 +509,8 @@ def main() -> int:
     except BlockingIOError:
         print("another tests/e2e/run.py is running", file=sys.stderr)
         return 1
+    if prepare_only:
+        return prepare()
     shutil.rmtree(LOGS, ignore_errors=True)
     LOGS.mkdir(parents=True)
     ok = False
