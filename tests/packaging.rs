@@ -3,8 +3,10 @@
 //! says; it installs into a throwaway root with the real dpkg (maintainer scripts run
 //! chrootless under `DPKG_ROOT`), creating the `lgsp` user, /var/lib/lgsp and /etc/lgsp/tls and
 //! enabling the unit; a reinstall keeps the operator's config; `remove` keeps data, `purge`
-//! deletes it. Plus, always: `serve` before `cluster init` exits 64 and the unit does not
-//! restart on 64, so an enabled but unconfigured node fails once instead of looping.
+//! deletes it; the release build it made is fresh for a later plain `cargo build --release`.
+//! Plus, always: `serve` before `cluster init` exits 64 and the unit does not restart on 64, so
+//! an enabled but unconfigured node fails once instead of looping; `scripts/build-deb` refuses
+//! an unknown option with its usage (exit 64).
 //!
 //! The package tests build a release binary (minutes), so they are `#[ignore]`d in a plain
 //! `cargo test`; scripts/test runs them (`cargo test --test packaging -- --ignored`, as root).
@@ -78,6 +80,42 @@ fn serve_before_cluster_init_exits_64_and_the_unit_does_not_restart_on_64() {
     assert_eq!(values("Type"), ["notify"]);
     assert_eq!(values("User"), ["lgsp"]);
     assert!(values("ExecStart").iter().any(|v| v.starts_with("/usr/bin/lgsp serve --config /etc/lgsp/lgsp.toml")), "{unit}");
+}
+
+#[test]
+fn build_deb_refuses_an_unknown_option_with_its_usage() {
+    let o = Command::new(root_dir().join("scripts/build-deb")).arg("--bogus").output().expect("scripts/build-deb");
+    assert_eq!(o.status.code(), Some(64), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("usage: scripts/build-deb [--prepare]"), "{}", text(&o));
+}
+
+/// Variables cargo sets for a test process and a plain shell does not have.
+fn set_by_cargo_for_a_test(name: &str) -> bool {
+    name == "CARGO"
+        || ["CARGO_MANIFEST_", "CARGO_PKG_", "CARGO_CRATE_", "CARGO_BIN_", "CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR"]
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+}
+
+#[test]
+#[ignore = "builds a release .deb (minutes); scripts/test runs it with --ignored"]
+fn the_release_build_made_for_the_package_is_fresh_for_a_plain_cargo_build() {
+    // build-deb runs here inside `cargo test`, with cargo's per-crate variables set; a later
+    // `cargo build --release` from a shell (chaos/run) must find it all fresh, not rebuild the
+    // crates whose build scripts track one of those variables.
+    deb();
+    let mut cmd = Command::new("cargo");
+    cmd.args(["build", "--release", "--locked", "-v"]).current_dir(root_dir());
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(set_by_cargo_for_a_test) {
+            cmd.env_remove(name);
+        }
+    }
+    let o = run(&mut cmd);
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(log.lines().any(|l| l.trim_start().starts_with("Fresh lgsp ")), "no `Fresh lgsp` line:\n{log}");
+    let rebuilt: Vec<&str> = log.lines().filter(|l| l.trim_start().starts_with("Compiling ")).collect();
+    assert!(rebuilt.is_empty(), "a plain release build after build-deb rebuilt {rebuilt:?}");
 }
 
 #[test]
